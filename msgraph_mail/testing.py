@@ -1,1 +1,47 @@
-"""pytest plugin: fixtures that run the bundled Graph emulator for your own tests."""
+"""pytest plugin: the bundled Graph emulator as a fixture for your own tests.
+
+Installed with the package (``pytest11`` entry point), so a Django project's tests can write::
+
+    def test_welcome_mail(msgraph_emulator):
+        signup("new@example.com")
+        [sent] = msgraph_emulator.sent
+        assert sent.to == ["new@example.com"]
+
+The fixture starts a fresh emulator on 127.0.0.1 for the test and points
+``EMAIL_BACKEND`` and ``MSGRAPH_MAIL`` at it (permissive mode, the emulator's contoso
+directory); ``msgraph_emulator.settings(MODE=..., MAILBOX=...)`` gives other settings to use
+with ``override_settings``. Nothing here talks to a real tenant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from .emulator import GraphEmulator
+
+BACKEND = "msgraph_mail.backend.EmailBackend"
+
+
+@pytest.fixture
+def msgraph_emulator() -> Iterator[GraphEmulator]:
+    """A running Graph emulator; Django's mail goes to it for the duration of the test."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    from .emulator import GraphEmulator
+
+    with GraphEmulator() as emulator:
+        if not settings.configured:
+            yield emulator
+            return
+        overrides = {"EMAIL_BACKEND": BACKEND, "MSGRAPH_MAIL": emulator.settings()}
+        if hasattr(settings, "MAILERS"):  # Django 6.1: every configured mailer uses Graph
+            overrides["MAILERS"] = {
+                alias: {"BACKEND": BACKEND} for alias in settings.MAILERS or {"default": {}}
+            }
+        with override_settings(**overrides):
+            yield emulator

@@ -1,0 +1,165 @@
+"""Client-credentials tokens from Entra ID, cached for the whole process.
+
+Django 6.1 builds a new backend object for every ``mailers[alias]`` access, and Django 5.2
+builds one per ``send_mail`` call, so a token kept on the backend would be fetched again for
+nearly every message. The cache lives here, at module level, keyed by everything that makes
+a token different (authority, tenant, client, secret, scope). Each key has its own lock, so
+when many threads need a token at once exactly one of them asks Entra.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import requests
+
+from .conf import MSGraphMailSettings
+from .exceptions import AuthenticationError, DeliveryUnknown, GraphConnectionError
+
+logger = logging.getLogger("msgraph_mail")
+
+#: Renew a token this long before it expires (or a tenth of its lifetime, if shorter).
+RENEW_AHEAD = 300.0
+
+# Plain words for the Entra errors a user can cause, keyed by AADSTS code.
+AADSTS_HINTS = {
+    7000215: "the client secret is wrong: use the secret's Value, not its Secret ID",
+    7000222: "the client secret has expired: create a new one in the app registration",
+    7000218: "no credential was sent: set CLIENT_SECRET",
+    700016: "the application (CLIENT_ID) is not known in this tenant: check CLIENT_ID and "
+    "TENANT_ID, and that admin consent was granted there",
+    90002: "the tenant was not found: check TENANT_ID and that AUTHORITY_URL is your cloud's "
+    "login host",
+    50059: "TENANT_ID must name your tenant, not common/organizations/consumers",
+    70011: "the scope was refused: GRAPH_URL must be the Graph host of the tenant's cloud",
+}
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """A bearer token and the monotonic time after which it should not be used."""
+
+    value: str
+    renew_at: float
+
+    def __repr__(self) -> str:
+        return f"AccessToken(renew_at={self.renew_at:.0f})"
+
+    @property
+    def fresh(self) -> bool:
+        return time.monotonic() < self.renew_at
+
+
+class TokenCache:
+    """Process-wide tokens, one per credential; safe to share between threads."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, AccessToken] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, settings: MSGraphMailSettings, session: requests.Session) -> str:
+        """Return a fresh token, asking Entra only when the cached one is due for renewal."""
+        key = _cache_key(settings)
+        token = self._tokens.get(key)
+        if token is not None and token.fresh:
+            return token.value
+        with self._lock_for(key):
+            token = self._tokens.get(key)
+            if token is None or not token.fresh:
+                token = fetch_token(settings, session)
+                self._tokens[key] = token
+            return token.value
+
+    def invalidate(self, settings: MSGraphMailSettings, value: str | None = None) -> None:
+        """Forget the cached token (after Graph rejected it), unless it was already replaced."""
+        key = _cache_key(settings)
+        with self._lock_for(key):
+            token = self._tokens.get(key)
+            if token is not None and (value is None or token.value == value):
+                del self._tokens[key]
+
+    def clear(self) -> None:
+        """Forget every token (tests use this to start from a cold process)."""
+        with self._guard:
+            self._tokens.clear()
+
+    def _lock_for(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+#: The one cache of the process.
+tokens = TokenCache()
+
+
+def _cache_key(settings: MSGraphMailSettings) -> str:
+    # The secret is part of the key (a changed secret must not reuse an old token), hashed
+    # so that the key itself never holds it.
+    secret = hashlib.sha256(settings.client_secret.get_secret_value().encode()).hexdigest()
+    return "|".join((settings.token_url, settings.client_id, settings.scope, secret))
+
+
+def fetch_token(settings: MSGraphMailSettings, session: requests.Session) -> AccessToken:
+    """Ask Entra's token endpoint for an app-only token (client credentials grant)."""
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": settings.client_id,
+        "client_secret": settings.client_secret.get_secret_value(),
+        "scope": settings.scope,
+    }
+    started = time.monotonic()
+    try:
+        response = session.post(settings.token_url, data=form, timeout=settings.timeout)
+    except requests.ConnectionError as exc:
+        raise GraphConnectionError(f"Cannot reach the token endpoint {settings.token_url}") from (
+            _without_request(exc)
+        )
+    except requests.Timeout as exc:
+        raise DeliveryUnknown(f"The token endpoint {settings.token_url} did not answer") from (
+            _without_request(exc)
+        )
+    if response.status_code != 200:
+        raise _token_error(response)
+    body = response.json()
+    lifetime = float(body.get("expires_in", 3599))
+    logger.debug("Fetched an access token valid for %.0f s from %s", lifetime, settings.token_url)
+    return AccessToken(
+        value=body["access_token"],
+        renew_at=started + lifetime - min(RENEW_AHEAD, lifetime / 10),
+    )
+
+
+def _token_error(response: requests.Response) -> AuthenticationError:
+    """Explain Entra's error answer; its description is kept to the first sentence."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    codes = body.get("error_codes") or []
+    code = int(codes[0]) if codes else None
+    error = body.get("error") or f"HTTP {response.status_code}"
+    description = str(body.get("error_description", "")).split("\r\n")[0].split("\n")[0]
+    hint = AADSTS_HINTS.get(code or 0)
+    message = f"Entra ID refused the token request: {error}"
+    if description:
+        message += f": {description}"
+    if hint:
+        message += f". Fix: {hint}"
+    return AuthenticationError(
+        message,
+        code=f"AADSTS{code}" if code else body.get("error"),
+        status=response.status_code,
+        request_id=body.get("trace_id"),
+        client_request_id=body.get("correlation_id"),
+    )
+
+
+def _without_request(exc: requests.RequestException) -> requests.RequestException:
+    """Drop the prepared request (its body holds the secret) from a requests exception."""
+    exc.request = None
+    return exc

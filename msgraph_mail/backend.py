@@ -1,0 +1,163 @@
+"""The Django email backend: ``EMAIL_BACKEND = "msgraph_mail.backend.EmailBackend"``.
+
+Data flows one way: settings -> resolver -> payload -> client -> status. Each message is
+built into MIME (Bcc kept, override header removed), given a mailbox by the mode's
+:class:`~msgraph_mail.resolvers.SenderResolver`, posted to that mailbox's sendMail, and
+stamped with a :class:`MessageStatus` as ``message.msgraph_status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.core.mail import EmailMessage
+from django.core.mail.backends.base import BaseEmailBackend
+
+from .conf import OPTION_NAMES, MSGraphMailSettings, load_settings
+from .exceptions import (
+    BatchSendError,
+    DeliveryUnknown,
+    InvalidMessage,
+    MSGraphMailError,
+)
+from .graph import GraphClient
+from .mime import build_mime, encode, sender_address
+from .resolvers import SenderResolver, resolver_for
+
+logger = logging.getLogger("msgraph_mail")
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass
+class MessageStatus:
+    """What became of one message; set as ``message.msgraph_status`` by every send.
+
+    ``status`` is ``"sent"`` (Graph accepted it: 202), ``"failed"`` (it was not sent) or
+    ``"unknown"`` (the request left but no answer came back: it may have been sent).
+    """
+
+    status: Literal["sent", "failed", "unknown"]
+    mailbox: str | None = None
+    request_id: str | None = None
+    client_request_id: str | None = None
+    message_id: str | None = None
+    error: MSGraphMailError | None = None
+
+
+class EmailBackend(BaseEmailBackend):
+    """Send Django mail through Microsoft Graph's sendMail.
+
+    Keyword arguments (``get_connection(**kwargs)``, Django 6.1 ``MAILERS`` OPTIONS) are the
+    lower-case settings keys and override ``MSGRAPH_MAIL``; see :mod:`msgraph_mail.conf`.
+    """
+
+    def __init__(self, fail_silently: bool = False, **kwargs: Any) -> None:
+        options = {name: kwargs.pop(name) for name in list(kwargs) if name in OPTION_NAMES}
+        super().__init__(**kwargs)
+        self.fail_silently = fail_silently
+        self.settings: MSGraphMailSettings = load_settings(options)
+        self.client: GraphClient | None = None
+        self.resolver: SenderResolver | None = None
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        alias = getattr(self, "alias", None)
+        return (
+            f"<{type(self).__name__} mode={self.settings.mode} tenant={self.settings.tenant_id}"
+            f"{f' alias={alias}' if alias else ''}>"
+        )
+
+    def open(self) -> bool:
+        """Open the HTTP session; True when this call opened it (as Django's SMTP backend)."""
+        if self.client is not None:
+            return False
+        self.client = GraphClient(self.settings)
+        self.resolver = resolver_for(self.settings, self.client)
+        return True
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.client = None
+        self.resolver = None
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        """Send every message; return how many Graph accepted.
+
+        Every message is attempted even when others fail. Afterwards, unless
+        ``fail_silently``, the failure is raised: the message's own exception when one
+        failed, a :class:`~msgraph_mail.exceptions.BatchSendError` listing them when several.
+        """
+        if not email_messages:
+            return 0
+        failures: list[tuple[EmailMessage, MSGraphMailError]] = []
+        sent = 0
+        with self._lock:
+            opened = self.open()
+            try:
+                for message in email_messages:
+                    status = self._send(message)
+                    if status.status == "sent":
+                        sent += 1
+                    elif status.error is not None and message.recipients():
+                        failures.append((message, status.error))
+            finally:
+                if opened:
+                    self.close()
+        if failures and not self.fail_silently:
+            if len(failures) == 1:
+                raise failures[0][1]
+            raise BatchSendError(failures, sent)
+        return sent
+
+    def _send(self, message: EmailMessage) -> MessageStatus:
+        """The per-message pipeline: payload -> mailbox -> sendMail -> status."""
+        assert self.client is not None
+        assert self.resolver is not None
+        status = MessageStatus(status="failed")
+        message.msgraph_status = status  # type: ignore[attr-defined]
+        try:
+            if not message.recipients():
+                # Django's SMTP backend skips these silently; so do we (not counted).
+                raise InvalidMessage("The message has no recipients", email_message=message)
+            raw = build_mime(message)
+            status.message_id = _message_id(raw)
+            payload = encode(raw, message)
+            mailbox = self.resolver.resolve(message)
+            status.mailbox = mailbox.address
+            try:
+                response = self.client.send_mime(mailbox.id, payload)
+            except MSGraphMailError as exc:
+                raise self.resolver.explain(exc, mailbox, sender_address(message)) from exc
+        except MSGraphMailError as exc:
+            if exc.email_message is None:
+                exc.email_message = message
+            status.status = "unknown" if isinstance(exc, DeliveryUnknown) else "failed"
+            status.error = exc
+            status.request_id = exc.request_id
+            status.client_request_id = exc.client_request_id
+            if message.recipients():
+                logger.error("Message %s not sent: %s", status.message_id or "(unbuilt)", exc)
+            return status
+        status.status = "sent"
+        status.request_id = response.request_id
+        status.client_request_id = response.client_request_id
+        logger.info(
+            "Sent message %s through mailbox %s (request-id %s)",
+            status.message_id,
+            status.mailbox,
+            status.request_id,
+        )
+        return status
+
+
+def _message_id(raw: bytes) -> str | None:
+    headers = raw.split(b"\r\n\r\n", 1)[0]
+    found = _MESSAGE_ID.search(headers)
+    return found.group(1).decode("ascii", "replace").strip() if found else None

@@ -1,0 +1,64 @@
+"""Shared fixtures: a fresh emulator per test, and the three modes of operation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import django
+import pytest
+from django.test import override_settings
+
+from msgraph_mail.auth import tokens
+from msgraph_mail.emulator import GraphEmulator
+from msgraph_mail.resolvers import sender_cache
+
+BACKEND = "msgraph_mail.backend.EmailBackend"
+MODES = ["permissive", "rbac", "single_mailbox"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if django.VERSION >= (6, 1):
+        # The suite also proves the pre-MAILERS API (EMAIL_BACKEND, get_connection,
+        # fail_silently), which Django 6.1 deprecates; our own code must not warn.
+        config.addinivalue_line(
+            "filterwarnings", "ignore::django.utils.deprecation.RemovedInDjango2028Warning"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _cold_process() -> Iterator[None]:
+    """Each test starts as a new process would: no cached token, no cached sender."""
+    tokens.clear()
+    sender_cache.clear()
+    yield
+    tokens.clear()
+    sender_cache.clear()
+
+
+@pytest.fixture
+def emulator(msgraph_emulator: GraphEmulator) -> GraphEmulator:
+    """The plugin's fixture: a running emulator with Django's mail pointed at it."""
+    return msgraph_emulator
+
+
+def mode_settings(emulator: GraphEmulator, mode: str, **extra: Any) -> dict[str, Any]:
+    """Settings and tenant state for a mode, each granted no more than it needs."""
+    if mode == "permissive":
+        emulator.roles = ["Mail.Send", "User.Read.All"]
+        return emulator.settings(MODE="permissive", **extra)
+    if mode == "rbac":
+        emulator.roles = ["User.Read.All"]
+        emulator.rbac_scope = {"noreply@contoso.com", "alice@contoso.com"}
+        return emulator.settings(
+            MODE="rbac", ALLOWED_SENDERS=["noreply@contoso.com", "alice@contoso.com"], **extra
+        )
+    emulator.roles = ["Mail.Send"]
+    return emulator.settings(MODE="single_mailbox", MAILBOX="noreply@contoso.com", **extra)
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest, emulator: GraphEmulator) -> Iterator[str]:
+    """Run a test once per mode of operation, against the emulator."""
+    with override_settings(MSGRAPH_MAIL=mode_settings(emulator, request.param)):
+        yield request.param

@@ -1,0 +1,10 @@
+"""Django settings for the test suite: no MSGRAPH_MAIL here, each test sets its own."""
+
+SECRET_KEY = "tests-only-not-secret"
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "msgraph_mail"]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+USE_TZ = True
+DEFAULT_FROM_EMAIL = "noreply@contoso.com"
+SERVER_EMAIL = "noreply@contoso.com"
+ADMINS = ["Admin <alice@contoso.com>"]
+EMAIL_BACKEND = "msgraph_mail.backend.EmailBackend"
