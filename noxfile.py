@@ -1,0 +1,39 @@
+"""The whole test suite: lint and types, the Django matrix, the docs.
+
+Run everything with ``nox``; one part with ``nox -s lint``, ``nox -s "tests(django='6.1')"``
+or ``nox -s docs``. Pythons come from pyenv (see .python-version).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests", "docs"]
+nox.options.error_on_missing_interpreters = True
+
+# Django release -> the Python it is tested on (5.2 is the last series for 3.10/3.11).
+MATRIX = [("3.11", "5.2"), ("3.12", "6.0"), ("3.13", "6.1")]
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format) and mypy on the package."""
+    session.install("ruff", "mypy", "types-requests", "types-cachetools", "-e", ".")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "msgraph_mail")
+
+
+@nox.session
+@nox.parametrize(("python", "django"), MATRIX, ids=[django for _, django in MATRIX])
+def tests(session: nox.Session, django: str) -> None:
+    """pytest against the bundled Graph emulator, for one Django release."""
+    session.install(f"django~={django}.0", "-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Build the documentation with warnings as errors."""
+    session.install("-r", "docs/requirements.txt", "-e", ".")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
