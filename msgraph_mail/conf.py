@@ -19,6 +19,7 @@ import ipaddress
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -29,9 +30,11 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .exceptions import ConfigurationError
 
@@ -61,8 +64,8 @@ class MSGraphMailSettings(BaseModel):
     client_id: str
     client_secret: SecretStr
     mode: Mode = "permissive"
-    mailbox: str | None = None
-    allowed_senders: tuple[str, ...] = ()
+    mailbox: str | None = Field(default=None, validate_default=True)
+    allowed_senders: tuple[str, ...] = Field(default=(), validate_default=True)
     graph_url: str = "https://graph.microsoft.com"
     authority_url: str = "https://login.microsoftonline.com"
     timeout: float = Field(default=30.0, gt=0)
@@ -81,12 +84,14 @@ class MSGraphMailSettings(BaseModel):
     def _real_tenant(cls, value: str) -> str:
         value = value.strip()
         if value.lower() in MULTI_TENANT_NAMES:
-            raise ValueError(
-                f"'{value}' names no tenant; client credentials need your tenant's id "
-                "or its domain (e.g. contoso.onmicrosoft.com)"
+            raise PydanticCustomError(
+                "multi_tenant",
+                "'{tenant}' names no tenant; client credentials need your tenant's id "
+                "or its domain (e.g. contoso.onmicrosoft.com)",
+                {"tenant": value},
             )
         if not re.fullmatch(r"[A-Za-z0-9.-]+", value):
-            raise ValueError("must be the tenant id (a GUID) or a domain name")
+            raise PydanticCustomError("tenant", "must be the tenant id (a GUID) or a domain name")
         return value
 
     @field_validator("client_id")
@@ -95,16 +100,17 @@ class MSGraphMailSettings(BaseModel):
         try:
             return str(uuid.UUID(value.strip()))
         except ValueError:
-            raise ValueError(
+            raise PydanticCustomError(
+                "guid",
                 "must be the application (client) id, a GUID such as "
-                "00000000-0000-0000-0000-000000000000, from the app registration's overview"
+                "00000000-0000-0000-0000-000000000000, from the app registration's overview",
             ) from None
 
     @field_validator("client_secret")
     @classmethod
     def _non_empty_secret(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().strip():
-            raise ValueError("must not be empty")
+            raise PydanticCustomError("empty_secret", "must not be empty")
         return value
 
     @field_validator("mailbox")
@@ -133,25 +139,36 @@ class MSGraphMailSettings(BaseModel):
     def _url(cls, value: str) -> str:
         parts = urlsplit(value.strip())
         if parts.scheme not in {"https", "http"} or not parts.hostname:
-            raise ValueError("must be an https:// URL")
+            raise PydanticCustomError("url", "must be an https:// URL")
         if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise ValueError(
-                "http:// is only accepted for a loopback host (the bundled emulator); use https://"
+            raise PydanticCustomError(
+                "insecure_url",
+                "http:// is only accepted for a loopback host (the bundled emulator); use https://",
             )
         if parts.query or parts.fragment:
-            raise ValueError("must not have a query or fragment")
+            raise PydanticCustomError("url", "must not have a query or fragment")
         return value.strip().rstrip("/")
 
-    @model_validator(mode="after")
-    def _mode_needs(self) -> MSGraphMailSettings:
-        if self.mode == "single_mailbox" and not self.mailbox:
-            raise ValueError("MODE single_mailbox needs MAILBOX: the mailbox that sends every mail")
-        if self.mode == "rbac" and not self.allowed_senders:
-            raise ValueError(
-                "MODE rbac needs ALLOWED_SENDERS: the addresses or '@domain' entries of the "
-                "mailboxes in the application's Exchange RBAC scope"
+    @field_validator("mailbox", mode="after")
+    @classmethod
+    def _mailbox_for_mode(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("mode") == "single_mailbox" and not value:
+            raise PydanticCustomError(
+                "mailbox_required",
+                "MODE single_mailbox needs MAILBOX: the mailbox that sends every mail",
             )
-        return self
+        return value
+
+    @field_validator("allowed_senders", mode="after")
+    @classmethod
+    def _senders_for_mode(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if info.data.get("mode") == "rbac" and not value:
+            raise PydanticCustomError(
+                "senders_required",
+                "MODE rbac needs ALLOWED_SENDERS: the addresses or '@domain' entries of the "
+                "mailboxes in the application's Exchange RBAC scope",
+            )
+        return value
 
     @property
     def token_url(self) -> str:
@@ -192,50 +209,82 @@ def _is_guid(value: str) -> bool:
 OPTION_NAMES = frozenset(MSGraphMailSettings.model_fields)
 
 
-def collect(options: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
-    """Merge the three sources into lower-case keys; also say where each key came from."""
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the settings, as the system checks and errors report it."""
+
+    key: str  # the settings key, upper-case ("TENANT_ID"), or the unknown key as written
+    kind: str  # pydantic's error type ("missing", "multi_tenant", ...) or "unknown_key"
+    message: str  # one sentence that never quotes a value
+    source: str  # where it was set: "MSGRAPH_MAIL['TENANT_ID']", "backend option 'mode'"
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.message}"
+
+
+def collect(
+    options: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, str], list[Problem]]:
+    """Merge the three sources into lower-case keys; say where each came from, and what is
+    not a key at all."""
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
+    problems: list[Problem] = []
     for legacy, key in LEGACY_SETTINGS.items():
         if getattr(django_settings, legacy, None) is not None:
             values[key.lower()] = getattr(django_settings, legacy)
             origin[key.lower()] = legacy
     configured = getattr(django_settings, "MSGRAPH_MAIL", None) or {}
     if not isinstance(configured, Mapping):
-        raise ConfigurationError("msgraph_mail: the MSGRAPH_MAIL setting must be a dict.")
+        problems.append(Problem("MSGRAPH_MAIL", "dict_type", "must be a dict", "MSGRAPH_MAIL"))
+        configured = {}
+    known = ", ".join(sorted(name.upper() for name in OPTION_NAMES))
     for key, value in configured.items():
         name = str(key).lower()
+        source = f"MSGRAPH_MAIL[{str(key)!r}]"
         if str(key) != name.upper() or name not in OPTION_NAMES:
-            raise ConfigurationError(
-                f"msgraph_mail: unknown key MSGRAPH_MAIL[{key!r}]. "
-                f"Known keys: {', '.join(sorted(n.upper() for n in OPTION_NAMES))}."
+            problems.append(
+                Problem(str(key), "unknown_key", f"is not a setting (known: {known})", source)
             )
+            continue
         values[name] = value
-        origin[name] = f"MSGRAPH_MAIL[{str(key)!r}]"
+        origin[name] = source
     for name, value in (options or {}).items():
         if value is not None:
             values[name] = value
             origin[name] = f"backend option {name!r}"
-    return values, origin
+    return values, origin, problems
+
+
+def validate(
+    options: Mapping[str, Any] | None = None,
+) -> tuple[MSGraphMailSettings | None, list[Problem]]:
+    """Validate every source; return the settings (None if invalid) and every problem found."""
+    values, origin, problems = collect(options)
+    try:
+        settings = MSGraphMailSettings(**values)
+    except ValidationError as exc:
+        return None, problems + _problems(exc, origin)
+    return (None if problems else settings), problems
 
 
 def load_settings(options: Mapping[str, Any] | None = None) -> MSGraphMailSettings:
-    """Build the validated settings, or raise ConfigurationError naming the key at fault."""
-    values, origin = collect(options)
-    try:
-        return MSGraphMailSettings(**values)
-    except ValidationError as exc:
-        raise ConfigurationError(_explain(exc, origin)) from None
+    """Build the validated settings, or raise ConfigurationError naming each key at fault."""
+    settings, problems = validate(options)
+    if settings is None:
+        details = "; ".join(str(problem) for problem in problems)
+        raise ConfigurationError(f"msgraph_mail: invalid settings: {details}.")
+    return settings
 
 
-def _explain(exc: ValidationError, origin: dict[str, str]) -> str:
-    """Turn pydantic's errors into one sentence per key; input values are never quoted."""
-    lines = []
+def _problems(exc: ValidationError, origin: dict[str, str]) -> list[Problem]:
+    """Turn pydantic's errors into one Problem per key; input values are never quoted."""
+    problems = []
     for error in exc.errors(include_input=False, include_url=False):
         field = str(error["loc"][0]) if error["loc"] else ""
-        where = origin.get(field) or (f"MSGRAPH_MAIL[{field.upper()!r}]" if field else "")
-        reason = str(error["msg"]).removeprefix("Value error, ")
+        message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "missing":
-            reason = "is required but not set"
-        lines.append(f"{where} {reason}".strip() if where else reason)
-    return "msgraph_mail: invalid settings: " + "; ".join(lines) + "."
+            message = "is required but not set"
+        source = origin.get(field) or f"MSGRAPH_MAIL[{field.upper()!r}]"
+        problems.append(Problem(field.upper(), str(error["type"]), message, source))
+    return problems

@@ -12,4 +12,3 @@ SERVER_EMAIL = "noreply@contoso.com"
 ADMINS = (
     ["Admin <alice@contoso.com>"] if django.VERSION >= (6, 0) else [("Admin", "alice@contoso.com")]
 )
-EMAIL_BACKEND = "msgraph_mail.backend.EmailBackend"

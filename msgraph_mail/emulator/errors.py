@@ -1,0 +1,69 @@
+"""Errors the emulator answers with, shaped exactly like Graph's and Entra's.
+
+Route code raises these; the HTTP layer turns them into bodies so that every refusal has the
+same shape a client would see from the real services (clients branch on ``code``/``error``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+ENTRA_ERROR_URI = "https://login.microsoftonline.com/error?code={code}"
+
+
+def utc_now_iso() -> str:
+    """Graph's ``innerError.date`` format: ISO 8601, seconds precision, no offset."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class GraphError(Exception):
+    """A Graph refusal: HTTP status, ``error.code`` and ``error.message``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self, request_id: str, client_request_id: str | None) -> bytes:
+        """``{"error": {"code", "message", "innerError": {...}}}`` as Graph sends it."""
+        inner: dict[str, str] = {"date": utc_now_iso(), "request-id": request_id}
+        if client_request_id is not None:
+            inner["client-request-id"] = client_request_id
+        error = {"code": self.code, "message": self.message, "innerError": inner}
+        return json.dumps({"error": error}).encode()
+
+
+class EntraError(Exception):
+    """A token-endpoint refusal: OAuth ``error``, AADSTS number and description."""
+
+    def __init__(self, status: int, error: str, code: int, description: str) -> None:
+        super().__init__(f"{status} {error}: AADSTS{code}")
+        self.status = status
+        self.error = error
+        self.code = code
+        self.description = description
+
+    def body(self, trace_id: str, correlation_id: str) -> bytes:
+        """Entra's error body; the description ends with trace/correlation ids like Entra's."""
+        now = datetime.now(timezone.utc)
+        stamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
+        description = (
+            f"AADSTS{self.code}: {self.description} Trace ID: {trace_id} "
+            f"Correlation ID: {correlation_id} Timestamp: {stamp}"
+        )
+        return json.dumps(
+            {
+                "error": self.error,
+                "error_description": description,
+                "error_codes": [self.code],
+                "timestamp": stamp,
+                "trace_id": trace_id,
+                "correlation_id": correlation_id,
+                "error_uri": ENTRA_ERROR_URI.format(code=self.code),
+            }
+        ).encode()
