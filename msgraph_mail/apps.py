@@ -1,4 +1,4 @@
-"""Django app configuration for msgraph_mail."""
+"""Django app configuration for msgraph_mail: registers the system checks."""
 
 from django.apps import AppConfig
 
@@ -6,3 +6,6 @@ from django.apps import AppConfig
 class MSGraphMailConfig(AppConfig):
     name = "msgraph_mail"
     verbose_name = "Microsoft Graph mail"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401  (registers the checks)

@@ -1,0 +1,250 @@
+"""System checks: misconfiguration found by ``manage.py check``, before the first mail fails.
+
+Each message is a module-level constant with a hint that says what to do; ids are never
+reused. A check runs for every configured mailer that is this backend: ``EMAIL_BACKEND``, or
+each Django 6.1 ``MAILERS`` entry (the alias is named as the message's object). Nothing here
+makes a network request, and no message ever shows the client secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+from django.utils.module_loading import import_string
+
+from .conf import LEGACY_SETTINGS, MSGraphMailSettings, Problem, is_loopback, validate
+
+E001 = Error(
+    "TENANT_ID is not set.",
+    hint="Set MSGRAPH_MAIL['TENANT_ID'] to the Directory (tenant) ID shown on the app "
+    "registration's overview page, or to the tenant's domain (contoso.onmicrosoft.com).",
+    id="msgraph_mail.E001",
+)
+E002 = Error(
+    "TENANT_ID names no tenant (common, organizations or consumers).",
+    hint="Client credentials need a real tenant: use your Directory (tenant) ID or your "
+    "tenant's domain.",
+    id="msgraph_mail.E002",
+)
+E003 = Error(
+    "CLIENT_ID is not set.",
+    hint="Set MSGRAPH_MAIL['CLIENT_ID'] to the Application (client) ID of the app registration.",
+    id="msgraph_mail.E003",
+)
+E004 = Error(
+    "CLIENT_ID is not a GUID.",
+    hint="Copy the Application (client) ID from the app registration's overview page; it "
+    "looks like 00000000-0000-0000-0000-000000000000.",
+    id="msgraph_mail.E004",
+)
+E005 = Error(
+    "No credential: CLIENT_SECRET is not set or empty.",
+    hint="Create a client secret under Certificates & secrets and set its Value (not its "
+    "Secret ID) as MSGRAPH_MAIL['CLIENT_SECRET'], read from the environment.",
+    id="msgraph_mail.E005",
+)
+E006 = Error(
+    "MODE is not one of permissive, rbac or single_mailbox.",
+    hint="Set MSGRAPH_MAIL['MODE'] to 'single_mailbox' (one sending mailbox), 'rbac' (a "
+    "scoped set of mailboxes) or 'permissive' (any mailbox of the tenant).",
+    id="msgraph_mail.E006",
+)
+E007 = Error(
+    "MODE single_mailbox needs MAILBOX.",
+    hint="Set MSGRAPH_MAIL['MAILBOX'] to the user principal name or object id of the "
+    "mailbox that sends every mail.",
+    id="msgraph_mail.E007",
+)
+E008 = Error(
+    "{source} is not a setting of msgraph_mail.",
+    hint="Remove it or fix its spelling. Known keys: {known}.",
+    id="msgraph_mail.E008",
+)
+E009 = Error(
+    "{key} is invalid: {reason}.",
+    hint="Fix {source}; see the settings reference in the msgraph_mail documentation.",
+    id="msgraph_mail.E009",
+)
+E010 = Error(
+    "{key} uses http:// for a host that is not loopback.",
+    hint="Use https://. Plain http:// is only accepted for 127.0.0.1/localhost, where the "
+    "bundled Graph emulator runs.",
+    id="msgraph_mail.E010",
+)
+E011 = Error(
+    "MODE rbac needs ALLOWED_SENDERS.",
+    hint="List the addresses or '@domain' entries of the mailboxes in the application's "
+    "Exchange RBAC scope in MSGRAPH_MAIL['ALLOWED_SENDERS'].",
+    id="msgraph_mail.E011",
+)
+W001 = Warning(
+    "DEFAULT_FROM_EMAIL is Django's default, webmaster@localhost.",
+    hint="No mailbox owns that address, so every mail sent without an explicit From would "
+    "fail. Set DEFAULT_FROM_EMAIL to an address of a mailbox in your tenant.",
+    id="msgraph_mail.W001",
+)
+W002 = Warning(
+    "SERVER_EMAIL is Django's default, root@localhost.",
+    hint="No mailbox owns that address, so error reports to ADMINS would fail. Set "
+    "SERVER_EMAIL to an address of a mailbox in your tenant.",
+    id="msgraph_mail.W002",
+)
+W003 = Warning(
+    "{setting} ({address}) is not allowed by ALLOWED_SENDERS.",
+    hint="In rbac mode every mail from it would be refused. Add it (or its @domain) to "
+    "ALLOWED_SENDERS, once its mailbox is in the Exchange RBAC scope, or change {setting}.",
+    id="msgraph_mail.W003",
+)
+W004 = Warning(
+    "ALLOWED_SENDERS is set but MODE is {mode}: it is ignored.",
+    hint="ALLOWED_SENDERS only applies in rbac mode. Set MODE to 'rbac', or remove it.",
+    id="msgraph_mail.W004",
+)
+W005 = Warning(
+    "Both MSGRAPH_MAIL and the legacy {legacy} are set; MSGRAPH_MAIL wins.",
+    hint="Keys set in MSGRAPH_MAIL override the flat MSGRAPH_* names of "
+    "django-msgraphbackend. Keep one of the two.",
+    id="msgraph_mail.W005",
+)
+W006 = Warning(
+    "{key} points at a loopback host ({url}): the emulator, not Microsoft Graph.",
+    hint="No mail leaves this machine. Remove {key} from production settings (the default "
+    "is Microsoft's global cloud).",
+    id="msgraph_mail.W006",
+)
+
+#: Problems of the settings model, by (key, pydantic error type), and the check reporting it.
+BY_PROBLEM: dict[tuple[str, str], CheckMessage] = {
+    ("TENANT_ID", "missing"): E001,
+    ("TENANT_ID", "string_too_short"): E001,
+    ("TENANT_ID", "multi_tenant"): E002,
+    ("CLIENT_ID", "missing"): E003,
+    ("CLIENT_ID", "guid"): E004,
+    ("CLIENT_SECRET", "missing"): E005,
+    ("CLIENT_SECRET", "empty_secret"): E005,
+    ("MODE", "literal_error"): E006,
+    ("MAILBOX", "mailbox_required"): E007,
+    ("ALLOWED_SENDERS", "senders_required"): E011,
+    ("GRAPH_URL", "insecure_url"): E010,
+    ("AUTHORITY_URL", "insecure_url"): E010,
+}
+
+DJANGO_DEFAULT_FROM = "webmaster@localhost"
+DJANGO_SERVER_EMAIL = "root@localhost"
+
+
+@register("mail")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Validate the settings of every mailer that uses this backend."""
+    messages: list[CheckMessage] = []
+    for where, options in our_mailers():
+        config, problems = validate(options)
+        messages += [at(_for_problem(problem), where) for problem in problems]
+        if config is not None:
+            messages += [at(message, where) for message in _senders(config)]
+        messages += [at(message, where) for message in _legacy_overlap()]
+    return _unique(messages)
+
+
+@register("mail", deploy=True)
+def check_deploy(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Under --deploy: the emulator's loopback URLs left in production settings."""
+    messages: list[CheckMessage] = []
+    for where, options in our_mailers():
+        config, _ = validate(options)
+        if config is None:
+            continue
+        for key, url in (("GRAPH_URL", config.graph_url), ("AUTHORITY_URL", config.authority_url)):
+            if is_loopback(urlsplit(url).hostname or ""):
+                messages.append(at(_format(W006, key=key, url=url), where))
+    return messages
+
+
+def our_mailers() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, options) for each configured mailer that is this backend."""
+    mailers = getattr(settings, "MAILERS", None)
+    if mailers is not None:  # Django 6.1: EMAIL_BACKEND is not read when MAILERS is set
+        for alias, config in mailers.items():
+            if _is_ours(config.get("BACKEND", "")):
+                yield f"MAILERS[{alias!r}]", dict(config.get("OPTIONS") or {})
+    elif _is_ours(getattr(settings, "EMAIL_BACKEND", "")):
+        yield "EMAIL_BACKEND", {}
+
+
+def at(message: CheckMessage, where: str) -> CheckMessage:
+    """The same check message, naming the mailer it concerns as its object."""
+    return type(message)(message.msg, hint=message.hint, obj=where, id=message.id)
+
+
+def _for_problem(problem: Problem) -> CheckMessage:
+    if problem.kind == "unknown_key":
+        known = ", ".join(sorted(name.upper() for name in MSGraphMailSettings.model_fields))
+        return _format(E008, source=problem.source, known=known)
+    check = BY_PROBLEM.get((problem.key, problem.kind))
+    if check is not None:
+        return _format(check, key=problem.key)
+    return _format(E009, key=problem.key, reason=problem.message.rstrip("."), source=problem.source)
+
+
+def _senders(config: MSGraphMailSettings) -> list[CheckMessage]:
+    """Default From addresses that can never be sent, and allow-lists that do nothing."""
+    messages = []
+    default_from = _address(settings.DEFAULT_FROM_EMAIL)
+    server_email = _address(settings.SERVER_EMAIL)
+    if default_from == DJANGO_DEFAULT_FROM:
+        messages.append(W001)
+    if server_email == DJANGO_SERVER_EMAIL:
+        messages.append(W002)
+    if config.mode == "rbac":
+        for setting, address in (
+            ("DEFAULT_FROM_EMAIL", default_from),
+            ("SERVER_EMAIL", server_email),
+        ):
+            if address not in {DJANGO_DEFAULT_FROM, DJANGO_SERVER_EMAIL} and not config.allows(
+                address
+            ):
+                messages.append(_format(W003, setting=setting, address=address))
+    elif config.allowed_senders:
+        messages.append(_format(W004, mode=config.mode))
+    return messages
+
+
+def _legacy_overlap() -> list[CheckMessage]:
+    if not getattr(settings, "MSGRAPH_MAIL", None):
+        return []
+    legacy = [name for name in LEGACY_SETTINGS if getattr(settings, name, None) is not None]
+    return [_format(W005, legacy=", ".join(legacy))] if legacy else []
+
+
+def _format(check: CheckMessage, **values: str) -> CheckMessage:
+    return type(check)(
+        check.msg.format(**values), hint=(check.hint or "").format(**values), id=check.id
+    )
+
+
+def _address(value: str) -> str:
+    from email.utils import parseaddr
+
+    return parseaddr(str(value))[1].lower()
+
+
+def _is_ours(path: str) -> bool:
+    from .backend import EmailBackend
+
+    try:
+        backend = import_string(path)
+    except ImportError:
+        return False
+    return isinstance(backend, type) and issubclass(backend, EmailBackend)
+
+
+def _unique(messages: list[CheckMessage]) -> list[CheckMessage]:
+    seen: list[CheckMessage] = []
+    for message in messages:
+        if message not in seen:
+            seen.append(message)
+    return seen

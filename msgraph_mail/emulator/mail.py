@@ -1,0 +1,420 @@
+"""What Graph received: a ``SentMessage`` record built from a MIME or a JSON ``sendMail`` body.
+
+Exchange parses the MIME into properties, a recipient table and an attachment table; the
+record mirrors that, so tests can assert on what recipients would really get. Recipients come
+from the To/Cc/Bcc headers only: Graph has no SMTP envelope.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass, field
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+from .directory import User
+from .errors import GraphError
+
+_ADDRESS = re.compile(r"^[^\s@<>(),;:\\\[\]]+@[^\s@<>(),;:\\\[\]\"]+$")
+NO_RECIPIENTS = (
+    "At least one recipient is not valid., "
+    "A message can't be sent because it contains no recipients."
+)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """One entry of the attachment table; ``sha256`` is of the decoded bytes."""
+
+    filename: str | None
+    content_type: str
+    size: int
+    sha256: str
+    content_id: str | None
+    inline: bool
+    content: bytes = field(repr=False)
+
+    @classmethod
+    def of(
+        cls,
+        content: bytes,
+        *,
+        filename: str | None,
+        content_type: str,
+        content_id: str | None,
+        inline: bool,
+    ) -> Attachment:
+        return cls(
+            filename=filename,
+            content_type=content_type,
+            size=len(content),
+            sha256=hashlib.sha256(content).hexdigest(),
+            content_id=content_id,
+            inline=inline,
+            content=content,
+        )
+
+
+@dataclass
+class SentMessage:
+    """A message Graph accepted (202) for delivery through ``mailbox``."""
+
+    mailbox: User
+    from_: str
+    from_header: str
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    reply_to: list[str]
+    subject: str
+    text: str | None
+    html: str | None
+    attachments: list[Attachment]
+    headers: list[tuple[str, str]]
+    raw: bytes = field(repr=False)
+    format: str
+    request_id: str
+    save_to_sent_items: bool = True
+
+    def header(self, name: str) -> str | None:
+        """First top-level header called ``name`` (case-insensitive), decoded."""
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    @property
+    def recipients(self) -> list[str]:
+        return [*self.to, *self.cc, *self.bcc]
+
+
+def invalid_recipient(address: str) -> GraphError:
+    return GraphError(
+        400,
+        "ErrorInvalidRecipients",
+        f"At least one recipient is not valid., Recipient '{address}' is not resolved. "
+        "All recipients must be resolved before a message can be submitted.",
+    )
+
+
+def valid_address(address: str) -> bool:
+    """Syntax only (Exchange resolves the rest at transport time, by NDR)."""
+    if not _ADDRESS.match(address):
+        return False
+    domain = address.rpartition("@")[2]
+    return all(domain.split("."))
+
+
+def mime_invalid() -> GraphError:
+    return GraphError(400, "ErrorMimeContentInvalid", "Invalid MIME content.")
+
+
+# MIME ----------------------------------------------------------------------------------------
+
+
+def decode_base64_mime(body: bytes) -> bytes:
+    """Graph's MIME body: base64 with or without line breaks; anything else is refused."""
+    compact = b"".join(body.split())
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise GraphError(
+            400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content."
+        ) from None
+
+
+def from_mime(raw: bytes, mailbox: User, request_id: str) -> SentMessage:
+    """Parse MIME like Exchange does: properties, recipient table, attachment table."""
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    if not isinstance(message, EmailMessage) or not message.keys():
+        raise mime_invalid()
+    headers = _headers(message)
+    sender = _addresses(message, "From")
+    text, html, attachments = _parts(message)
+    return SentMessage(
+        mailbox=mailbox,
+        from_=sender[0].lower() if sender else mailbox.mail.lower(),
+        from_header=_first_header(headers, "From") or mailbox.mail,
+        to=_addresses(message, "To"),
+        cc=_addresses(message, "Cc"),
+        bcc=_addresses(message, "Bcc"),
+        reply_to=_addresses(message, "Reply-To"),
+        subject=_first_header(headers, "Subject") or "",
+        text=text,
+        html=html,
+        attachments=attachments,
+        headers=headers,
+        raw=raw,
+        format="mime",
+        request_id=request_id,
+    )
+
+
+def _headers(message: EmailMessage) -> list[tuple[str, str]]:
+    result: list[tuple[str, str]] = []
+    for name, value in message.raw_items():
+        try:
+            decoded = str(message.policy.header_fetch_parse(name, value))
+        except Exception:  # noqa: BLE001 - a header Python can't parse stays as received
+            decoded = str(value)
+        result.append((name, decoded))
+    return result
+
+
+def _first_header(headers: list[tuple[str, str]], name: str) -> str | None:
+    return next((value for key, value in headers if key.lower() == name.lower()), None)
+
+
+def _addresses(message: EmailMessage, name: str) -> list[str]:
+    """Bare addresses from every ``name`` header; a malformed one refuses the message."""
+    found: list[str] = []
+    for value in message.get_all(name, []):
+        try:
+            addresses: tuple[Address, ...] = value.addresses
+        except Exception:  # noqa: BLE001 - unparsable address header
+            raise invalid_recipient(str(value)) from None
+        for address in addresses:
+            if not valid_address(address.addr_spec):
+                raise invalid_recipient(address.addr_spec or str(value))
+            found.append(address.addr_spec)
+    return found
+
+
+def _leaves(part: EmailMessage) -> list[EmailMessage]:
+    """Non-multipart parts in order; an attached message/rfc822 counts as one leaf."""
+    if part.get_content_maintype() != "multipart":
+        return [part]
+    leaves: list[EmailMessage] = []
+    for sub in part.iter_parts():
+        if isinstance(sub, EmailMessage):
+            leaves += _leaves(sub)
+    return leaves
+
+
+def _parts(message: EmailMessage) -> tuple[str | None, str | None, list[Attachment]]:
+    """Pick the text and HTML bodies; everything attachment-like goes to the table."""
+    text: str | None = None
+    html: str | None = None
+    attachments: list[Attachment] = []
+    for leaf in _leaves(message):
+        disposition = leaf.get_content_disposition()
+        filename = leaf.get_filename()
+        content_type = leaf.get_content_type()
+        if disposition != "attachment" and filename is None:
+            if content_type == "text/plain" and text is None:
+                text = _text(leaf)
+                continue
+            if content_type == "text/html" and html is None:
+                html = _text(leaf)
+                continue
+        content_id = _content_id(leaf)
+        if disposition == "attachment" or filename is not None or content_id is not None:
+            attachments.append(
+                Attachment.of(
+                    _payload(leaf),
+                    filename=filename,
+                    content_type=content_type,
+                    content_id=content_id,
+                    inline=disposition == "inline" or (disposition is None and bool(content_id)),
+                )
+            )
+    return text, html, attachments
+
+
+def _text(part: EmailMessage) -> str:
+    try:
+        content = part.get_content()
+    except (LookupError, UnicodeError):  # unknown charset: decode leniently like Exchange
+        return _payload(part).decode("utf-8", "replace")
+    return content if isinstance(content, str) else _payload(part).decode("utf-8", "replace")
+
+
+def _payload(part: EmailMessage) -> bytes:
+    if part.get_content_maintype() == "message":
+        inner = part.get_payload()
+        if isinstance(inner, list) and inner:
+            return bytes(inner[0].as_bytes(policy=policy.default))
+    payload = part.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _content_id(part: EmailMessage) -> str | None:
+    value = part.get("Content-ID")
+    if value is None:
+        return None
+    return str(value).strip().strip("<>") or None
+
+
+# JSON ----------------------------------------------------------------------------------------
+
+_SEND_MAIL_PARAMETERS = frozenset({"message", "saveToSentItems"})
+FILE_ATTACHMENT = "#microsoft.graph.fileAttachment"
+
+
+def body_read_error(message: str) -> GraphError:
+    return GraphError(400, "RequestBodyRead", message)
+
+
+def from_json(payload: Any, raw: bytes, mailbox: User, request_id: str) -> SentMessage:
+    """Build the record from ``{"message": {...}, "saveToSentItems": ...}`` (notes A.2)."""
+    if not isinstance(payload, dict):
+        raise body_read_error("Empty Payload. JSON content expected.")
+    for key in payload:
+        if key not in _SEND_MAIL_PARAMETERS:
+            raise body_read_error(
+                f"The parameter '{key}' in the request payload is not a valid parameter for "
+                "the operation 'sendMail'."
+            )
+    message = payload.get("message")
+    if not isinstance(message, dict) or not message:
+        raise GraphError(400, "ErrorInvalidParameter", "The value of the parameter 'Message' is empty.")
+    save = payload.get("saveToSentItems", True)
+    if not isinstance(save, bool):
+        raise body_read_error("Cannot convert the literal to the expected type 'Edm.Boolean'.")
+    subject = _optional_str(message, "subject") or ""
+    text, html = _json_body(message.get("body"))
+    sender = _recipients(message, "from", single=True)
+    headers = _json_headers(message.get("internetMessageHeaders"))
+    to = _recipients(message, "toRecipients")
+    cc = _recipients(message, "ccRecipients")
+    bcc = _recipients(message, "bccRecipients")
+    reply_to = _recipients(message, "replyTo")
+    from_address = sender[0][0] if sender else mailbox.mail
+    from_header = _format(*sender[0]) if sender else mailbox.mail
+    summary = [
+        ("From", from_header),
+        *(
+            (name, ", ".join(_format(a, n) for a, n in value))
+            for name, value in (("To", to), ("Cc", cc), ("Reply-To", reply_to))
+            if value
+        ),
+        ("Subject", subject),
+    ]
+    return SentMessage(
+        mailbox=mailbox,
+        from_=from_address.lower(),
+        from_header=from_header,
+        to=[a for a, _ in to],
+        cc=[a for a, _ in cc],
+        bcc=[a for a, _ in bcc],
+        reply_to=[a for a, _ in reply_to],
+        subject=subject,
+        text=text,
+        html=html,
+        attachments=_json_attachments(message.get("attachments")),
+        headers=summary + headers,
+        raw=raw,
+        format="json",
+        request_id=request_id,
+        save_to_sent_items=save,
+    )
+
+
+def _format(address: str, name: str | None) -> str:
+    return str(Address(display_name=name or "", addr_spec=address)) if name else address
+
+
+def _optional_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise body_read_error(f"Cannot convert a value to type 'Edm.String' for '{key}'.")
+    return value
+
+
+def _json_body(body: Any) -> tuple[str | None, str | None]:
+    if body is None:
+        return None, None
+    if not isinstance(body, dict):
+        raise body_read_error("Invalid value for property 'body'.")
+    kind = body.get("contentType", "text")
+    content = _optional_str(body, "content") or ""
+    if not isinstance(kind, str) or kind.lower() not in ("text", "html"):
+        raise body_read_error(f"Requested value '{kind}' was not found.")
+    return (content, None) if kind.lower() == "text" else (None, content)
+
+
+def _recipients(
+    message: dict[str, Any], key: str, *, single: bool = False
+) -> list[tuple[str, str | None]]:
+    """``[{"emailAddress": {"address", "name"?}}]`` as (address, name) pairs."""
+    value = message.get(key)
+    if value is None:
+        return []
+    items = [value] if single else value
+    if not isinstance(items, list):
+        raise body_read_error(f"Invalid value for property '{key}'.")
+    result: list[tuple[str, str | None]] = []
+    for item in items:
+        email = item.get("emailAddress") if isinstance(item, dict) else None
+        if not isinstance(email, dict):
+            raise body_read_error(f"Invalid value for property '{key}'.")
+        address = _optional_str(email, "address")
+        name = _optional_str(email, "name")
+        if not address or not valid_address(address):
+            raise invalid_recipient(address or "")
+        result.append((address, name))
+    return result
+
+
+def _json_headers(value: Any) -> list[tuple[str, str]]:
+    """``internetMessageHeaders``: at most five, every name ``x-``/``X-`` prefixed."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise body_read_error("Invalid value for property 'internetMessageHeaders'.")
+    if len(value) > 5:
+        raise GraphError(
+            400,
+            "InvalidInternetMessageHeaderCollection",
+            "Maximum number of headers in one message should be less than or equal to 5.",
+        )
+    headers: list[tuple[str, str]] = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise body_read_error("Invalid value for property 'internetMessageHeaders'.")
+        name = _optional_str(item, "name") or ""
+        if not name.lower().startswith("x-"):
+            raise GraphError(
+                400,
+                "InvalidInternetMessageHeader",
+                f"The internet message header name '{name}' should start with 'x-' or 'X-'.",
+            )
+        headers.append((name, _optional_str(item, "value") or ""))
+    return headers
+
+
+def _json_attachments(value: Any) -> list[Attachment]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise body_read_error("Invalid value for property 'attachments'.")
+    return [_json_attachment(item) for item in value]
+
+
+def _json_attachment(item: Any) -> Attachment:
+    if not isinstance(item, dict) or item.get("@odata.type") != FILE_ATTACHMENT:
+        raise body_read_error(
+            "A type named for the attachment is missing or is not "
+            f"'{FILE_ATTACHMENT}' (the only kind the emulator supports)."
+        )
+    encoded = _optional_str(item, "contentBytes") or ""
+    try:
+        content = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise body_read_error("Cannot convert the literal to the expected type 'Edm.Binary'.") from None
+    inline = item.get("isInline", False)
+    if not isinstance(inline, bool):
+        raise body_read_error("Cannot convert the literal to the expected type 'Edm.Boolean'.")
+    return Attachment.of(
+        content,
+        filename=_optional_str(item, "name"),
+        content_type=_optional_str(item, "contentType") or "application/octet-stream",
+        content_id=_optional_str(item, "contentId"),
+        inline=inline,
+    )

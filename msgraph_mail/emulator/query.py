@@ -1,0 +1,143 @@
+"""The slice of OData that mailbox resolution needs: ``$filter`` on addresses and ``$select``.
+
+The grammar is deliberately small and strict: a clause the emulator does not understand is
+refused with Graph's ``Request_UnsupportedQuery`` instead of being guessed at, so a client
+cannot come to depend on a query the emulator accepts but Graph would not answer the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .directory import SELECTABLE_PROPERTIES, User
+from .errors import GraphError
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<string>'(?:[^']|'')*')|(?P<punct>[():])|(?P<word>[A-Za-z_$][A-Za-z0-9_./$]*))"
+)
+_FIELDS = {"mail": "mail", "userprincipalname": "userPrincipalName"}
+
+
+def unsupported() -> GraphError:
+    return GraphError(400, "Request_UnsupportedQuery", "Unsupported Query.")
+
+
+@dataclass(frozen=True)
+class Clause:
+    """``field eq 'value'``; ``field`` is mail, userPrincipalName or proxyAddresses."""
+
+    field: str
+    value: str
+
+    def matches(self, user: User) -> bool:
+        wanted = self.value.lower()
+        if self.field == "mail":
+            return user.mail.lower() == wanted
+        if self.field == "userPrincipalName":
+            return user.user_principal_name.lower() == wanted
+        return any(p.lower() == wanted for p in user.proxy_addresses)
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        match = _TOKEN.match(text, pos)
+        if match is None or match.lastgroup is None:
+            raise unsupported()
+        tokens.append((match.lastgroup, match.group(match.lastgroup)))
+        pos = match.end()
+    return tokens
+
+
+class _Parser:
+    """Recursive descent over: expr := primary ('or' primary)*; primary := '(' expr ')' | clause."""
+
+    def __init__(self, text: str) -> None:
+        self.tokens = _tokenize(text)
+        self.pos = 0
+
+    def parse(self) -> list[Clause]:
+        clauses = self.expr()
+        if self.pos != len(self.tokens):
+            raise unsupported()
+        return clauses
+
+    def expr(self) -> list[Clause]:
+        clauses = self.primary()
+        while self.peek_word("or"):
+            self.pos += 1
+            clauses += self.primary()
+        return clauses
+
+    def primary(self) -> list[Clause]:
+        if self.peek("punct", "("):
+            self.pos += 1
+            clauses = self.expr()
+            self.expect("punct", ")")
+            return clauses
+        field = self.expect("word").lower()
+        if field in _FIELDS:
+            self.expect_word("eq")
+            return [Clause(_FIELDS[field], self.string())]
+        if field == "proxyaddresses/any":
+            self.expect("punct", "(")
+            variable = self.expect("word")
+            self.expect("punct", ":")
+            if self.expect("word") != variable:
+                raise unsupported()
+            self.expect_word("eq")
+            value = self.string()
+            self.expect("punct", ")")
+            return [Clause("proxyAddresses", value)]
+        raise unsupported()
+
+    def string(self) -> str:
+        return self.expect("string")[1:-1].replace("''", "'")
+
+    def peek(self, kind: str, text: str | None = None) -> bool:
+        if self.pos >= len(self.tokens):
+            return False
+        got_kind, got = self.tokens[self.pos]
+        return got_kind == kind and (text is None or got == text)
+
+    def peek_word(self, word: str) -> bool:
+        return self.peek("word") and self.tokens[self.pos][1].lower() == word
+
+    def expect(self, kind: str, text: str | None = None) -> str:
+        if not self.peek(kind, text):
+            raise unsupported()
+        self.pos += 1
+        return self.tokens[self.pos - 1][1]
+
+    def expect_word(self, word: str) -> None:
+        if not self.peek_word(word):
+            raise unsupported()
+        self.pos += 1
+
+
+def parse_filter(text: str) -> Callable[[User], bool]:
+    """A predicate for ``$filter``; raises ``Request_UnsupportedQuery`` outside the grammar."""
+    clauses = _Parser(text).parse()
+    return lambda user: any(clause.matches(user) for clause in clauses)
+
+
+def parse_select(text: str) -> list[str]:
+    """Canonical property names from ``$select`` (case-insensitive, like Graph)."""
+    canonical = {name.lower(): name for name in SELECTABLE_PROPERTIES}
+    names: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip()
+        if name.lower() not in canonical:
+            raise GraphError(
+                400,
+                "Request_BadRequest",
+                f"Could not find a property named '{name}' on type 'microsoft.graph.user'.",
+            )
+        if canonical[name.lower()] not in names:
+            names.append(canonical[name.lower()])
+    return names
