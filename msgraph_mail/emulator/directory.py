@@ -159,8 +159,8 @@ class Tenant:
 
     @property
     def roles(self) -> list[str]:
-        with self.lock:
-            return list(self._roles)
+        """The live list: ``emu.roles.append(...)`` works as well as assignment."""
+        return self._roles
 
     @roles.setter
     def roles(self, roles: Iterable[str]) -> None:
@@ -169,13 +169,13 @@ class Tenant:
 
     @property
     def rbac_scope(self) -> set[str] | None:
-        with self.lock:
-            return None if self._rbac_scope is None else set(self._rbac_scope)
+        """The live set (ids or addresses, matched case-insensitively) or None."""
+        return self._rbac_scope
 
     @rbac_scope.setter
     def rbac_scope(self, scope: Iterable[str] | None) -> None:
         with self.lock:
-            self._rbac_scope = None if scope is None else {s.lower() for s in scope}
+            self._rbac_scope = None if scope is None else set(scope)
 
     @property
     def users(self) -> list[User]:
@@ -188,7 +188,7 @@ class Tenant:
         *,
         mail: str | None = None,
         aliases: Iterable[str] = (),
-        id: str | None = None,  # noqa: A002 - the Graph property name
+        id: str | None = None,
         display_name: str | None = None,
         mailbox_enabled: bool = True,
         send_as: Iterable[str] = (),
@@ -234,7 +234,8 @@ class Tenant:
         """Entra ``Mail.Send`` or an Exchange RBAC grant covering this mailbox."""
         if "Mail.Send" in roles:
             return True
-        scope = self.rbac_scope
+        with self.lock:
+            scope = None if self._rbac_scope is None else {s.lower() for s in self._rbac_scope}
         if scope is None:
             return False
         return user.id.lower() in scope or bool(scope & set(user.addresses()))

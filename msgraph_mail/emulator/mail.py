@@ -161,7 +161,7 @@ def _headers(message: EmailMessage) -> list[tuple[str, str]]:
     for name, value in message.raw_items():
         try:
             decoded = str(message.policy.header_fetch_parse(name, value))
-        except Exception:  # noqa: BLE001 - a header Python can't parse stays as received
+        except Exception:
             decoded = str(value)
         result.append((name, decoded))
     return result
@@ -177,7 +177,7 @@ def _addresses(message: EmailMessage, name: str) -> list[str]:
     for value in message.get_all(name, []):
         try:
             addresses: tuple[Address, ...] = value.addresses
-        except Exception:  # noqa: BLE001 - unparsable address header
+        except Exception:
             raise invalid_recipient(str(value)) from None
         for address in addresses:
             if not valid_address(address.addr_spec):
@@ -228,18 +228,21 @@ def _parts(message: EmailMessage) -> tuple[str | None, str | None, list[Attachme
 
 
 def _text(part: EmailMessage) -> str:
+    """Decoded body text with ``\n`` line ends, whether the MIME used CRLF or LF."""
     try:
         content = part.get_content()
     except (LookupError, UnicodeError):  # unknown charset: decode leniently like Exchange
-        return _payload(part).decode("utf-8", "replace")
-    return content if isinstance(content, str) else _payload(part).decode("utf-8", "replace")
+        content = None
+    if not isinstance(content, str):
+        content = _payload(part).decode("utf-8", "replace")
+    return content.replace("\r\n", "\n")
 
 
 def _payload(part: EmailMessage) -> bytes:
     if part.get_content_maintype() == "message":
         inner = part.get_payload()
-        if isinstance(inner, list) and inner:
-            return bytes(inner[0].as_bytes(policy=policy.default))
+        if isinstance(inner, list) and inner and isinstance(inner[0], EmailMessage):
+            return inner[0].as_bytes(policy=policy.default)
     payload = part.get_payload(decode=True)
     return payload if isinstance(payload, bytes) else b""
 
@@ -273,7 +276,9 @@ def from_json(payload: Any, raw: bytes, mailbox: User, request_id: str) -> SentM
             )
     message = payload.get("message")
     if not isinstance(message, dict) or not message:
-        raise GraphError(400, "ErrorInvalidParameter", "The value of the parameter 'Message' is empty.")
+        raise GraphError(
+            400, "ErrorInvalidParameter", "The value of the parameter 'Message' is empty."
+        )
     save = payload.get("saveToSentItems", True)
     if not isinstance(save, bool):
         raise body_read_error("Cannot convert the literal to the expected type 'Edm.Boolean'.")
@@ -407,7 +412,9 @@ def _json_attachment(item: Any) -> Attachment:
     try:
         content = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise body_read_error("Cannot convert the literal to the expected type 'Edm.Binary'.") from None
+        raise body_read_error(
+            "Cannot convert the literal to the expected type 'Edm.Binary'."
+        ) from None
     inline = item.get("isInline", False)
     if not isinstance(inline, bool):
         raise body_read_error("Cannot convert the literal to the expected type 'Edm.Boolean'.")

@@ -1,0 +1,40 @@
+"""A Microsoft Graph + Entra emulator on 127.0.0.1, for tests, demos and local development.
+
+It implements what a mail backend touches (client-credentials tokens, user lookup, sendMail
+with MIME or JSON) with Graph's status codes, error codes and permission rules, so behaviour
+seen here is behaviour to expect from the real services. Standard library only.
+"""
+
+from .directory import (
+    ALICE_ID,
+    BOB_ID,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    GUEST_ID,
+    NOREPLY_ID,
+    SERVICE_PRINCIPAL_ID,
+    TENANT_DOMAIN,
+    TENANT_ID,
+    User,
+)
+from .mail import Attachment, SentMessage
+from .routes import MAX_REQUEST_BYTES
+from .server import GraphEmulator, RecordedRequest
+
+__all__ = [
+    "ALICE_ID",
+    "BOB_ID",
+    "CLIENT_ID",
+    "CLIENT_SECRET",
+    "GUEST_ID",
+    "MAX_REQUEST_BYTES",
+    "NOREPLY_ID",
+    "SERVICE_PRINCIPAL_ID",
+    "TENANT_DOMAIN",
+    "TENANT_ID",
+    "Attachment",
+    "GraphEmulator",
+    "RecordedRequest",
+    "SentMessage",
+    "User",
+]

@@ -1,0 +1,280 @@
+"""Graph ``/v1.0`` endpoints: user get/list and ``sendMail``, with Graph's checks and order.
+
+Routing is separate from HTTP plumbing so that the request kind ("user_get", "sendMail", ...)
+can be known before the body is read (the 4 MB limit is enforced on ``Content-Length``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from .directory import Tenant, User
+from .entra import IssuedToken, TokenStore
+from .errors import GraphError
+from .mail import NO_RECIPIENTS, SentMessage, decode_base64_mime, from_json, from_mime
+from .query import parse_filter, parse_select, unsupported
+
+ODATA_JSON = "application/json;odata.metadata=minimal;odata.streaming=true;charset=utf-8"
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+_USERS_KEY = re.compile(r"users\('((?:[^']|'')*)'\)", re.IGNORECASE)
+_SEND_MAIL = ("sendmail", "microsoft.graph.sendmail")
+_DIRECTORY_OPTIONS = ("$select", "$filter", "$top")
+_WWW_AUTHENTICATE = (
+    'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/'
+    'authorize", client_id="00000003-0000-0000-c000-000000000000"'
+)
+
+
+@dataclass
+class Request:
+    """One HTTP request as the routes see it (body already read)."""
+
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: dict[str, str]
+    body: bytes
+    request_id: str
+    client_request_id: str | None
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Route:
+    """``name`` is the request kind; ``key`` the user id/UPN; ``bad`` an unknown segment."""
+
+    name: str
+    key: str | None = None
+    bad: str | None = None
+    method: str | None = None
+
+
+def resolve(path: str) -> Route:
+    """Map a ``/v1.0/...`` path to a route (path segments are percent-decoded one by one)."""
+    segments = [unquote(s) for s in path.split("/")[2:]]
+    if segments and segments[-1] == "" and len(segments) > 1:
+        segments.pop()
+    if not segments:
+        return Route("other", bad="")
+    match = _USERS_KEY.fullmatch(segments[0])
+    if match:
+        key, rest = match.group(1).replace("''", "'"), segments[1:]
+    elif segments[0].lower() == "users":
+        if len(segments) == 1:
+            return Route("user_list", method="GET")
+        key, rest = segments[1], segments[2:]
+    else:
+        return Route("other", bad=segments[0])
+    if not rest:
+        return Route("user_get", key=key, method="GET")
+    if len(rest) == 1 and rest[0].lower() in _SEND_MAIL:
+        return Route("sendMail", key=key, method="POST")
+    return Route("other", bad=rest[0])
+
+
+def kind_of(method: str, path: str) -> str:
+    """The request kind recorded for counting: a route only counts with its own method."""
+    route = resolve(path)
+    return route.name if route.method == method else "other"
+
+
+class GraphApi:
+    """The ``/v1.0`` service: authenticates, routes and records accepted messages."""
+
+    def __init__(
+        self,
+        tenant: Tenant,
+        tokens: TokenStore,
+        base_url: Callable[[], str],
+        deliver: Callable[[SentMessage], None],
+    ) -> None:
+        self.tenant = tenant
+        self.tokens = tokens
+        self.base_url = base_url
+        self.deliver = deliver
+
+    def handle(self, request: Request) -> Response:
+        token = self.authenticate(request)
+        route = resolve(request.path)
+        if route.bad is not None:
+            raise GraphError(
+                400, "BadRequest", f"Resource not found for the segment '{route.bad}'."
+            )
+        if route.method != request.method:
+            raise GraphError(
+                405,
+                "Request_BadRequest",
+                "Specified HTTP method is not allowed for the request target.",
+            )
+        if route.name == "sendMail":
+            assert route.key is not None
+            return self.send_mail(request, route.key, token)
+        if not self.tenant.may_read_directory(token.roles):
+            raise GraphError(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            )
+        if route.name == "user_get":
+            assert route.key is not None
+            return self.get_user(request, route.key)
+        return self.list_users(request)
+
+    def authenticate(self, request: Request) -> IssuedToken:
+        """Graph's 401s: no bearer token, an unknown one, an expired or revoked one."""
+        scheme, _, token = (request.header("Authorization") or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _unauthenticated("Access token is empty.")
+        issued = self.tokens.lookup(token)
+        if issued is None:
+            raise _unauthenticated("CompactToken parsing failed with error code: 80049217")
+        if not issued.valid(time.time()):
+            raise _unauthenticated("Access token has expired or is not yet valid.")
+        return issued
+
+    # users -------------------------------------------------------------------------------
+
+    def get_user(self, request: Request, key: str) -> Response:
+        options = _options(request, ("$select",))
+        user = self.tenant.by_id_or_upn(key)
+        if user is None:
+            raise GraphError(
+                404,
+                "Request_ResourceNotFound",
+                f"Resource '{key}' does not exist or one of its queried reference-property "
+                "objects are not present.",
+            )
+        select = parse_select(options["$select"]) if "$select" in options else None
+        body = {"@odata.context": self._context(select, entity=True), **user.to_graph(select)}
+        return _json(200, body)
+
+    def list_users(self, request: Request) -> Response:
+        options = _options(request, _DIRECTORY_OPTIONS)
+        select = parse_select(options["$select"]) if "$select" in options else None
+        users: list[User] = self.tenant.users
+        if "$filter" in options:
+            predicate = parse_filter(options["$filter"])
+            users = [u for u in users if predicate(u)]
+        if "$top" in options:
+            users = users[: _top(options["$top"])]
+        body = {
+            "@odata.context": self._context(select, entity=False),
+            "value": [u.to_graph(select) for u in users],
+        }
+        return _json(200, body)
+
+    def _context(self, select: list[str] | None, *, entity: bool) -> str:
+        selected = f"({','.join(select)})" if select is not None else ""
+        return f"{self.base_url()}/v1.0/$metadata#users{selected}" + ("/$entity" if entity else "")
+
+    # sendMail ----------------------------------------------------------------------------
+
+    def send_mail(self, request: Request, key: str, token: IssuedToken) -> Response:
+        """Mailbox, permission, body, From, recipients: each refused the way Graph does."""
+        _options(request, ())
+        mailbox = self._mailbox(key)
+        if not self.tenant.may_send_from(mailbox, token.roles):
+            raise GraphError(
+                403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+            )
+        message = self._parse(request, mailbox)
+        if not mailbox.may_send_as(message.from_):
+            raise GraphError(
+                403,
+                "ErrorSendAsDenied",
+                "The user account which was used to submit this request does not have the "
+                "right to send mail on behalf of the specified sending account., Cannot "
+                "submit message.",
+            )
+        if not message.recipients:
+            raise GraphError(400, "ErrorInvalidRecipients", NO_RECIPIENTS)
+        self.deliver(message)
+        return Response(202)
+
+    def _mailbox(self, key: str) -> User:
+        mailbox = self.tenant.by_id_or_upn(key)
+        if mailbox is None:
+            raise GraphError(404, "ErrorInvalidUser", f"The requested user '{key}' is invalid.")
+        if not mailbox.mailbox_enabled:
+            raise GraphError(
+                404,
+                "MailboxNotEnabledForRESTAPI",
+                "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+            )
+        return mailbox
+
+    def _parse(self, request: Request, mailbox: User) -> SentMessage:
+        media_type = (request.header("Content-Type") or "").split(";")[0].strip().lower()
+        if media_type == "text/plain":
+            raw = decode_base64_mime(request.body)
+            return from_mime(raw, mailbox, request.request_id)
+        if media_type == "application/json":
+            try:
+                payload = json.loads(request.body)
+            except (ValueError, UnicodeDecodeError):
+                raise GraphError(
+                    400,
+                    "RequestBodyRead",
+                    "Invalid JSON. A token was not recognized in the JSON content.",
+                ) from None
+            return from_json(payload, request.body, mailbox, request.request_id)
+        raise GraphError(
+            400,
+            "RequestBodyRead",
+            f"The content type '{media_type or 'none'}' is not supported; sendMail takes "
+            "'application/json' or 'text/plain' (base64 MIME).",
+        )
+
+
+def _unauthenticated(message: str) -> GraphError:
+    return GraphError(
+        401, "InvalidAuthenticationToken", message, {"WWW-Authenticate": _WWW_AUTHENTICATE}
+    )
+
+
+def _json(status: int, body: object) -> Response:
+    return Response(status, json.dumps(body).encode(), {"Content-Type": ODATA_JSON})
+
+
+def _options(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """System query options: each at most once; valid ones the emulator lacks are refused."""
+    options: dict[str, str] = {}
+    for name, value in request.query:
+        if not name.startswith("$"):
+            continue
+        if name.lower() in options:
+            raise GraphError(
+                400,
+                "BadRequest",
+                f"Query option '{name}' was specified more than once, but it must be "
+                "specified at most once.",
+            )
+        if name.lower() not in allowed:
+            raise unsupported()
+        options[name.lower()] = value
+    return options
+
+
+def _top(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 999:
+        raise GraphError(
+            400,
+            "Request_BadRequest",
+            f"Invalid page size specified: '{value}'. Must be between 1 and 999 inclusive.",
+        )
+    return int(value)
