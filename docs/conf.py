@@ -4,7 +4,7 @@ import msgraph_mail
 
 project = "msgraph_mail"
 author = "msgraph_mail contributors"
-copyright = "2026, msgraph_mail contributors"  # noqa: A001
+copyright = "2026, msgraph_mail contributors"
 release = msgraph_mail.__version__
 version = release
 

@@ -121,7 +121,7 @@ class EmailBackend(BaseEmailBackend):
         assert self.client is not None
         assert self.resolver is not None
         status = MessageStatus(status="failed")
-        message.msgraph_status = status  # type: ignore[attr-defined]
+        message.msgraph_status = status
         try:
             if not message.recipients():
                 # Django's SMTP backend skips these silently; so do we (not counted).

@@ -137,7 +137,6 @@ DJANGO_DEFAULT_FROM = "webmaster@localhost"
 DJANGO_SERVER_EMAIL = "root@localhost"
 
 
-@register("mail")
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Validate the settings of every mailer that uses this backend."""
     messages: list[CheckMessage] = []
@@ -150,7 +149,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     return _unique(messages)
 
 
-@register("mail", deploy=True)
 def check_deploy(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Under --deploy: the emulator's loopback URLs left in production settings."""
     messages: list[CheckMessage] = []
@@ -162,6 +160,10 @@ def check_deploy(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             if is_loopback(urlsplit(url).hostname or ""):
                 messages.append(at(_format(W006, key=key, url=url), where))
     return messages
+
+
+register(check_settings, "mail")
+register(check_deploy, "mail", deploy=True)
 
 
 def our_mailers() -> Iterator[tuple[str, dict[str, Any]]]:

@@ -8,8 +8,13 @@ received and how many HTTP requests each message took.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import django
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from .emulator import SentMessage
 
 BACKEND = "msgraph_mail.backend.EmailBackend"
 
@@ -21,10 +26,10 @@ def run() -> int:
         _configure_django(emulator.settings(MODE="permissive"))
         print(f"Graph emulator listening on {emulator.url} (tenant contoso, permissive mode)\n")
         _send_welcome()
-        first = _request_counts(emulator)
+        first = emulator.count()
         emulator.reset()
         _send_welcome(subject="Your order #1002 has shipped")
-        steady = _request_counts(emulator)
+        steady = emulator.count()
         _show(emulator.sent[-1])
         print("\nHTTP requests per message:")
         print(f"  first message : {first}  (token + sender lookup + sendMail)")
@@ -61,28 +66,24 @@ def _send_welcome(subject: str = "Your order #1001 is confirmed") -> None:
     )
     message.attach("invoice-1001.txt", "Invoice 1001\nTotal: 42.00 EUR\n", "text/plain")
     message.send()
-    status = message.msgraph_status  # type: ignore[attr-defined]
+    status = message.msgraph_status
     print(f"sent {subject!r}: {status.status} via {status.mailbox}, request-id {status.request_id}")
 
 
-def _request_counts(emulator: object) -> int:
-    return int(emulator.count())  # type: ignore[attr-defined]
-
-
-def _show(sent: object) -> None:
+def _show(sent: SentMessage) -> None:
     print("\nWhat Graph received (last message):")
     for label, value in (
-        ("mailbox", sent.mailbox.user_principal_name),  # type: ignore[attr-defined]
-        ("From", sent.from_header),  # type: ignore[attr-defined]
-        ("To", ", ".join(sent.to)),  # type: ignore[attr-defined]
-        ("Cc", ", ".join(sent.cc)),  # type: ignore[attr-defined]
-        ("Bcc", ", ".join(sent.bcc)),  # type: ignore[attr-defined]
-        ("Subject", sent.subject),  # type: ignore[attr-defined]
-        ("text", (sent.text or "").strip().splitlines()[0]),  # type: ignore[attr-defined]
-        ("html", "yes" if sent.html else "no"),  # type: ignore[attr-defined]
+        ("mailbox", sent.mailbox.user_principal_name),
+        ("From", sent.from_header),
+        ("To", ", ".join(sent.to)),
+        ("Cc", ", ".join(sent.cc)),
+        ("Bcc", ", ".join(sent.bcc)),
+        ("Subject", sent.subject),
+        ("text", (sent.text or "").strip().splitlines()[0]),
+        ("html", "yes" if sent.html else "no"),
     ):
         print(f"  {label:<8} {value}")
-    for attachment in sent.attachments:  # type: ignore[attr-defined]
+    for attachment in sent.attachments:
         print(
             f"  attached {attachment.filename} ({attachment.content_type}, "
             f"{attachment.size} bytes, sha256 {attachment.sha256[:16]}...)"

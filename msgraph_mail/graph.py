@@ -55,13 +55,14 @@ class GraphClient:
     def get_user(self, user: str) -> dict[str, Any] | None:
         """Look a user up by object id or user principal name; None when there is none."""
         try:
-            return self.request(  # type: ignore[no-any-return]
+            response = self.request(
                 "GET", f"/users/{quote(user, safe='@')}", params={"$select": USER_FIELDS}
-            ).body
+            )
         except GraphAPIError as exc:
             if exc.status == 404:
                 return None
             raise
+        return dict(response.body)
 
     def find_user(self, address: str) -> dict[str, Any] | None:
         """Find the user whose primary address, any alias or UPN is ``address``."""
@@ -95,7 +96,7 @@ class GraphClient:
             tokens.invalidate(self.settings, token)
             token = tokens.get(self.settings, self.session)
             response = self._send(method, path, token, dict(kwargs))
-        client_request_id = response.request.headers["client-request-id"]  # type: ignore[index]
+        client_request_id = response.request.headers["client-request-id"]
         if response.status_code >= 400:
             raise graph_error(response, str(client_request_id))
         return Response(

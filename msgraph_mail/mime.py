@@ -16,7 +16,7 @@ import uuid
 from email.headerregistry import Address
 from email.message import Message
 from email.utils import getaddresses, parseaddr
-from typing import Any
+from typing import Any, cast
 
 import django
 from django.core.mail import EmailMessage
@@ -81,7 +81,7 @@ def build_mime(message: EmailMessage) -> bytes:
     _check_envelope(message)
     try:
         if _MODERN_EMAIL:
-            mime: Message = message.message(policy=email.policy.SMTP)  # type: ignore[call-arg]
+            mime: Message = message.message(policy=email.policy.SMTP)
         else:
             mime = message.message()
     except ValueError as exc:  # includes BadHeaderError: header injection, Bcc in headers
@@ -91,7 +91,7 @@ def build_mime(message: EmailMessage) -> bytes:
         _set_bcc(mime, [str(address) for address in message.bcc if address])
     if _MODERN_EMAIL:
         return mime.as_bytes()
-    return mime.as_bytes(linesep="\r\n")
+    return bytes(cast(Any, mime).as_bytes(linesep="\r\n"))  # Django 5.2's SafeMIME* API
 
 
 def encode(raw: bytes, message: EmailMessage | None = None) -> bytes:
@@ -135,7 +135,7 @@ def _set_bcc(mime: Message, addresses: list[str]) -> None:
     for name, addr_spec in getaddresses(addresses):
         username, _, domain = addr_spec.rpartition("@")
         parsed.append(Address(display_name=name, username=username, domain=punycode(domain)))
-    mime["Bcc"] = parsed
+    cast(Any, mime)["Bcc"] = parsed  # the header registry takes Address objects
 
 
 def _is_guid(value: str) -> bool:

@@ -43,7 +43,8 @@ def test_invalid_option_value_is_improperly_configured(emulator: GraphEmulator) 
     from django.core.exceptions import ImproperlyConfigured
 
     mailers = {"default": {"BACKEND": BACKEND, "OPTIONS": {"mode": "rbac"}}}
-    with override_settings(MAILERS=mailers), pytest.raises(
-        ImproperlyConfigured, match="backend option 'mode'|ALLOWED_SENDERS"
+    with (
+        override_settings(MAILERS=mailers),
+        pytest.raises(ImproperlyConfigured, match=r"backend option 'mode'|ALLOWED_SENDERS"),
     ):
         mail.mailers.default  # noqa: B018

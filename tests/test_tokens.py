@@ -36,7 +36,9 @@ def test_token_is_renewed_ahead_of_expiry(emulator: GraphEmulator) -> None:
     assert emulator.count("sendMail") == 3
 
 
-def test_rejected_token_is_replaced_once(emulator: GraphEmulator, caplog: pytest.LogCaptureFixture) -> None:
+def test_rejected_token_is_replaced_once(
+    emulator: GraphEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
     send()
     emulator.expire_tokens()
     with caplog.at_level(logging.WARNING, logger="msgraph_mail"):
@@ -57,9 +59,11 @@ def test_rejected_token_is_replaced_once(emulator: GraphEmulator, caplog: pytest
 def test_entra_errors_are_explained(
     emulator: GraphEmulator, override: dict[str, str], code: str, hint: str
 ) -> None:
-    with override_settings(MSGRAPH_MAIL=emulator.settings(**override)):
-        with pytest.raises(AuthenticationError, match=hint) as info:
-            send()
+    with (
+        override_settings(MSGRAPH_MAIL=emulator.settings(**override)),
+        pytest.raises(AuthenticationError, match=hint) as info,
+    ):
+        send()
     assert info.value.code == code
     assert "wrong-secret-value" not in str(info.value)
     assert CLIENT_SECRET not in str(info.value)
@@ -74,9 +78,11 @@ def test_fail_silently_swallows_authentication_errors(emulator: GraphEmulator) -
 def test_unreachable_graph_is_a_connection_error(emulator: GraphEmulator) -> None:
     url = emulator.url
     emulator.stop()
-    with override_settings(MSGRAPH_MAIL={**emulator.settings(), "GRAPH_URL": url}):
-        with pytest.raises(GraphConnectionError, match="Cannot reach"):
-            send()
+    with (
+        override_settings(MSGRAPH_MAIL={**emulator.settings(), "GRAPH_URL": url}),
+        pytest.raises(GraphConnectionError, match="Cannot reach"),
+    ):
+        send()
 
 
 def test_tokens_never_reach_logs_or_errors(
@@ -86,9 +92,11 @@ def test_tokens_never_reach_logs_or_errors(
         send()
         emulator.expire_tokens()
         send()
-        with override_settings(MSGRAPH_MAIL=emulator.settings(CLIENT_SECRET="bad")):
-            with pytest.raises(AuthenticationError) as info:
-                send()
+        with (
+            override_settings(MSGRAPH_MAIL=emulator.settings(CLIENT_SECRET="bad")),
+            pytest.raises(AuthenticationError) as info,
+        ):
+            send()
     issued = [t for t in emulator.issued_tokens]
     assert issued
     for secret in [CLIENT_SECRET, *issued]:
