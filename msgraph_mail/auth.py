@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import requests
 
 from .conf import MSGraphMailSettings
-from .exceptions import AuthenticationError, DeliveryUnknown, GraphConnectionError
+from .exceptions import AuthenticationError, GraphConnectionError
+from .retry import RetryBudget, parse_retry_after
 
 logger = logging.getLogger("msgraph_mail")
 
@@ -105,33 +106,60 @@ def _cache_key(settings: MSGraphMailSettings) -> str:
 
 
 def fetch_token(settings: MSGraphMailSettings, session: requests.Session) -> AccessToken:
-    """Ask Entra's token endpoint for an app-only token (client credentials grant)."""
+    """Ask Entra's token endpoint for an app-only token (client credentials grant).
+
+    A token request changes nothing, so throttling (429), server errors (5xx), timeouts and
+    broken connections are all retried within the MAX_RETRIES / MAX_RETRY_WAIT budget.
+    """
+    budget = RetryBudget(settings.max_retries, settings.max_retry_wait)
+    while True:
+        started = time.monotonic()
+        try:
+            response = _post_form(settings, session)
+        except GraphConnectionError as exc:
+            wait = budget.next_wait(None)
+            if wait is None:
+                raise
+            _pause(wait, str(exc))
+            continue
+        if response.status_code == 429 or response.status_code >= 500:
+            wait = budget.next_wait(parse_retry_after(response.headers.get("Retry-After")))
+            if wait is not None:
+                _pause(wait, f"the token endpoint answered HTTP {response.status_code}")
+                continue
+        if response.status_code != 200:
+            raise _token_error(response)
+        body = response.json()
+        lifetime = float(body.get("expires_in", 3599))
+        logger.debug(
+            "Fetched an access token valid for %.0f s from %s", lifetime, settings.token_url
+        )
+        return AccessToken(
+            value=body["access_token"],
+            renew_at=started + lifetime - min(RENEW_AHEAD, lifetime / 10),
+        )
+
+
+def _post_form(settings: MSGraphMailSettings, session: requests.Session) -> requests.Response:
     form = {
         "grant_type": "client_credentials",
         "client_id": settings.client_id,
         "client_secret": settings.client_secret.get_secret_value(),
         "scope": settings.scope,
     }
-    started = time.monotonic()
     try:
-        response = session.post(settings.token_url, data=form, timeout=settings.timeout)
-    except requests.ConnectionError as exc:
-        raise GraphConnectionError(f"Cannot reach the token endpoint {settings.token_url}") from (
-            _without_request(exc)
-        )
-    except requests.Timeout as exc:
-        raise DeliveryUnknown(f"The token endpoint {settings.token_url} did not answer") from (
-            _without_request(exc)
-        )
-    if response.status_code != 200:
-        raise _token_error(response)
-    body = response.json()
-    lifetime = float(body.get("expires_in", 3599))
-    logger.debug("Fetched an access token valid for %.0f s from %s", lifetime, settings.token_url)
-    return AccessToken(
-        value=body["access_token"],
-        renew_at=started + lifetime - min(RENEW_AHEAD, lifetime / 10),
-    )
+        return session.post(settings.token_url, data=form, timeout=settings.timeout)
+    except requests.RequestException as exc:
+        # The prepared request (its body holds the secret) is dropped from the exception.
+        exc.request = None
+        raise GraphConnectionError(
+            f"Cannot reach the token endpoint {settings.token_url} ({type(exc).__name__})"
+        ) from exc
+
+
+def _pause(wait: float, reason: str) -> None:
+    logger.warning("Retrying the token request in %.2f s: %s", wait, reason)
+    time.sleep(wait)
 
 
 def _token_error(response: requests.Response) -> AuthenticationError:
@@ -157,9 +185,3 @@ def _token_error(response: requests.Response) -> AuthenticationError:
         request_id=body.get("trace_id"),
         client_request_id=body.get("correlation_id"),
     )
-
-
-def _without_request(exc: requests.RequestException) -> requests.RequestException:
-    """Drop the prepared request (its body holds the secret) from a requests exception."""
-    exc.request = None
-    return exc

@@ -70,6 +70,9 @@ class MSGraphMailSettings(BaseModel):
     authority_url: str = "https://login.microsoftonline.com"
     timeout: float = Field(default=30.0, gt=0)
     sender_cache_ttl: float = Field(default=3600.0, ge=0)
+    max_retries: int = Field(default=4, ge=0, le=20)
+    max_retry_wait: float = Field(default=60.0, ge=0)
+    retry_ambiguous: bool = False
 
     @model_validator(mode="before")
     @classmethod

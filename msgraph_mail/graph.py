@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from .auth import tokens
 from .conf import MSGraphMailSettings
@@ -18,11 +20,19 @@ from .exceptions import (
     GraphConnectionError,
     MSGraphMailError,
 )
+from .retry import RetryBudget, parse_retry_after
 
 logger = logging.getLogger("msgraph_mail")
 
 #: Graph refuses requests larger than this (GRAPH_NOTES A.1: "maximum request length 4MB").
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+#: Refused before any work was done: always safe to send again (GRAPH_NOTES B.3).
+RETRIED_STATUSES = frozenset({429, 503})
+#: The gateway gave up; the work behind it may have been done.
+AMBIGUOUS_STATUSES = frozenset({504})
+#: Graph's code for a token it no longer accepts (expired, revoked).
+AUTH_EXPIRED = "InvalidAuthenticationToken"
 
 #: The user properties a lookup needs; nothing more is asked of the directory.
 USER_FIELDS = "id,mail,userPrincipalName"
@@ -85,26 +95,77 @@ class GraphClient:
         )
 
     def request(self, method: str, path: str, **kwargs: Any) -> Response:
-        """Send one Graph request; a token Graph no longer accepts is renewed once.
+        """Send one Graph request with Graph's retry rules; ``kwargs`` go to ``requests``.
 
-        ``kwargs`` go to ``requests`` (``params``, ``data``, ``headers``).
+        Retried: 429 and 503 (Graph refused before doing any work), connections that failed
+        before the request left, and one 401 InvalidAuthenticationToken with a new token.
+        Not retried, since the work may have been done: 504, timeouts and broken connections
+        after the request left (DeliveryUnknown) -- unless the request is a read (GET) or
+        RETRY_AMBIGUOUS is on.
         """
-        token = tokens.get(self.settings, self.session)
-        response = self._send(method, path, token, dict(kwargs))
-        if response.status_code == 401 and _error_code(response) == "InvalidAuthenticationToken":
-            logger.warning("Graph rejected the access token; fetching a new one and retrying")
-            tokens.invalidate(self.settings, token)
+        budget = RetryBudget(self.settings.max_retries, self.settings.max_retry_wait)
+        safe_to_repeat = method == "GET" or self.settings.retry_ambiguous
+        renewed = False
+        while True:
             token = tokens.get(self.settings, self.session)
-            response = self._send(method, path, token, dict(kwargs))
-        client_request_id = response.request.headers["client-request-id"]
+            try:
+                response = self._send(method, path, token, dict(kwargs))
+            except GraphConnectionError as exc:
+                unknown = isinstance(exc, DeliveryUnknown)
+                wait = None if unknown and not safe_to_repeat else budget.next_wait(None)
+                if wait is None:
+                    raise
+                self._pause(wait, f"{method} {path}: {exc}")
+                continue
+            status = response.status_code
+            if status == 401 and not renewed and _error_code(response) == AUTH_EXPIRED:
+                logger.warning("Graph rejected the access token; fetching a new one and retrying")
+                tokens.invalidate(self.settings, token)
+                renewed = True
+                continue
+            retriable = status in RETRIED_STATUSES or (
+                status in AMBIGUOUS_STATUSES and safe_to_repeat
+            )
+            if retriable:
+                wait = budget.next_wait(parse_retry_after(response.headers.get("Retry-After")))
+                if wait is not None:
+                    self._pause(wait, f"{method} {path}: HTTP {status} {_error_code(response)}")
+                    continue
+            return self._result(response, method, path, budget)
+
+    def _result(
+        self, response: requests.Response, method: str, path: str, budget: RetryBudget
+    ) -> Response:
+        client_request_id = str(response.request.headers["client-request-id"])
+        if response.status_code in AMBIGUOUS_STATUSES:
+            error = graph_error(response, client_request_id)
+            raise DeliveryUnknown(
+                f"Graph answered {method} {path} with HTTP {response.status_code} (gateway "
+                "timeout): it may or may not have been processed, so it was not repeated",
+                code=error.code,
+                status=error.status,
+                request_id=error.request_id,
+                client_request_id=client_request_id,
+            )
         if response.status_code >= 400:
-            raise graph_error(response, str(client_request_id))
+            error = graph_error(response, client_request_id)
+            if budget.retries and response.status_code in RETRIED_STATUSES:
+                error.message += (
+                    f" (gave up after {budget.retries} retries and {budget.waited:.1f} s of "
+                    "waiting: MAX_RETRIES / MAX_RETRY_WAIT)"
+                )
+            raise error
         return Response(
             status=response.status_code,
             body=response.json() if response.content else None,
             request_id=response.headers.get("request-id"),
-            client_request_id=str(client_request_id),
+            client_request_id=client_request_id,
         )
+
+    @staticmethod
+    def _pause(wait: float, reason: str) -> None:
+        logger.warning("Retrying %s in %.2f s", reason, wait)
+        time.sleep(wait)
 
     def _send(
         self, method: str, path: str, token: str, kwargs: dict[str, Any]
@@ -119,11 +180,10 @@ class GraphClient:
             return self.session.request(
                 method, url, headers=headers, timeout=self.settings.timeout, **kwargs
             )
-        except (requests.ConnectTimeout, requests.ConnectionError) as exc:
-            if isinstance(exc, requests.ConnectTimeout) or _before_sending(exc):
-                raise GraphConnectionError(
-                    f"Cannot reach Graph at {self.settings.graph_url}"
-                ) from (_scrub(exc))
+        except requests.ConnectionError as exc:
+            if before_sending(exc):
+                where = self.settings.graph_url
+                raise GraphConnectionError(f"Cannot reach Graph at {where}") from _scrub(exc)
             raise DeliveryUnknown(
                 f"The connection to Graph broke after {method} {path} was sent; "
                 "it may or may not have been processed",
@@ -164,13 +224,13 @@ def _error_code(response: requests.Response) -> str | None:
     return _error_body(response).get("code")
 
 
-def _before_sending(exc: requests.ConnectionError) -> bool:
+def before_sending(exc: requests.ConnectionError) -> bool:
     """Whether a connection error happened before any byte of the request left."""
-    text = repr(exc.args)
-    return any(
-        marker in text
-        for marker in ("NewConnectionError", "Failed to establish", "NameResolutionError")
-    )
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    inner = exc.args[0] if exc.args else None
+    reason = getattr(inner, "reason", inner)
+    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
 
 
 def _scrub(exc: requests.RequestException) -> requests.RequestException:

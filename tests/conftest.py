@@ -9,6 +9,7 @@ import django
 import pytest
 from django.test import override_settings
 
+from msgraph_mail import retry
 from msgraph_mail.auth import tokens
 from msgraph_mail.emulator import GraphEmulator
 from msgraph_mail.resolvers import sender_cache
@@ -24,6 +25,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line(
             "filterwarnings", "ignore::django.utils.deprecation.RemovedInDjango2028Warning"
         )
+
+
+@pytest.fixture(autouse=True)
+def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backoff without Retry-After starts at 10 ms, so retry tests take milliseconds."""
+    monkeypatch.setattr(retry, "BACKOFF_BASE", 0.01)
 
 
 @pytest.fixture(autouse=True)
