@@ -32,6 +32,16 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 _MODERN_EMAIL = django.VERSION >= (6, 0)
 _BARE_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\]+$")
+# RFC 5322: a field name is printable ASCII without the colon.
+_FIELD_NAME = re.compile(r"^[!-9;-~]+$")
+# Control characters (tab excepted), including the line breaks of header injection.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 5322 dot-atom local part (quoted local parts are refused: nobody needs them here).
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
 
 
 def header(message: EmailMessage, name: str) -> Any:
@@ -78,7 +88,7 @@ def mailbox_override(message: EmailMessage) -> str | None:
 
 def build_mime(message: EmailMessage) -> bytes:
     """Serialise a Django message for Graph: CRLF MIME with Bcc, without the override header."""
-    _check_envelope(message)
+    check_message(message)
     try:
         if _MODERN_EMAIL:
             mime: Message = message.message(policy=email.policy.SMTP)
@@ -105,6 +115,66 @@ def encode(raw: bytes, message: EmailMessage | None = None) -> bytes:
             email_message=message,
         )
     return body
+
+
+def check_message(message: EmailMessage) -> None:
+    """Refuse what would inject headers, lose recipients, or reach the wrong people.
+
+    Django refuses line breaks in header values, but not in header names, not other control
+    characters, and not list entries that hold several addresses ("a@x.com>, <b@y.com"):
+    each of those would change the recipients Exchange parses out of the MIME.
+    """
+    if _CONTROL.search(str(message.from_email or "")):
+        raise InvalidMessage(
+            "The From address contains a line break or control character", email_message=message
+        )
+    if _CONTROL.search(str(message.subject)):
+        raise InvalidMessage(
+            "The subject contains a line break or control character", email_message=message
+        )
+    for name, value in message.extra_headers.items():
+        if not _FIELD_NAME.match(str(name)):
+            raise InvalidMessage(f"Invalid header name {str(name)[:60]!r}", email_message=message)
+        if _CONTROL.search(str(value)):
+            raise InvalidMessage(
+                f"Header {name} contains a line break or control character", email_message=message
+            )
+    for field in ("to", "cc", "bcc", "reply_to"):
+        for entry in getattr(message, field):
+            _check_address(message, field, str(entry))
+    _check_envelope(message)
+
+
+def _check_address(message: EmailMessage, field: str, entry: str) -> None:
+    """One list entry must be exactly one deliverable address (display name allowed)."""
+    if _CONTROL.search(entry):
+        raise InvalidMessage(
+            f"An address in {field}= contains a line break or control character",
+            email_message=message,
+        )
+    parsed = getaddresses([entry])
+    address = parsed[0][1] if len(parsed) == 1 else ""
+    local, _, domain = address.rpartition("@")
+    if not (_LOCAL_PART.match(local) and _valid_domain(domain)):
+        if local and not local.isascii():
+            raise InvalidMessage(
+                f"{entry!r} in {field}= has a non-ASCII local part; Graph's MIME route has no "
+                "SMTPUTF8, so the address would be mangled. Use the recipient's ASCII address",
+                email_message=message,
+            )
+        raise InvalidMessage(
+            f"{entry[:100]!r} in {field}= is not one valid address (put each address in its "
+            "own list entry; quote display names with commas: '\"Doe, Jo\" <jo@x.com>')",
+            email_message=message,
+        )
+
+
+def _valid_domain(domain: str) -> bool:
+    try:
+        ascii_domain = punycode(domain) if domain else ""
+    except UnicodeError:
+        return False
+    return bool(_DOMAIN.match(ascii_domain))
 
 
 def _check_envelope(message: EmailMessage) -> None:
