@@ -74,14 +74,14 @@ class GraphClient:
             raise
         return dict(response.body)
 
-    def find_user(self, address: str) -> dict[str, Any] | None:
+    def find_user(self, address: str, select: str = USER_FIELDS) -> dict[str, Any] | None:
         """Find the user whose primary address, any alias or UPN is ``address``."""
         literal = address.replace("'", "''")
         query = (
             f"mail eq '{literal}' or userPrincipalName eq '{literal}' "
             f"or proxyAddresses/any(p:p eq 'smtp:{literal}')"
         )
-        body = self.request("GET", "/users", params={"$filter": query, "$select": USER_FIELDS}).body
+        body = self.request("GET", "/users", params={"$filter": query, "$select": select}).body
         found = body.get("value") or []
         return found[0] if found else None
 

@@ -1,0 +1,261 @@
+"""Diagnose a live tenant: token, permissions against the mode, senders, a test message.
+
+Used by ``manage.py msgraph_diagnose``. Each step yields :class:`Finding` objects (ok,
+warning or error, with the fix); a step that cannot go on (no token) ends the diagnosis.
+Nothing here prints or returns the client secret or the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import requests
+from django.conf import settings as django_settings
+
+from .auth import AADSTS_HINTS, fetch_token
+from .conf import MSGraphMailSettings
+from .exceptions import AuthenticationError, MSGraphMailError
+from .graph import GraphClient
+
+Level = Literal["ok", "info", "warning", "error"]
+
+#: Application permissions that allow looking users up by address.
+DIRECTORY_ROLES = frozenset(
+    {"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}
+)
+SEND_ROLE = "Mail.Send"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report."""
+
+    level: Level
+    topic: str
+    message: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def diagnose(
+    config: MSGraphMailSettings, senders: Iterable[str], send_test: str | None = None
+) -> list[Finding]:
+    """Run every step against the tenant that ``config`` points at."""
+    findings: list[Finding] = []
+    client = GraphClient(config)
+    try:
+        token = _token(config, client.session, findings)
+        if token is None:
+            return findings
+        findings += list(judge_roles(config, token_roles(token)))
+        findings += list(check_senders(config, client, senders))
+        if send_test:
+            findings.append(send_test_message(config, send_test, next(iter(senders), None)))
+    finally:
+        client.close()
+    return findings
+
+
+def _token(
+    config: MSGraphMailSettings, session: requests.Session, findings: list[Finding]
+) -> str | None:
+    try:
+        token = fetch_token(config, session)
+    except AuthenticationError as exc:
+        code = int(exc.code[6:]) if exc.code and exc.code.startswith("AADSTS") else 0
+        findings.append(
+            Finding("error", "token", str(exc), AADSTS_HINTS.get(code, _CREDENTIALS_FIX))
+        )
+        return None
+    except MSGraphMailError as exc:
+        findings.append(Finding("error", "token", str(exc), "Check AUTHORITY_URL and the network."))
+        return None
+    findings.append(
+        Finding("ok", "token", f"acquired for app {config.client_id} in tenant {config.tenant_id}")
+    )
+    return token.value
+
+
+_CREDENTIALS_FIX = "Check TENANT_ID, CLIENT_ID and CLIENT_SECRET against the app registration."
+
+
+def token_roles(token: str) -> list[str] | None:
+    """The application permissions in the token's ``roles`` claim; None when it has none.
+
+    Diagnostics only: Graph tokens are opaque to clients and must never be relied on for
+    authorisation decisions (GRAPH_NOTES D.2).
+    """
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    roles = claims.get("roles") if isinstance(claims, dict) else None
+    return [str(role) for role in roles] if isinstance(roles, list) else None
+
+
+def judge_roles(config: MSGraphMailSettings, roles: list[str] | None) -> Iterator[Finding]:
+    """Compare the token's application permissions with what the mode needs, and no more."""
+    granted = set(roles or ())
+    reads = granted & DIRECTORY_ROLES
+    sends = SEND_ROLE in granted
+    yield Finding(
+        "info",
+        "permissions",
+        "the token grants "
+        + (", ".join(sorted(granted)) or "no application permission")
+        + " (Exchange RBAC grants never show in a token)",
+    )
+    if config.mode in {"permissive", "rbac"} and not reads:
+        yield Finding(
+            "error",
+            "permissions",
+            f"MODE {config.mode} looks senders up in the directory, but User.Read.All is missing",
+            "Add the Microsoft Graph application permission User.Read.All and grant admin "
+            "consent (API permissions > Add a permission > Application permissions).",
+        )
+    if config.mode == "permissive" and not sends:
+        yield Finding(
+            "error",
+            "permissions",
+            "MODE permissive needs the application permission Mail.Send, which is missing",
+            "Add Microsoft Graph > Application permissions > Mail.Send and grant admin consent, "
+            "or use MODE rbac with an Exchange RBAC scope.",
+        )
+    if config.mode == "rbac" and sends:
+        yield Finding(
+            "warning",
+            "permissions",
+            "the app holds Entra Mail.Send: Entra and Exchange grants add up, so it can send as "
+            "any mailbox and the RBAC scope restricts nothing",
+            "Remove Mail.Send from the app's API permissions (Remove permission, then Grant "
+            "admin consent), or Remove-MgServicePrincipalAppRoleAssignment; keep the Exchange "
+            "role assignment 'Application Mail.Send'.",
+        )
+    if config.mode == "single_mailbox":
+        if sends:
+            yield Finding(
+                "warning",
+                "permissions",
+                "the app holds tenant-wide Mail.Send: any mailbox in the tenant could be used",
+                "Scope Mail.Send to MAILBOX with Exchange RBAC for Applications "
+                "(New-ManagementRoleAssignment -App ... -Role 'Application Mail.Send' "
+                "-CustomResourceScope ...), then remove the Entra grant.",
+            )
+        if reads:
+            yield Finding(
+                "warning",
+                "permissions",
+                f"the app holds {', '.join(sorted(reads))}, which single_mailbox never uses",
+                "Remove the directory permission from the app registration.",
+            )
+    if config.mode in {"rbac", "single_mailbox"} and not sends:
+        yield Finding(
+            "info",
+            "permissions",
+            "Mail.Send must come from an Exchange RBAC role assignment, which a token cannot show",
+            "Confirm with Test-ServicePrincipalAuthorization -Identity <app> -Resource <mailbox>, "
+            "or with --send-test.",
+        )
+
+
+def check_senders(
+    config: MSGraphMailSettings, client: GraphClient, senders: Iterable[str]
+) -> Iterator[Finding]:
+    """Can each sender address be sent from, in this mode?"""
+    for address in senders:
+        topic = f"sender {address}"
+        if config.mode == "single_mailbox":
+            yield _single_mailbox_sender(config, address, topic)
+            continue
+        if config.mode == "rbac" and not config.allows(address):
+            yield Finding(
+                "error",
+                topic,
+                "not allowed by ALLOWED_SENDERS: every mail from it is refused",
+                "Add it (or its @domain) to ALLOWED_SENDERS once its mailbox is in the "
+                "Exchange RBAC scope.",
+            )
+            continue
+        yield _lookup(client, address, topic)
+
+
+def _single_mailbox_sender(config: MSGraphMailSettings, address: str, topic: str) -> Finding:
+    mailbox = str(config.mailbox)
+    if address.lower() == mailbox.lower():
+        return Finding("ok", topic, "is MAILBOX itself")
+    return Finding(
+        "warning",
+        topic,
+        f"is not MAILBOX ({mailbox}); Exchange accepts it only if it is an alias of that mailbox "
+        "or the mailbox has Send As on it (ErrorSendAsDenied otherwise)",
+        "Use MAILBOX's own address, or grant Send As; confirm with --send-test.",
+    )
+
+
+def _lookup(client: GraphClient, address: str, topic: str) -> Finding:
+    try:
+        user = client.find_user(address, select="id,mail,userPrincipalName,userType")
+    except MSGraphMailError as exc:
+        if exc.code == "Authorization_RequestDenied":
+            return Finding(
+                "error",
+                topic,
+                "the directory lookup was refused (403)",
+                "Grant the application permission User.Read.All with admin consent.",
+            )
+        return Finding("error", topic, f"lookup failed: {exc}")
+    if user is None:
+        return Finding(
+            "error",
+            topic,
+            "no mailbox of the tenant has this address (primary, alias or UPN)",
+            "Send from an existing user or shared mailbox, or add the address as an alias.",
+        )
+    if user.get("userType") == "Guest":
+        return Finding(
+            "error",
+            topic,
+            f"belongs to the guest {user.get('userPrincipalName')}, which has no Exchange "
+            "Online mailbox (MailboxNotEnabledForRESTAPI)",
+            "Send from a licensed user or a shared mailbox of the tenant.",
+        )
+    return Finding(
+        "ok", topic, f"resolves to mailbox {user.get('userPrincipalName')} ({user['id']})"
+    )
+
+
+def send_test_message(config: MSGraphMailSettings, to: str, sender: str | None) -> Finding:
+    """Send one real message through the backend and report Graph's request-id."""
+    from django.core.mail import EmailMessage
+
+    from .backend import EmailBackend
+
+    message = EmailMessage(
+        subject="msgraph_diagnose test message",
+        body="This message was sent by manage.py msgraph_diagnose --send-test.",
+        from_email=sender or django_settings.DEFAULT_FROM_EMAIL,
+        to=[to],
+    )
+    backend = EmailBackend(**_options(config))
+    try:
+        backend.send_messages([message])
+    except MSGraphMailError as exc:
+        return Finding("error", f"test message to {to}", str(exc))
+    status: Any = message.msgraph_status
+    return Finding(
+        "ok",
+        f"test message to {to}",
+        f"accepted by Graph through {status.mailbox} (request-id {status.request_id})",
+    )
+
+
+def _options(config: MSGraphMailSettings) -> dict[str, Any]:
+    """The validated settings as backend keyword arguments (the secret stays a SecretStr)."""
+    return {name: getattr(config, name) for name in type(config).model_fields}

@@ -1,0 +1,108 @@
+"""``manage.py msgraph_diagnose``: check the tenant, the app registration and the settings."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from msgraph_mail.backend import EmailBackend
+from msgraph_mail.conf import validate
+from msgraph_mail.diagnose import Finding, diagnose
+from msgraph_mail.mime import sender_address
+
+MARKS = {"ok": "ok", "info": "info", "warning": "WARNING", "error": "ERROR"}
+
+
+class Command(BaseCommand):
+    help = (
+        "Diagnose the Microsoft Graph mail setup: acquire a token, judge the application's "
+        "permissions against MODE, resolve the sender addresses, and optionally send a test "
+        "message. Exits non-zero when an error is found."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--from",
+            dest="senders",
+            action="append",
+            default=[],
+            metavar="ADDRESS",
+            help="Also check this sender address (repeatable); DEFAULT_FROM_EMAIL and "
+            "SERVER_EMAIL are always checked.",
+        )
+        parser.add_argument(
+            "--send-test", metavar="TO", help="Send one real test message to this address."
+        )
+        parser.add_argument(
+            "--using", default="default", metavar="ALIAS", help="The MAILERS alias to diagnose."
+        )
+        parser.add_argument("--json", action="store_true", help="Print the findings as JSON.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        backend_options = self._backend_options(options["using"])
+        config, problems = validate(backend_options)
+        if config is None:
+            findings = [Finding("error", "settings", str(p)) for p in problems]
+        else:
+            senders = _unique(
+                [settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL, *options["senders"]]
+            )
+            findings = diagnose(config, senders, options["send_test"])
+        self._report(findings, as_json=options["json"])
+        errors = sum(finding.level == "error" for finding in findings)
+        if errors:
+            raise CommandError(f"{errors} error{'s' if errors > 1 else ''} found.")
+
+    def _backend_options(self, alias: str) -> dict[str, Any]:
+        mailers = getattr(settings, "MAILERS", None)
+        if mailers is None:
+            if alias != "default":
+                raise CommandError("--using needs Django 6.1's MAILERS setting.")
+            return {}
+        if alias not in mailers:
+            raise CommandError(f"No mailer {alias!r} in MAILERS ({', '.join(mailers)}).")
+        config = mailers[alias]
+        from django.utils.module_loading import import_string
+
+        backend = import_string(
+            config.get("BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+        )
+        if not (isinstance(backend, type) and issubclass(backend, EmailBackend)):
+            raise CommandError(f"MAILERS[{alias!r}] does not use msgraph_mail's backend.")
+        return dict(config.get("OPTIONS") or {})
+
+    def _report(self, findings: list[Finding], *, as_json: bool) -> None:
+        if as_json:
+            self.stdout.write(json.dumps([f.as_dict() for f in findings], indent=2))
+            return
+        styles = {
+            "ok": self.style.SUCCESS,
+            "warning": self.style.WARNING,
+            "error": self.style.ERROR,
+        }
+        for finding in findings:
+            mark = styles.get(finding.level, str)(f"[{MARKS[finding.level]}]")
+            self.stdout.write(f"{mark} {finding.topic}: {finding.message}")
+            if finding.fix:
+                self.stdout.write(f"    fix: {finding.fix}")
+
+
+def _unique(addresses: list[str]) -> list[str]:
+    seen: list[str] = []
+    for entry in addresses:
+        try:
+            address = sender_address_of(entry)
+        except ValueError:
+            address = entry
+        if address.lower() not in {s.lower() for s in seen}:
+            seen.append(address)
+    return seen
+
+
+def sender_address_of(entry: str) -> str:
+    from django.core.mail import EmailMessage
+
+    return sender_address(EmailMessage(from_email=entry))
