@@ -2,7 +2,9 @@
 
 It implements what a mail backend touches (client-credentials tokens, user lookup, sendMail
 with MIME or JSON) with Graph's status codes, error codes and permission rules, so behaviour
-seen here is behaviour to expect from the real services. Standard library only.
+seen here is behaviour to expect from the real services. It also fails the way they do, on
+demand: throttling, outages, gateway timeouts that hide a delivery, dropped connections, and
+Outlook's limit of 4 concurrent requests per mailbox. Standard library only.
 """
 
 from .directory import (
@@ -17,6 +19,7 @@ from .directory import (
     TENANT_ID,
     User,
 )
+from .faults import FAULTS, InjectedFault
 from .mail import Attachment, SentMessage
 from .routes import MAX_REQUEST_BYTES
 from .server import GraphEmulator, RecordedRequest
@@ -26,6 +29,7 @@ __all__ = [
     "BOB_ID",
     "CLIENT_ID",
     "CLIENT_SECRET",
+    "FAULTS",
     "GUEST_ID",
     "MAX_REQUEST_BYTES",
     "NOREPLY_ID",
@@ -34,6 +38,7 @@ __all__ = [
     "TENANT_ID",
     "Attachment",
     "GraphEmulator",
+    "InjectedFault",
     "RecordedRequest",
     "SentMessage",
     "User",

@@ -96,6 +96,13 @@ class TokenStore:
             for issued in self._tokens.values():
                 issued.revoked = True
 
+    def revoke(self, token: str) -> None:
+        """Refuse this one token from now on (unknown tokens are ignored)."""
+        with self._lock:
+            issued = self._tokens.get(token)
+            if issued is not None:
+                issued.revoked = True
+
     def tokens(self) -> list[str]:
         with self._lock:
             return list(self._tokens)
@@ -169,6 +176,7 @@ def grant_token(
     roles: list[str],
     lifetime: int,
     store: TokenStore,
+    secret_expired: bool = False,
 ) -> dict[str, object]:
     """Validate a client-credentials request the way Entra does, in Entra's order."""
     grant_type = form.get("grant_type")
@@ -194,7 +202,7 @@ def grant_token(
             "administrator of the tenant or consented to by any user in the tenant. You may "
             "have sent your authentication request to the wrong tenant.",
         )
-    _check_secret(form, secret)
+    _check_secret(form, secret, expired=secret_expired)
     scope = form.get("scope")
     if not scope:
         raise _missing("scope")
@@ -216,8 +224,12 @@ def grant_token(
     }
 
 
-def _check_secret(form: Mapping[str, str], secret: str) -> None:
-    """Only a client secret is registered: assertions fail, wrong secrets fail."""
+def _check_secret(form: Mapping[str, str], secret: str, *, expired: bool) -> None:
+    """Only a client secret is registered: assertions fail, wrong or expired secrets fail.
+
+    Entra matches the secret against the app's keys first, so a wrong secret stays 7000215
+    even when every key has expired; only the right one learns it expired (7000222).
+    """
     if not secret and form.get("client_assertion"):
         raise EntraError(
             401,
@@ -241,6 +253,16 @@ def _check_secret(form: Mapping[str, str], secret: str) -> None:
             "Invalid client secret provided. Ensure the secret being sent in the request is "
             "the client secret value, not the client secret ID, for a secret added to app "
             f"'{CLIENT_ID}'.",
+        )
+    if expired:
+        raise EntraError(
+            401,
+            "invalid_client",
+            7000222,
+            f"The provided client secret keys for app '{CLIENT_ID}' are expired. Visit the "
+            "Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or "
+            "consider using certificate credentials for added security: "
+            "https://aka.ms/certCreds.",
         )
 
 

@@ -18,20 +18,30 @@ def utc_now_iso() -> str:
 
 
 class GraphError(Exception):
-    """A Graph refusal: HTTP status, ``error.code`` and ``error.message``."""
+    """A Graph refusal: HTTP status, ``error.code`` and ``error.message``.
+
+    ``inner`` adds fields to ``innerError`` (throttling answers carry ``code: "429"`` there).
+    """
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        inner: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.inner = inner or {}
 
     def body(self, request_id: str, client_request_id: str | None) -> bytes:
         """``{"error": {"code", "message", "innerError": {...}}}`` as Graph sends it."""
-        inner: dict[str, str] = {"date": utc_now_iso(), "request-id": request_id}
+        inner: dict[str, str] = {**self.inner, "date": utc_now_iso(), "request-id": request_id}
         if client_request_id is not None:
             inner["client-request-id"] = client_request_id
         error = {"code": self.code, "message": self.message, "innerError": inner}

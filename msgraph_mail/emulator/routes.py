@@ -63,22 +63,46 @@ class Route:
     method: str | None = None
 
 
-def resolve(path: str) -> Route:
-    """Map a ``/v1.0/...`` path to a route (path segments are percent-decoded one by one)."""
+def _segments(path: str) -> list[str]:
+    """The percent-decoded segments after ``/v1.0`` (a trailing slash ignored)."""
     segments = [unquote(s) for s in path.split("/")[2:]]
     if segments and segments[-1] == "" and len(segments) > 1:
         segments.pop()
+    return segments
+
+
+def _user_key(segments: list[str]) -> tuple[str, list[str]] | None:
+    """``users/{key}/...`` or ``users('{key}')/...``: the key and what follows it."""
+    match = _USERS_KEY.fullmatch(segments[0]) if segments else None
+    if match:
+        return match.group(1).replace("''", "'"), segments[1:]
+    if len(segments) > 1 and segments[0].lower() == "users":
+        return segments[1], segments[2:]
+    return None
+
+
+def mailbox_key(path: str) -> str | None:
+    """The user key of a path *under* a mailbox (``/v1.0/users/{key}/...``), else None.
+
+    Outlook's concurrency limit counts these; ``/users/{key}`` itself is a directory read.
+    """
+    if path.split("/")[1:2] != ["v1.0"]:
+        return None
+    found = _user_key(_segments(path))
+    return found[0] if found is not None and found[1] else None
+
+
+def resolve(path: str) -> Route:
+    """Map a ``/v1.0/...`` path to a route (path segments are percent-decoded one by one)."""
+    segments = _segments(path)
     if not segments:
         return Route("other", bad="")
-    match = _USERS_KEY.fullmatch(segments[0])
-    if match:
-        key, rest = match.group(1).replace("''", "'"), segments[1:]
-    elif segments[0].lower() == "users":
-        if len(segments) == 1:
-            return Route("user_list", method="GET")
-        key, rest = segments[1], segments[2:]
-    else:
+    if [s.lower() for s in segments] == ["users"]:
+        return Route("user_list", method="GET")
+    found = _user_key(segments)
+    if found is None:
         return Route("other", bad=segments[0])
+    key, rest = found
     if not rest:
         return Route("user_get", key=key, method="GET")
     if len(rest) == 1 and rest[0].lower() in _SEND_MAIL:
@@ -136,15 +160,14 @@ class GraphApi:
 
     def authenticate(self, request: Request) -> IssuedToken:
         """Graph's 401s: no bearer token, an unknown one, an expired or revoked one."""
-        scheme, _, token = (request.header("Authorization") or "").strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise _unauthenticated("Access token is empty.")
+        token = bearer_token(request)
+        if not token:
+            raise unauthenticated("Access token is empty.")
         issued = self.tokens.lookup(token)
         if issued is None:
-            raise _unauthenticated("CompactToken parsing failed with error code: 80049217")
+            raise unauthenticated("CompactToken parsing failed with error code: 80049217")
         if not issued.valid(time.time()):
-            raise _unauthenticated("Access token has expired or is not yet valid.")
+            raise unauthenticated("Access token has expired or is not yet valid.")
         return issued
 
     # users -------------------------------------------------------------------------------
@@ -241,7 +264,13 @@ class GraphApi:
         )
 
 
-def _unauthenticated(message: str) -> GraphError:
+def bearer_token(request: Request) -> str:
+    """The presented bearer token, or "" when there is none."""
+    scheme, _, token = (request.header("Authorization") or "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def unauthenticated(message: str) -> GraphError:
     return GraphError(
         401, "InvalidAuthenticationToken", message, {"WWW-Authenticate": _WWW_AUTHENTICATE}
     )

@@ -1,8 +1,9 @@
 """The HTTP side: a keep-alive HTTP/1.1 server on 127.0.0.1 and the ``GraphEmulator`` facade.
 
 One server answers both hosts a client talks to (Entra's token endpoint and Graph), so a test
-needs a single URL. Every request is recorded before its response is written, so a client that
-has its answer can already see the request in ``emulator.requests``.
+needs a single URL. Every request is recorded before its response is written (and before any
+``latency`` or ``slow`` wait), so a client that has its answer, or gave up waiting for it, can
+already see the request in ``emulator.requests``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import contextlib
 import json
 import re
 import socket
+import struct
 import threading
+import time
 import traceback
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -24,8 +27,26 @@ from urllib.parse import parse_qsl, unquote
 from .directory import CLIENT_ID, CLIENT_SECRET, TENANT_ID, Tenant, User
 from .entra import TokenStore, check_tenant, grant_token, new_trace_id
 from .errors import EntraError, GraphError
+from .faults import (
+    PROCESSING_FAULTS,
+    FaultPlan,
+    InjectedFault,
+    PlannedFault,
+    application_throttled,
+    entra_fault,
+    graph_fault,
+)
+from .limits import CONCURRENCY_RETRY_AFTER, MAILBOX_CONCURRENCY, MailboxGate
 from .mail import SentMessage
-from .routes import MAX_REQUEST_BYTES, GraphApi, Request, Response, kind_of
+from .routes import (
+    MAX_REQUEST_BYTES,
+    GraphApi,
+    Request,
+    Response,
+    bearer_token,
+    kind_of,
+    mailbox_key,
+)
 
 HOST = "127.0.0.1"
 _TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token/?")
@@ -35,7 +56,10 @@ KINDS = ("token", "user_get", "user_list", "sendMail", "other")
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as the emulator saw it; the Authorization value is never kept."""
+    """One request as the emulator saw it; the Authorization value is never kept.
+
+    ``status`` 0: no response, the connection was reset (the "reset_*" faults).
+    """
 
     method: str
     path: str
@@ -47,15 +71,32 @@ class RecordedRequest:
     request_id: str = ""
 
 
+@dataclass
+class _Outcome:
+    """What to do with a served request: answer ``response`` after ``delay``, or reset."""
+
+    response: Response | None
+    delay: float = 0.0
+
+    @property
+    def status(self) -> int:
+        """The recorded status; 0 means the connection was reset without a response."""
+        return self.response.status if self.response is not None else 0
+
+
 class _Server(ThreadingHTTPServer):
     """Counts and tracks connections so ``stop()`` can cut idle keep-alive ones."""
 
     daemon_threads = True
     block_on_close = False
+    # socketserver's default backlog of 5 drops SYNs when many clients connect at once; the
+    # client then retries after a 1 s timeout, which would distort concurrency benchmarks.
+    request_queue_size = 128
 
     def __init__(self, emulator: GraphEmulator, port: int) -> None:
         self.emulator = emulator
         self.open_connections: set[socket.socket] = set()
+        self.resetting: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__((HOST, port), _Handler)
 
@@ -66,10 +107,21 @@ class _Server(ThreadingHTTPServer):
         self.emulator._connection_accepted()
         return connection, address
 
+    def reset_on_close(self, connection: socket.socket) -> None:
+        """Close ``connection`` with a bare RST: no FIN first, as a crashed peer would."""
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with self.connections_lock:
+            self.resetting.add(connection)
+
     def shutdown_request(self, request: Any) -> None:
         with self.connections_lock:
             self.open_connections.discard(request)
-        super().shutdown_request(request)
+            reset = request in self.resetting
+            self.resetting.discard(request)
+        if reset:  # shutdown(SHUT_WR) would send a FIN: the client would see a clean close
+            self.close_request(request)
+        else:
+            super().shutdown_request(request)
 
     def cut_connections(self) -> None:
         with self.connections_lock:
@@ -121,11 +173,29 @@ class _Handler(BaseHTTPRequestHandler):
             client_request_id=self.headers.get("client-request-id"),
         )
         kind = emulator._kind(request)
-        response = self._read_body(request, kind == "token")
-        if response is None:
-            response = emulator._respond(request, kind)
-        emulator._record(request, kind, response.status)
-        self._write(response)
+        refusal = self._read_body(request, kind == "token")
+        if refusal is not None:
+            emulator._record(request, kind, refusal.status)
+            self._answer(_Outcome(refusal, emulator.latency))
+            return
+        with emulator._in_flight(request) as admitted:
+            if not admitted:
+                outcome = _Outcome(emulator._mailbox_throttled(request))
+            else:
+                outcome = emulator._serve(request, kind)
+                outcome.delay += emulator.latency
+            emulator._record(request, kind, outcome.status)
+            self._answer(outcome)
+
+    def _answer(self, outcome: _Outcome) -> None:
+        """Wait (holding the request in flight), then answer or reset the connection."""
+        if outcome.delay > 0:
+            time.sleep(outcome.delay)
+        if outcome.response is None:
+            self.close_connection = True
+            self.server.reset_on_close(self.connection)
+        else:
+            self._write(outcome.response)
 
     def _read_body(self, request: Request, is_token: bool) -> Response | None:
         """Read the body fully (keep-alive); refuse > 4 MB for Graph without buffering it."""
@@ -201,6 +271,12 @@ class GraphEmulator:
 
     Strict where Graph is strict, so code that passes here does not fail on first contact
     with the real service. ``with GraphEmulator() as emu:`` starts and stops it.
+
+    Knobs (plain attributes, read per request): ``token_lifetime`` (seconds);
+    ``latency`` (seconds added before every answer); ``mailbox_concurrency`` (Graph's 4
+    in-flight requests per mailbox, None: unlimited) and ``concurrency_retry_after``;
+    ``slow_seconds`` (the ``"slow"`` fault's wait); ``secret_expired`` (Entra refuses the right
+    secret with AADSTS7000222).
     """
 
     def __init__(self, port: int = 0) -> None:
@@ -214,7 +290,14 @@ class GraphEmulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._graph = GraphApi(self._tenant, self._tokens, lambda: self.url, self._deliver)
+        self._faults = FaultPlan()
+        self._gate = MailboxGate()
         self.token_lifetime = 3599
+        self.latency: float = 0.0
+        self.mailbox_concurrency: int | None = MAILBOX_CONCURRENCY
+        self.concurrency_retry_after: float | None = CONCURRENCY_RETRY_AFTER
+        self.slow_seconds: float = 2.0
+        self.secret_expired: bool = False
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -334,6 +417,58 @@ class GraphEmulator:
         """Every access token issued so far (to prove none leaks into logs or errors)."""
         return self._tokens.tokens()
 
+    # faults and limits --------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        fault: str,
+        times: int = 1,
+        *,
+        on: str = "sendMail",
+        retry_after: float | None = 0.01,
+    ) -> None:
+        """Serve ``fault`` to the next ``times`` requests of kind ``on`` (before random ones).
+
+        Faults: "throttle" (429), "unavailable" (503), "gateway_timeout" (delivers, then
+        504), "gateway_timeout_lost" (504, nothing delivered), "expired_token" (401, the token
+        is revoked), "reset_before" / "reset_after" (TCP reset without a response, before or
+        after processing), "slow" (delivers, then waits ``slow_seconds`` before the 202).
+        ``retry_after`` goes into the Retry-After header of 429 and 503 answers.
+        """
+        self._faults.fail_next(fault, times, on, retry_after)
+
+    def fault_rate(
+        self,
+        rate: float,
+        faults: Sequence[str],
+        *,
+        on: str = "sendMail",
+        seed: int = 0,
+        retry_after: float | None = 0.01,
+    ) -> None:
+        """Fault each request of kind ``on`` with probability ``rate`` (0 stops it).
+
+        The fault is drawn from ``faults`` by a generator seeded with ``seed`` and restarted by
+        each call, so the same requests in the same order get the same faults every run.
+        """
+        self._faults.fault_rate(rate, faults, on, seed, retry_after)
+
+    @property
+    def faults_injected(self) -> list[InjectedFault]:
+        """Every fault served so far, in order, with whether the message was delivered."""
+        return self._faults.injected
+
+    def max_in_flight(self, mailbox: str | None = None) -> int:
+        """Most requests in flight at once under ``/users/{mailbox}/...`` (None: any mailbox).
+
+        ``mailbox`` is an id or any of its addresses; requests refused with 429
+        ``ApplicationThrottled`` never counted. ``reset()`` starts a new measurement.
+        """
+        if mailbox is None:
+            return self._gate.peak(None)
+        user = self._tenant.user(mailbox) or self._tenant.user(mailbox.lower())
+        return self._gate.peak(user.id if user is not None else mailbox.lower())
+
     # records ------------------------------------------------------------------------------
 
     @property
@@ -360,11 +495,16 @@ class GraphEmulator:
             return sum(1 for r in self._requests if kind is None or r.kind == kind)
 
     def reset(self) -> None:
-        """Forget messages, requests and connections; users, grants and tokens stay."""
+        """Forget messages, requests, connections, served faults and in-flight peaks.
+
+        Configuration stays: users, grants, tokens, knobs, and faults not yet served.
+        """
         with self._lock:
             self._sent.clear()
             self._requests.clear()
             self._connections = 0
+        self._faults.forget_served()
+        self._gate.forget_peaks()
 
     # called by the server -----------------------------------------------------------------
 
@@ -401,6 +541,73 @@ class GraphEmulator:
         with self._lock:
             self._requests.append(recorded)
 
+    @contextlib.contextmanager
+    def _in_flight(self, request: Request) -> Iterator[bool]:
+        """Hold one of the mailbox's concurrency slots while the body runs; False: refused."""
+        key = mailbox_key(request.path)
+        if key is None:
+            yield True
+            return
+        user = self._tenant.by_id_or_upn(key)
+        key = user.id if user is not None else key.lower()
+        if not self._gate.enter(key, self.mailbox_concurrency):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._gate.leave(key)
+
+    def _mailbox_throttled(self, request: Request) -> Response:
+        return _graph_error(request, application_throttled(self.concurrency_retry_after))
+
+    def _serve(self, request: Request, kind: str) -> _Outcome:
+        """Process the request normally, unless a fault is planned for it."""
+        fault = self._faults.draw(kind)
+        if fault is None:
+            return _Outcome(self._respond(request, kind))
+        if fault.name in PROCESSING_FAULTS:
+            return self._process_then_fail(request, kind, fault)
+        self._served(fault, request, kind, delivered=False)
+        if fault.name == "reset_before":
+            return _Outcome(None)
+        if fault.name == "expired_token":
+            self._tokens.revoke(bearer_token(request))
+        return _Outcome(self._fault_response(request, kind, fault))
+
+    def _process_then_fail(self, request: Request, kind: str, fault: PlannedFault) -> _Outcome:
+        """The work is done (a message delivered), then the answer is lost or late.
+
+        A request refused by normal processing gets that refusal: nothing was done to lose.
+        """
+        response = self._respond(request, kind)
+        done = response.status < 400
+        self._served(fault, request, kind, delivered=done and kind == "sendMail")
+        if not done:
+            return _Outcome(response)
+        if fault.name == "reset_after":
+            return _Outcome(None)
+        if fault.name == "slow":
+            return _Outcome(response, self.slow_seconds)
+        return _Outcome(self._fault_response(request, kind, fault))
+
+    def _fault_response(self, request: Request, kind: str, fault: PlannedFault) -> Response:
+        if kind == "token":
+            error, headers = entra_fault(fault)
+            return _entra_error(request, error, headers)
+        return _graph_error(request, graph_fault(fault))
+
+    def _served(self, fault: PlannedFault, request: Request, kind: str, delivered: bool) -> None:
+        record = InjectedFault(
+            fault=fault.name,
+            kind=kind,
+            path=request.path,
+            delivered=delivered,
+            client_request_id=request.client_request_id,
+            request_id=request.request_id,
+        )
+        self._faults.served(record)
+
     def _respond(self, request: Request, kind: str) -> Response:
         """Route to Entra or Graph; an emulator bug answers 500, never a hung client."""
         try:
@@ -421,14 +628,6 @@ class GraphEmulator:
             return _graph_error(request, failure)
 
     def _token(self, request: Request, tenant: str) -> Response:
-        trace_id, correlation_id = new_trace_id(), request.client_request_id or new_trace_id()
-        headers = {
-            "Content-Type": "application/json; charset=utf-8",
-            "Cache-Control": "no-store, no-cache",
-            "x-ms-request-id": trace_id,
-        }
-        if request.client_request_id is not None:
-            headers["client-request-id"] = request.client_request_id
         try:
             if request.method != "POST":
                 raise EntraError(
@@ -443,7 +642,28 @@ class GraphEmulator:
                 roles=self.roles,
                 lifetime=self.token_lifetime,
                 store=self._tokens,
+                secret_expired=self.secret_expired,
             )
         except EntraError as error:
-            return Response(error.status, error.body(trace_id, correlation_id), headers)
-        return Response(200, json.dumps(body).encode(), headers)
+            return _entra_error(request, error)
+        return Response(200, json.dumps(body).encode(), _entra_headers(new_trace_id(), request))
+
+
+def _entra_headers(trace_id: str, request: Request) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "Cache-Control": "no-store, no-cache",
+        "x-ms-request-id": trace_id,
+    }
+    if request.client_request_id is not None:
+        headers["client-request-id"] = request.client_request_id
+    return headers
+
+
+def _entra_error(
+    request: Request, error: EntraError, extra: dict[str, str] | None = None
+) -> Response:
+    """Entra's error answer; the correlation id echoes the client's ``client-request-id``."""
+    trace_id, correlation_id = new_trace_id(), request.client_request_id or new_trace_id()
+    headers = {**_entra_headers(trace_id, request), **(extra or {})}
+    return Response(error.status, error.body(trace_id, correlation_id), headers)

@@ -1,0 +1,214 @@
+"""Injected faults: the failures a reliable sender must survive, on demand and reproducibly.
+
+Graph throttles (429), has outages (503), and its gateway can time out (504) *after* the
+mailbox accepted the message, which is why 5xx and timeouts mean "maybe sent" (GRAPH_NOTES
+B.3). Connections also die with or without the work done. Tests queue such faults one by one
+(``fail_next``) or draw them at a rate from a seeded generator (``fault_rate``), so a run of a
+thousand sends with 10 % faults is the same run every time.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import EntraError, GraphError
+from .routes import unauthenticated
+
+#: Every fault name, in the order the documentation lists them.
+FAULTS = (
+    "throttle",
+    "unavailable",
+    "gateway_timeout",
+    "gateway_timeout_lost",
+    "expired_token",
+    "reset_before",
+    "reset_after",
+    "slow",
+)
+#: Request kinds (as ``emu.count()`` names them) a fault can be aimed at.
+FAULT_KINDS = ("sendMail", "token", "user_list", "user_get")
+#: Faults that let the request be processed normally first (the work is done, then lost).
+PROCESSING_FAULTS = frozenset({"gateway_timeout", "reset_after", "slow"})
+#: Faults that answer no HTTP response at all: the connection is reset (RST).
+RESET_FAULTS = frozenset({"reset_before", "reset_after"})
+#: A token endpoint has no bearer token to expire.
+_NOT_ON_TOKEN = frozenset({"expired_token"})
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    """One fault as served; ``delivered``: the message reached ``emu.sent`` regardless."""
+
+    fault: str
+    kind: str
+    path: str
+    delivered: bool
+    client_request_id: str | None
+    request_id: str
+
+
+@dataclass(frozen=True)
+class PlannedFault:
+    """A fault waiting for its request, with the Retry-After it will advertise."""
+
+    name: str
+    retry_after: float | None
+
+
+@dataclass
+class _Rate:
+    rate: float
+    faults: tuple[str, ...]
+    rng: random.Random
+    retry_after: float | None
+
+
+def _check_kind(on: str, retry_after: float | None) -> None:
+    """Refuse what the emulator does not know, so a typo never silently injects nothing."""
+    if on not in FAULT_KINDS:
+        raise ValueError(f"cannot inject faults on {on!r}; one of {', '.join(FAULT_KINDS)}")
+    if retry_after is not None and retry_after < 0:
+        raise ValueError("retry_after must be >= 0 or None")
+
+
+def _check_fault(fault: str, on: str) -> None:
+    if fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
+    if on == "token" and fault in _NOT_ON_TOKEN:
+        raise ValueError(f"fault {fault!r} needs a bearer token; it cannot apply to 'token'")
+
+
+class FaultPlan:
+    """Queued and random faults per request kind, and the record of those served.
+
+    Thread-safe: handler threads draw while the test thread configures.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queued: dict[str, deque[PlannedFault]] = {}
+        self._rates: dict[str, _Rate] = {}
+        self._served: list[InjectedFault] = []
+
+    def fail_next(self, fault: str, times: int, on: str, retry_after: float | None) -> None:
+        _check_kind(on, retry_after)
+        _check_fault(fault, on)
+        if times < 0:
+            raise ValueError("times must be >= 0")
+        with self._lock:
+            queue = self._queued.setdefault(on, deque())
+            queue.extend(PlannedFault(fault, retry_after) for _ in range(times))
+
+    def fault_rate(
+        self,
+        rate: float,
+        faults: Sequence[str],
+        on: str,
+        seed: int,
+        retry_after: float | None,
+    ) -> None:
+        """Replace the random faults for ``on``; the generator restarts from ``seed``."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("rate must be between 0 and 1")
+        if isinstance(faults, str):
+            raise TypeError("faults is a sequence of fault names, not one name")
+        if rate > 0 and not faults:
+            raise ValueError("a non-zero rate needs at least one fault")
+        _check_kind(on, retry_after)
+        for fault in faults:
+            _check_fault(fault, on)
+        with self._lock:
+            if rate == 0:
+                self._rates.pop(on, None)
+                return
+            rng = random.Random(seed)  # noqa: S311 - reproducible test faults, not security
+            self._rates[on] = _Rate(rate, tuple(faults), rng, retry_after)
+
+    def draw(self, kind: str) -> PlannedFault | None:
+        """The fault for the next request of ``kind``: queued first, then a random one."""
+        with self._lock:
+            queue = self._queued.get(kind)
+            if queue:
+                return queue.popleft()
+            chosen = self._rates.get(kind)
+            if chosen is None or chosen.rng.random() >= chosen.rate:
+                return None
+            return PlannedFault(chosen.rng.choice(chosen.faults), chosen.retry_after)
+
+    def served(self, record: InjectedFault) -> None:
+        with self._lock:
+            self._served.append(record)
+
+    @property
+    def injected(self) -> list[InjectedFault]:
+        with self._lock:
+            return list(self._served)
+
+    def forget_served(self) -> None:
+        with self._lock:
+            self._served.clear()
+
+
+def retry_after_header(seconds: float | None) -> dict[str, str]:
+    """``Retry-After`` in (possibly fractional) seconds, as Graph writes it: ``0.01``, ``2``."""
+    if seconds is None:
+        return {}
+    text = f"{seconds:.6f}".rstrip("0").rstrip(".")
+    return {"Retry-After": text or "0"}
+
+
+def graph_fault(fault: PlannedFault) -> GraphError:
+    """The Graph answer for a fault that answers at all (not the resets, not ``slow``)."""
+    retry = retry_after_header(fault.retry_after)
+    if fault.name == "throttle":
+        inner = {"code": "429", "message": "Please retry after", "status": "429"}
+        return GraphError(429, "TooManyRequests", "Please retry again later.", retry, inner=inner)
+    if fault.name == "unavailable":
+        return GraphError(
+            503,
+            "serviceNotAvailable",
+            "The service is temporarily unavailable. Try the request again after a delay.",
+            retry,
+        )
+    if fault.name in ("gateway_timeout", "gateway_timeout_lost"):
+        return GraphError(
+            504,
+            "GatewayTimeout",
+            "The gateway did not receive a timely response from the upstream service.",
+        )
+    if fault.name == "expired_token":
+        return unauthenticated("Access token has expired or is not yet valid.")
+    raise ValueError(f"fault {fault.name!r} has no HTTP answer")
+
+
+def entra_fault(fault: PlannedFault) -> tuple[EntraError, dict[str, str]]:
+    """The token endpoint's answer for a fault, and its extra headers (Retry-After)."""
+    retry = retry_after_header(fault.retry_after)
+    if fault.name == "throttle":
+        error = EntraError(
+            429, "too_many_requests", 90055, "There are too many incoming requests. Retry later."
+        )
+        return error, retry
+    if fault.name == "unavailable":
+        error = EntraError(
+            503, "temporarily_unavailable", 90006, "The service is temporarily unavailable."
+        )
+        return error, retry
+    if fault.name in ("gateway_timeout", "gateway_timeout_lost"):
+        error = EntraError(504, "temporarily_unavailable", 90012, "The request has timed out.")
+        return error, {}
+    raise ValueError(f"fault {fault.name!r} has no token-endpoint answer")
+
+
+def application_throttled(retry_after: float | None) -> GraphError:
+    """Outlook's answer to a 5th concurrent request for one app + mailbox (GRAPH_NOTES B.1)."""
+    return GraphError(
+        429,
+        "ApplicationThrottled",
+        "Application is over its MailboxConcurrency limit.",
+        retry_after_header(retry_after),
+    )
