@@ -3,8 +3,13 @@
 Django 6.1 builds a new backend object for every ``mailers[alias]`` access, and Django 5.2
 builds one per ``send_mail`` call, so a token kept on the backend would be fetched again for
 nearly every message. The cache lives here, at module level, keyed by everything that makes
-a token different (authority, tenant, client, secret, scope). Each key has its own lock, so
-when many threads need a token at once exactly one of them asks Entra.
+a token different (authority, tenant, client, credential, scope). Each key has its own lock,
+so when many threads need a token at once exactly one of them asks Entra.
+
+Three credentials: a client secret and a certificate (a signed client assertion) are sent to
+Entra's token endpoint by this module; a TOKEN_CREDENTIAL (any object with azure-identity's
+``get_token(*scopes)``, e.g. ``ManagedIdentityCredential``) gets the token itself, and its
+tokens are cached and renewed here like our own.
 """
 
 from __future__ import annotations
@@ -14,14 +19,19 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import requests
+from django.utils.module_loading import import_string
 
 from .conf import MSGraphMailSettings
 from .exceptions import AuthenticationError, GraphConnectionError
 from .retry import RetryBudget, parse_retry_after
 
 logger = logging.getLogger("msgraph_mail")
+
+#: The client_assertion_type of a certificate credential (RFC 7523).
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 #: Renew a token this long before it expires (or a tenth of its lifetime, if shorter).
 RENEW_AHEAD = 300.0
@@ -30,7 +40,11 @@ RENEW_AHEAD = 300.0
 AADSTS_HINTS = {
     7000215: "the client secret is wrong: use the secret's Value, not its Secret ID",
     7000222: "the client secret has expired: create a new one in the app registration",
-    7000218: "no credential was sent: set CLIENT_SECRET",
+    7000218: "no credential was sent: set CLIENT_SECRET, CLIENT_CERTIFICATE or TOKEN_CREDENTIAL",
+    700027: "the client assertion was refused: upload CLIENT_CERTIFICATE's certificate (the "
+    ".cer/.pem, never the key) to the app registration under Certificates & secrets, check "
+    "that it has not expired and that PRIVATE_KEY belongs to it",
+    700024: "the client assertion is outside its valid time range: check the server's clock",
     700016: "the application (CLIENT_ID) is not known in this tenant: check CLIENT_ID and "
     "TENANT_ID, and that admin consent was granted there",
     90002: "the tenant was not found: check TENANT_ID and that AUTHORITY_URL is your cloud's "
@@ -99,10 +113,79 @@ tokens = TokenCache()
 
 
 def _cache_key(settings: MSGraphMailSettings) -> str:
-    # The secret is part of the key (a changed secret must not reuse an old token), hashed
-    # so that the key itself never holds it.
-    secret = hashlib.sha256(settings.client_secret.get_secret_value().encode()).hexdigest()
-    return "|".join((settings.token_url, settings.client_id, settings.scope, secret))
+    # The credential is part of the key (a changed secret must not reuse an old token): a
+    # secret hashed, so that the key never holds it; a certificate by its thumbprint; a
+    # credential object by its identity, or by its dotted path.
+    if settings.client_certificate is not None:
+        credential = "certificate:" + settings.client_certificate.load().thumbprint
+    elif isinstance(settings.token_credential, str):
+        credential = "credential:" + settings.token_credential
+    elif settings.token_credential is not None:
+        credential = f"credential:id:{id(settings.token_credential)}"
+    else:
+        assert settings.client_secret is not None
+        secret = settings.client_secret.get_secret_value().encode()
+        credential = "secret:" + hashlib.sha256(secret).hexdigest()
+    return "|".join((settings.token_url, settings.client_id, settings.scope, credential))
+
+
+_credentials: dict[str, Any] = {}
+_credentials_lock = threading.Lock()
+
+
+def token_credential(settings: MSGraphMailSettings) -> Any:
+    """The TOKEN_CREDENTIAL object; a dotted path is imported, and a factory called, once per
+    process (azure-identity credentials keep their own caches and connections)."""
+    value = settings.token_credential
+    if not isinstance(value, str):
+        return value
+    with _credentials_lock:
+        if value not in _credentials:
+            target = import_string(value)
+            if not callable(getattr(target, "get_token", None)):
+                try:
+                    target = target()
+                except Exception as exc:
+                    raise AuthenticationError(
+                        f"TOKEN_CREDENTIAL factory {value} failed: {_first_line(exc)}"
+                    ) from exc
+                if not callable(getattr(target, "get_token", None)):
+                    raise AuthenticationError(
+                        f"TOKEN_CREDENTIAL factory {value} returned {type(target).__name__}, "
+                        "which has no get_token(*scopes) method"
+                    )
+            _credentials[value] = target
+        return _credentials[value]
+
+
+def _from_credential(settings: MSGraphMailSettings) -> AccessToken:
+    """Ask the TOKEN_CREDENTIAL: ``get_token(scope)`` -> ``(token, expires_on)``, where
+    expires_on is a Unix timestamp (azure-identity's AccessToken)."""
+    credential = token_credential(settings)
+    name = type(credential).__name__
+    started = time.monotonic()
+    try:
+        result = credential.get_token(settings.scope)
+        value = str(result.token)
+        expires_on = float(result.expires_on)
+    except AuthenticationError:
+        raise
+    except Exception as exc:
+        raise AuthenticationError(
+            f"TOKEN_CREDENTIAL {name} could not get a token for {settings.scope}: "
+            f"{_first_line(exc)}",
+            code=type(exc).__name__,
+        ) from None
+    lifetime = max(expires_on - time.time(), 0.0)
+    logger.debug("Got an access token valid for %.0f s from %s", lifetime, name)
+    return AccessToken(value=value, renew_at=started + lifetime - min(RENEW_AHEAD, lifetime / 10))
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception as one short line: credential libraries' messages can run long."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def fetch_token(settings: MSGraphMailSettings, session: requests.Session) -> AccessToken:
@@ -111,6 +194,8 @@ def fetch_token(settings: MSGraphMailSettings, session: requests.Session) -> Acc
     A token request changes nothing, so throttling (429), server errors (5xx), timeouts and
     broken connections are all retried within the MAX_RETRIES / MAX_RETRY_WAIT budget.
     """
+    if settings.token_credential is not None:
+        return _from_credential(settings)
     budget = RetryBudget(settings.max_retries, settings.max_retry_wait)
     while True:
         started = time.monotonic()
@@ -144,9 +229,15 @@ def _post_form(settings: MSGraphMailSettings, session: requests.Session) -> requ
     form = {
         "grant_type": "client_credentials",
         "client_id": settings.client_id,
-        "client_secret": settings.client_secret.get_secret_value(),
         "scope": settings.scope,
     }
+    if settings.client_certificate is not None:
+        certificate = settings.client_certificate.load()
+        form["client_assertion_type"] = ASSERTION_TYPE
+        form["client_assertion"] = certificate.assertion(settings.client_id, settings.token_url)
+    else:
+        assert settings.client_secret is not None
+        form["client_secret"] = settings.client_secret.get_secret_value()
     try:
         return session.post(settings.token_url, data=form, timeout=settings.timeout)
     except requests.RequestException as exc:

@@ -12,22 +12,26 @@ import logging
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 
+from .concurrency import mailbox_slots
 from .conf import OPTION_NAMES, MSGraphMailSettings, load_settings
 from .exceptions import (
     BatchSendError,
     DeliveryUnknown,
     InvalidMessage,
+    MessageTooLarge,
     MSGraphMailError,
 )
-from .graph import GraphClient
+from .graph import GraphClient, Response
+from .large import DraftPlan, beyond_send_mail, prepare, send_draft
 from .mime import build_mime, encode, sender_address
-from .resolvers import SenderResolver, resolver_for
+from .resolvers import Mailbox, SenderResolver, resolver_for
 
 logger = logging.getLogger("msgraph_mail")
 
@@ -40,6 +44,8 @@ class MessageStatus:
 
     ``status`` is ``"sent"`` (Graph accepted it: 202), ``"failed"`` (it was not sent) or
     ``"unknown"`` (the request left but no answer came back: it may have been sent).
+    ``route`` is ``"sendMail"``, or ``"draft"`` for a message too large for it
+    (``LARGE_MESSAGES``: draft, upload sessions, send).
     """
 
     status: Literal["sent", "failed", "unknown"]
@@ -48,6 +54,7 @@ class MessageStatus:
     client_request_id: str | None = None
     message_id: str | None = None
     error: MSGraphMailError | None = None
+    route: Literal["sendMail", "draft"] = "sendMail"
 
 
 class EmailBackend(BaseEmailBackend):
@@ -101,20 +108,32 @@ class EmailBackend(BaseEmailBackend):
         with self._lock:
             opened = self.open()
             try:
-                for message in email_messages:
-                    status = self._send(message)
-                    if status.status == "sent":
-                        sent += 1
-                    elif status.error is not None and message.recipients():
-                        failures.append((message, status.error))
+                statuses = self._send_all(list(email_messages))
             finally:
                 if opened:
                     self.close()
+        for message, status in zip(email_messages, statuses, strict=True):
+            if status.status == "sent":
+                sent += 1
+            elif status.error is not None and message.recipients():
+                failures.append((message, status.error))
         if failures and not self.fail_silently:
             if len(failures) == 1:
                 raise failures[0][1]
             raise BatchSendError(failures, sent)
         return sent
+
+    def _send_all(self, messages: list[EmailMessage]) -> list[MessageStatus]:
+        """Send concurrently, up to MAX_CONCURRENCY threads; one message needs no thread.
+
+        How many requests reach one mailbox at once is bounded separately, process-wide,
+        by Graph's own limit (:mod:`msgraph_mail.concurrency`).
+        """
+        workers = min(self.settings.max_concurrency, len(messages))
+        if workers <= 1:
+            return [self._send(message) for message in messages]
+        with ThreadPoolExecutor(workers, thread_name_prefix="msgraph_mail") as pool:
+            return list(pool.map(self._send, messages))
 
     def _send(self, message: EmailMessage) -> MessageStatus:
         """The per-message pipeline: payload -> mailbox -> sendMail -> status."""
@@ -126,15 +145,17 @@ class EmailBackend(BaseEmailBackend):
             if not message.recipients():
                 # Django's SMTP backend skips these silently; so do we (not counted).
                 raise InvalidMessage("The message has no recipients", email_message=message)
-            raw = build_mime(message)
-            status.message_id = _message_id(raw)
-            payload = encode(raw, message)
+            payload = self._payload(message, status)
             mailbox = self.resolver.resolve(message)
             status.mailbox = mailbox.address
-            try:
-                response = self.client.send_mime(mailbox.id, payload)
-            except MSGraphMailError as exc:
-                raise self.resolver.explain(exc, mailbox, sender_address(message)) from exc
+            if isinstance(payload, DraftPlan):
+                response = self._send_draft(message, mailbox, payload)
+            else:
+                try:
+                    with mailbox_slots.hold(self.settings, mailbox.id):
+                        response = self.client.send_mime(mailbox.id, payload)
+                except MSGraphMailError as exc:
+                    raise self.resolver.explain(exc, mailbox, sender_address(message)) from exc
         except MSGraphMailError as exc:
             if exc.email_message is None:
                 exc.email_message = message
@@ -155,6 +176,36 @@ class EmailBackend(BaseEmailBackend):
             status.request_id,
         )
         return status
+
+    def _payload(self, message: EmailMessage, status: MessageStatus) -> bytes | DraftPlan:
+        """The sendMail body; with LARGE_MESSAGES, the draft plan of a message too large for it."""
+        if self.settings.large_messages and beyond_send_mail(message):
+            plan = prepare(message)  # never builds the MIME with the large attachments
+        else:
+            raw = build_mime(message)
+            status.message_id = _message_id(raw)
+            try:
+                return encode(raw, message)
+            except MessageTooLarge:
+                if not self.settings.large_messages:
+                    raise
+                plan = prepare(message)
+        status.route = "draft"
+        status.message_id = plan.message_id
+        return plan
+
+    def _send_draft(self, message: EmailMessage, mailbox: Mailbox, plan: DraftPlan) -> Response:
+        """LARGE_MESSAGES: draft, attachments, upload sessions, send (:mod:`msgraph_mail.large`)."""
+        assert self.client is not None
+        assert self.resolver is not None
+        resolver, sender = self.resolver, sender_address(message)
+        with mailbox_slots.hold(self.settings, mailbox.id):
+            return send_draft(
+                self.client,
+                mailbox.id,
+                plan,
+                lambda error: resolver.explain(error, mailbox, sender),
+            )
 
 
 def _message_id(raw: bytes) -> str | None:

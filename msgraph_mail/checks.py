@@ -3,7 +3,8 @@
 Each message is a module-level constant with a hint that says what to do; ids are never
 reused. A check runs for every configured mailer that is this backend: ``EMAIL_BACKEND``, or
 each Django 6.1 ``MAILERS`` entry (the alias is named as the message's object). Nothing here
-makes a network request, and no message ever shows the client secret.
+makes a network request, and no message ever shows the client secret, the private key or its
+password.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
-from .conf import LEGACY_SETTINGS, MSGraphMailSettings, Problem, is_loopback, validate
+from .certificate import INSTALL_COMMAND
+from .conf import (
+    LEGACY_SETTINGS,
+    MSGraphMailSettings,
+    Problem,
+    cloud_mixture,
+    is_loopback,
+    validate,
+)
 
 E001 = Error(
     "TENANT_ID is not set.",
@@ -42,9 +51,12 @@ E004 = Error(
     id="msgraph_mail.E004",
 )
 E005 = Error(
-    "No credential: CLIENT_SECRET is not set or empty.",
-    hint="Create a client secret under Certificates & secrets and set its Value (not its "
-    "Secret ID) as MSGRAPH_MAIL['CLIENT_SECRET'], read from the environment.",
+    "No credential: none of CLIENT_SECRET, CLIENT_CERTIFICATE or TOKEN_CREDENTIAL is set "
+    "(or CLIENT_SECRET is empty).",
+    hint="Set exactly one: MSGRAPH_MAIL['CLIENT_SECRET'] (a client secret's Value, not its "
+    "Secret ID, read from the environment), MSGRAPH_MAIL['CLIENT_CERTIFICATE'] (a "
+    "certificate uploaded to the app registration) or MSGRAPH_MAIL['TOKEN_CREDENTIAL'] (an "
+    "azure-identity credential such as ManagedIdentityCredential).",
     id="msgraph_mail.E005",
 )
 E006 = Error(
@@ -80,6 +92,24 @@ E011 = Error(
     hint="List the addresses or '@domain' entries of the mailboxes in the application's "
     "Exchange RBAC scope in MSGRAPH_MAIL['ALLOWED_SENDERS'].",
     id="msgraph_mail.E011",
+)
+E012 = Error(
+    "More than one credential is set: {keys}.",
+    hint="Keep exactly one of CLIENT_SECRET, CLIENT_CERTIFICATE or TOKEN_CREDENTIAL; "
+    "remove the others from {sources}.",
+    id="msgraph_mail.E012",
+)
+E013 = Error(
+    "Hosts of different clouds are configured together: {mixture}.",
+    hint="Tokens of one cloud are refused by another. Set CLOUD ('global', 'usgov', "
+    "'usgovdod' or 'china') and remove GRAPH_URL and AUTHORITY_URL, or make all of them "
+    "name the same cloud.",
+    id="msgraph_mail.E013",
+)
+E014 = Error(
+    "CLIENT_CERTIFICATE needs the cryptography package, which is not installed.",
+    hint=f"Install it with: {INSTALL_COMMAND}",
+    id="msgraph_mail.E014",
 )
 W001 = Warning(
     "DEFAULT_FROM_EMAIL is Django's default, webmaster@localhost.",
@@ -126,6 +156,7 @@ BY_PROBLEM: dict[tuple[str, str], CheckMessage] = {
     ("CLIENT_ID", "guid"): E004,
     ("CLIENT_SECRET", "missing"): E005,
     ("CLIENT_SECRET", "empty_secret"): E005,
+    ("CLIENT_CERTIFICATE", "cryptography_missing"): E014,
     ("MODE", "literal_error"): E006,
     ("MAILBOX", "mailbox_required"): E007,
     ("ALLOWED_SENDERS", "senders_required"): E011,
@@ -145,6 +176,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         messages += [at(_for_problem(problem), where) for problem in problems]
         if config is not None:
             messages += [at(message, where) for message in _senders(config)]
+            mixture = cloud_mixture(config)
+            if mixture is not None:
+                messages.append(at(_format(E013, mixture=mixture), where))
         messages += [at(message, where) for message in _legacy_overlap()]
     return _unique(messages)
 
@@ -186,6 +220,8 @@ def _for_problem(problem: Problem) -> CheckMessage:
     if problem.kind == "unknown_key":
         known = ", ".join(sorted(name.upper() for name in MSGraphMailSettings.model_fields))
         return _format(E008, source=problem.source, known=known)
+    if problem.kind == "credential_conflict":
+        return _format(E012, keys=problem.key.replace(", ", " and "), sources=problem.source)
     check = BY_PROBLEM.get((problem.key, problem.kind))
     if check is not None:
         return _format(check, key=problem.key)

@@ -20,10 +20,12 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,9 +38,35 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .certificate import Algorithm, CertificateError, ClientCertificate
+from .certificate import load as load_certificate
 from .exceptions import ConfigurationError
 
 Mode = Literal["permissive", "rbac", "single_mailbox"]
+Cloud = Literal["global", "usgov", "usgovdod", "china"]
+
+#: Each cloud's Entra login host and Graph host (GRAPH_NOTES D.5); CLOUD picks one pair.
+CLOUDS: dict[str, tuple[str, str]] = {
+    "global": ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
+    "usgov": ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
+    "usgovdod": ("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
+    "china": ("https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"),
+}
+#: Known hosts and the clouds they belong to (login hosts are shared by both US clouds).
+CLOUD_HOSTS: dict[str, frozenset[str]] = {
+    "login.microsoftonline.com": frozenset({"global"}),
+    "login.windows.net": frozenset({"global"}),
+    "graph.microsoft.com": frozenset({"global"}),
+    "login.microsoftonline.us": frozenset({"usgov", "usgovdod"}),
+    "graph.microsoft.us": frozenset({"usgov"}),
+    "dod-graph.microsoft.us": frozenset({"usgovdod"}),
+    "login.chinacloudapi.cn": frozenset({"china"}),
+    "login.partner.microsoftonline.cn": frozenset({"china"}),
+    "microsoftgraph.chinacloudapi.cn": frozenset({"china"}),
+}
+
+#: The keys that each configure a credential; exactly one of them must be set.
+CREDENTIAL_KEYS = ("CLIENT_SECRET", "CLIENT_CERTIFICATE", "TOKEN_CREDENTIAL")
 
 #: The legacy django-msgraphbackend setting names and the key each one stands for.
 LEGACY_SETTINGS = {
@@ -55,6 +83,50 @@ _ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[^@\s<>(),;:\"\[\]]+\.[^@\s<>(),;:
 _DOMAIN = re.compile(r"^@[^@\s<>(),;:\"\[\]]+\.[^@\s<>(),;:\"\[\]]+$")
 
 
+class CertificateSettings(BaseModel):
+    """CLIENT_CERTIFICATE: a certificate uploaded to the app registration, and its key.
+
+    PRIVATE_KEY and CERTIFICATE are each PEM text or a file path; CERTIFICATE may be left
+    out when the key's PEM also holds the certificate. ALGORITHM: PS256 with ``x5t#S256``
+    (Entra's current format) or RS256 with ``x5t`` (the older one).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, populate_by_name=True
+    )
+
+    private_key: SecretStr = Field(alias="PRIVATE_KEY")
+    certificate: str | None = Field(default=None, alias="CERTIFICATE")
+    password: SecretStr | None = Field(default=None, alias="PASSWORD")
+    algorithm: Algorithm = Field(default="PS256", alias="ALGORITHM")
+
+    @field_validator("private_key", "certificate", mode="before")
+    @classmethod
+    def _path_or_text(cls, value: Any) -> Any:
+        if isinstance(value, PurePath):
+            return str(value)
+        if isinstance(value, bytes):
+            return value.decode("ascii", "replace")
+        return value
+
+    @model_validator(mode="after")
+    def _loads(self) -> CertificateSettings:
+        try:
+            self.load()
+        except CertificateError as exc:
+            raise PydanticCustomError(exc.kind, str(exc)) from None
+        return self
+
+    def load(self) -> ClientCertificate:
+        """The loaded certificate (cached for the process by content)."""
+        return load_certificate(
+            self.private_key.get_secret_value(),
+            self.certificate,
+            self.password.get_secret_value() if self.password is not None else None,
+            self.algorithm,
+        )
+
+
 class MSGraphMailSettings(BaseModel):
     """The validated configuration of one backend. Field names are the keys, lower-cased."""
 
@@ -62,10 +134,13 @@ class MSGraphMailSettings(BaseModel):
 
     tenant_id: str = Field(min_length=1)
     client_id: str
-    client_secret: SecretStr
+    client_secret: SecretStr | None = None
+    client_certificate: CertificateSettings | None = None
+    token_credential: Any = None
     mode: Mode = "permissive"
     mailbox: str | None = Field(default=None, validate_default=True)
     allowed_senders: tuple[str, ...] = Field(default=(), validate_default=True)
+    cloud: Cloud = "global"
     graph_url: str = "https://graph.microsoft.com"
     authority_url: str = "https://login.microsoftonline.com"
     timeout: float = Field(default=30.0, gt=0)
@@ -73,6 +148,8 @@ class MSGraphMailSettings(BaseModel):
     max_retries: int = Field(default=4, ge=0, le=20)
     max_retry_wait: float = Field(default=60.0, ge=0)
     retry_ambiguous: bool = False
+    large_messages: bool = False
+    max_concurrency: int = Field(default=8, ge=1, le=64)
 
     @model_validator(mode="before")
     @classmethod
@@ -80,6 +157,20 @@ class MSGraphMailSettings(BaseModel):
         """MODE defaults to single_mailbox when a MAILBOX is given, else to permissive."""
         if isinstance(data, dict) and data.get("mode") is None:
             data = {**data, "mode": "single_mailbox" if data.get("mailbox") else "permissive"}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cloud_hosts(cls, data: Any) -> Any:
+        """GRAPH_URL and AUTHORITY_URL default to the hosts of CLOUD; explicit ones win."""
+        if isinstance(data, dict):
+            hosts = CLOUDS.get(str(data.get("cloud") or "global"))
+            if hosts is not None:
+                data = {
+                    **data,
+                    "authority_url": data.get("authority_url") or hosts[0],
+                    "graph_url": data.get("graph_url") or hosts[1],
+                }
         return data
 
     @field_validator("tenant_id")
@@ -111,9 +202,42 @@ class MSGraphMailSettings(BaseModel):
 
     @field_validator("client_secret")
     @classmethod
-    def _non_empty_secret(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+    def _non_empty_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
             raise PydanticCustomError("empty_secret", "must not be empty")
+        return value
+
+    @field_validator("token_credential")
+    @classmethod
+    def _credential(cls, value: Any) -> Any:
+        """An object with azure-identity's get_token(), or the dotted path of one or of a
+        factory returning one (imported here, called on first use)."""
+        if value is None:
+            return None
+        target = value
+        if isinstance(value, str):
+            try:
+                target = import_string(value.strip())
+            except ImportError as exc:
+                raise PydanticCustomError(
+                    "credential_import",
+                    "cannot import '{path}' ({reason})",
+                    {"path": value.strip(), "reason": type(exc).__name__},
+                ) from None
+            if not callable(getattr(target, "get_token", None)) and not callable(target):
+                raise PydanticCustomError(
+                    "credential_type",
+                    "'{path}' is neither a credential with get_token() nor a factory of one",
+                    {"path": value.strip()},
+                )
+            return value.strip()
+        if not callable(getattr(target, "get_token", None)):
+            raise PydanticCustomError(
+                "credential_type",
+                "must have azure-identity's get_token(*scopes) method (ManagedIdentityCredential,"
+                " WorkloadIdentityCredential, DefaultAzureCredential...), or be the dotted path "
+                "of a factory returning such a credential",
+            )
         return value
 
     @field_validator("mailbox")
@@ -173,6 +297,29 @@ class MSGraphMailSettings(BaseModel):
             )
         return value
 
+    @model_validator(mode="after")
+    def _one_credential(self) -> MSGraphMailSettings:
+        """Exactly one credential (``validate`` reports the same with where each was set)."""
+        found = [key for key in CREDENTIAL_KEYS if getattr(self, key.lower()) is not None]
+        if not found:
+            raise PydanticCustomError("no_credential", "no credential is set")
+        if len(found) > 1:
+            raise PydanticCustomError(
+                "credential_conflict",
+                "more than one credential is set: {keys}",
+                {"keys": " and ".join(found)},
+            )
+        return self
+
+    @property
+    def credential_kind(self) -> Literal["secret", "certificate", "token_credential"]:
+        """Which credential gets the tokens."""
+        if self.client_certificate is not None:
+            return "certificate"
+        if self.token_credential is not None:
+            return "token_credential"
+        return "secret"
+
     @property
     def token_url(self) -> str:
         """Entra's token endpoint for this tenant."""
@@ -188,6 +335,26 @@ class MSGraphMailSettings(BaseModel):
         address = address.lower()
         domain = "@" + address.rpartition("@")[2]
         return address in self.allowed_senders or domain in self.allowed_senders
+
+
+def cloud_mixture(settings: MSGraphMailSettings) -> str | None:
+    """Describe hosts of different clouds configured together (loopback hosts never count).
+
+    CLOUD takes part only when it was set explicitly; unknown hosts (proxies) are ignored.
+    """
+    named: list[tuple[str, frozenset[str]]] = []
+    if "cloud" in settings.model_fields_set:
+        named.append((f"CLOUD {settings.cloud}", frozenset({settings.cloud})))
+    for key, url in (("AUTHORITY_URL", settings.authority_url), ("GRAPH_URL", settings.graph_url)):
+        host = (urlsplit(url).hostname or "").lower()
+        if host in CLOUD_HOSTS:
+            named.append((f"{key} {host}", CLOUD_HOSTS[host]))
+    common = frozenset(CLOUDS)
+    for _, clouds in named:
+        common &= clouds
+    if common:
+        return None
+    return " and ".join(f"{name} ({'/'.join(sorted(clouds))})" for name, clouds in named)
 
 
 def is_loopback(host: str) -> bool:
@@ -264,6 +431,7 @@ def validate(
 ) -> tuple[MSGraphMailSettings | None, list[Problem]]:
     """Validate every source; return the settings (None if invalid) and every problem found."""
     values, origin, problems = collect(options)
+    problems += _credential_problems(values, origin)
     try:
         settings = MSGraphMailSettings(**values)
     except ValidationError as exc:
@@ -280,14 +448,45 @@ def load_settings(options: Mapping[str, Any] | None = None) -> MSGraphMailSettin
     return settings
 
 
+def _credential_problems(values: dict[str, Any], origin: dict[str, str]) -> list[Problem]:
+    """None or several of CLIENT_SECRET / CLIENT_CERTIFICATE / TOKEN_CREDENTIAL, and where
+    each was set (the model checks the same, but cannot say where)."""
+    found = [key for key in CREDENTIAL_KEYS if values.get(key.lower()) is not None]
+    if not found:
+        return [
+            Problem(
+                "CLIENT_SECRET",
+                "missing",
+                "is required but not set (or set CLIENT_CERTIFICATE or TOKEN_CREDENTIAL "
+                "instead: exactly one credential)",
+                "MSGRAPH_MAIL['CLIENT_SECRET']",
+            )
+        ]
+    if len(found) == 1:
+        return []
+    sources = [origin.get(key.lower(), f"MSGRAPH_MAIL[{key!r}]") for key in found]
+    return [
+        Problem(
+            ", ".join(found),
+            "credential_conflict",
+            f"{'both' if len(found) == 2 else 'all'} set a credential; keep exactly one of "
+            "CLIENT_SECRET, CLIENT_CERTIFICATE or TOKEN_CREDENTIAL",
+            " and ".join(sources),
+        )
+    ]
+
+
 def _problems(exc: ValidationError, origin: dict[str, str]) -> list[Problem]:
     """Turn pydantic's errors into one Problem per key; input values are never quoted."""
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
+        if error["type"] in {"no_credential", "credential_conflict"}:
+            continue  # reported by _credential_problems, with where each credential was set
         field = str(error["loc"][0]) if error["loc"] else ""
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "missing":
             message = "is required but not set"
         source = origin.get(field) or f"MSGRAPH_MAIL[{field.upper()!r}]"
+        source += "".join(f"[{str(part)!r}]" for part in error["loc"][1:])
         problems.append(Problem(field.upper(), str(error["type"]), message, source))
     return problems

@@ -2,7 +2,7 @@
 
 Used by ``manage.py msgraph_diagnose``. Each step yields :class:`Finding` objects (ok,
 warning or error, with the fix); a step that cannot go on (no token) ends the diagnosis.
-Nothing here prints or returns the client secret or the token.
+Nothing here prints or returns the client secret, the private key, an assertion or the token.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import base64
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 import requests
 from django.conf import settings as django_settings
 
-from .auth import AADSTS_HINTS, fetch_token
+from .auth import AADSTS_HINTS, fetch_token, token_credential
 from .conf import MSGraphMailSettings
 from .exceptions import AuthenticationError, MSGraphMailError
 from .graph import GraphClient
@@ -28,6 +29,8 @@ DIRECTORY_ROLES = frozenset(
     {"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}
 )
 SEND_ROLE = "Mail.Send"
+#: Warn this many days before the certificate expires.
+CERTIFICATE_WARN_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ def diagnose(
 ) -> list[Finding]:
     """Run every step against the tenant that ``config`` points at."""
     findings: list[Finding] = []
+    findings += describe_credential(config)
     client = GraphClient(config)
     try:
         token = _token(config, client.session, findings)
@@ -69,9 +73,8 @@ def _token(
         token = fetch_token(config, session)
     except AuthenticationError as exc:
         code = int(exc.code[6:]) if exc.code and exc.code.startswith("AADSTS") else 0
-        findings.append(
-            Finding("error", "token", str(exc), AADSTS_HINTS.get(code, _CREDENTIALS_FIX))
-        )
+        fix = AADSTS_HINTS.get(code) or _CREDENTIALS_FIX[config.credential_kind]
+        findings.append(Finding("error", "token", str(exc), fix))
         return None
     except MSGraphMailError as exc:
         findings.append(Finding("error", "token", str(exc), "Check AUTHORITY_URL and the network."))
@@ -82,7 +85,67 @@ def _token(
     return token.value
 
 
-_CREDENTIALS_FIX = "Check TENANT_ID, CLIENT_ID and CLIENT_SECRET against the app registration."
+_CREDENTIALS_FIX = {
+    "secret": "Check TENANT_ID, CLIENT_ID and CLIENT_SECRET against the app registration.",
+    "certificate": "Check TENANT_ID and CLIENT_ID against the app registration, and that "
+    "CLIENT_CERTIFICATE's certificate is uploaded to it.",
+    "token_credential": "Check that the identity exists where this runs (managed identity "
+    "enabled on the App Service, VM or container; workload identity federation configured "
+    "for the pod) and that azure-identity can reach it; see the credentials documentation.",
+}
+
+
+def describe_credential(config: MSGraphMailSettings, now: datetime | None = None) -> list[Finding]:
+    """Which credential is in use; for a certificate its thumbprints and expiry date
+    (a warning within CERTIFICATE_WARN_DAYS days, an error once expired)."""
+    kind = config.credential_kind
+    if kind == "secret":
+        return [Finding("info", "credential", "client secret (CLIENT_SECRET)")]
+    if kind == "token_credential":
+        source = config.token_credential
+        try:
+            credential = token_credential(config)
+        except MSGraphMailError as exc:
+            return [Finding("error", "credential", str(exc), _CREDENTIALS_FIX[kind])]
+        origin = f" from {source}" if isinstance(source, str) else ""
+        return [
+            Finding(
+                "info",
+                "credential",
+                f"token credential {type(credential).__name__}{origin} (TOKEN_CREDENTIAL)",
+            )
+        ]
+    assert config.client_certificate is not None
+    certificate = config.client_certificate.load()
+    now = now or datetime.now(timezone.utc)
+    header = "x5t#S256" if certificate.algorithm == "PS256" else "x5t"
+    expires = certificate.not_after
+    days = (expires - now).total_seconds() / 86400
+    described = (
+        f"certificate (CLIENT_CERTIFICATE) {certificate.subject}, SHA-256 thumbprint "
+        f"{certificate.thumbprint}, SHA-1 thumbprint {certificate.thumbprint_sha1}, expires "
+        f"{expires:%Y-%m-%d}; assertions signed {certificate.algorithm} with {header}"
+    )
+    renew = (
+        "Create a new certificate, upload it to the app registration (Certificates & secrets), "
+        "switch CLIENT_CERTIFICATE to it, then delete the old one."
+    )
+    if days < 0:
+        return [Finding("error", "credential", f"{described}: it has EXPIRED", renew)]
+    if certificate.not_before > now:
+        return [
+            Finding(
+                "error",
+                "credential",
+                f"{described}: not valid before {certificate.not_before:%Y-%m-%d %H:%M} UTC",
+                "Check the server's clock, or use a certificate that is already valid.",
+            )
+        ]
+    if days <= CERTIFICATE_WARN_DAYS:
+        return [
+            Finding("warning", "credential", f"{described}: expires in {int(days)} days", renew)
+        ]
+    return [Finding("ok", "credential", described)]
 
 
 def token_roles(token: str) -> list[str] | None:

@@ -105,7 +105,17 @@ class InvalidMailboxHeader(InvalidMessage):
 
 
 class MessageTooLarge(InvalidMessage):
-    """The sendMail request would exceed Graph's 4 MB request limit."""
+    """The request would exceed Graph's 4 MB limit (or the message Exchange's 150 MB).
+
+    ``size`` is the message's size in bytes as measured against ``limit``.
+    """
+
+    def __init__(
+        self, message: str, *, size: int | None = None, limit: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.size = size
+        self.limit = limit
 
 
 class SenderError(MSGraphMailError):

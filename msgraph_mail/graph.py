@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from .auth import tokens
@@ -33,6 +34,8 @@ RETRIED_STATUSES = frozenset({429, 503})
 AMBIGUOUS_STATUSES = frozenset({504})
 #: Graph's code for a token it no longer accepts (expired, revoked).
 AUTH_EXPIRED = "InvalidAuthenticationToken"
+#: How many rejected tokens one request may replace.
+MAX_TOKEN_RENEWALS = 3
 
 #: The user properties a lookup needs; nothing more is asked of the directory.
 USER_FIELDS = "id,mail,userPrincipalName"
@@ -55,6 +58,10 @@ class GraphClient:
         self.settings = settings
         self.session = requests.Session()
         self.session.headers["User-Agent"] = _user_agent()
+        # One kept-alive connection per concurrent sender thread, reused across the batch.
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=settings.max_concurrency)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
 
     def __repr__(self) -> str:
         return f"<GraphClient {self.settings.graph_url} tenant={self.settings.tenant_id}>"
@@ -98,14 +105,15 @@ class GraphClient:
         """Send one Graph request with Graph's retry rules; ``kwargs`` go to ``requests``.
 
         Retried: 429 and 503 (Graph refused before doing any work), connections that failed
-        before the request left, and one 401 InvalidAuthenticationToken with a new token.
+        before the request left, and a 401 InvalidAuthenticationToken with a new token (once
+        per rejected token).
         Not retried, since the work may have been done: 504, timeouts and broken connections
         after the request left (DeliveryUnknown) -- unless the request is a read (GET) or
         RETRY_AMBIGUOUS is on.
         """
         budget = RetryBudget(self.settings.max_retries, self.settings.max_retry_wait)
         safe_to_repeat = method == "GET" or self.settings.retry_ambiguous
-        renewed = False
+        rejected: set[str] = set()
         while True:
             token = tokens.get(self.settings, self.session)
             try:
@@ -118,10 +126,9 @@ class GraphClient:
                 self._pause(wait, f"{method} {path}: {exc}")
                 continue
             status = response.status_code
-            if status == 401 and not renewed and _error_code(response) == AUTH_EXPIRED:
+            if status == 401 and _error_code(response) == AUTH_EXPIRED and _renew(token, rejected):
                 logger.warning("Graph rejected the access token; fetching a new one and retrying")
                 tokens.invalidate(self.settings, token)
-                renewed = True
                 continue
             retriable = status in RETRIED_STATUSES or (
                 status in AMBIGUOUS_STATUSES and safe_to_repeat
@@ -195,6 +202,16 @@ class GraphClient:
                 "it may or may not have been processed",
                 client_request_id=headers["client-request-id"],
             ) from _scrub(exc)
+
+
+def _renew(token: str, rejected: set[str]) -> bool:
+    """Retry once per rejected token: with concurrent senders a token revoked while another
+    request was in flight can be rejected twice; a server rejecting every token is not
+    retried forever."""
+    if token in rejected or len(rejected) >= MAX_TOKEN_RENEWALS:
+        return False
+    rejected.add(token)
+    return True
 
 
 def graph_error(response: requests.Response, client_request_id: str) -> MSGraphMailError:

@@ -111,7 +111,12 @@ def encode(raw: bytes, message: EmailMessage | None = None) -> bytes:
         raise MessageTooLarge(
             f"The message is {len(raw):,} bytes of MIME, {len(body):,} bytes once base64-encoded; "
             f"Graph's sendMail accepts at most {MAX_REQUEST_BYTES:,} bytes per request "
-            "(about 3 MB of MIME). Send large files as links, or split the attachments",
+            "(about 3 MB of MIME). To send messages up to 150 MB, turn on LARGE_MESSAGES and "
+            "grant the application permission Mail.ReadWrite (in MODE rbac: the Exchange role "
+            "'Application Mail.ReadWrite' in the same scope as 'Application Mail.Send'); or "
+            "send large files as links",
+            size=len(body),
+            limit=MAX_REQUEST_BYTES,
             email_message=message,
         )
     return body

@@ -106,6 +106,11 @@ class DirectoryResolver(SenderResolver):
         cached = sender_cache.get(key, self.settings.sender_cache_ttl)
         if cached is not None:
             return cached
+        with sender_cache.lock_for(key):  # concurrent senders: one lookup per address
+            cached = sender_cache.get(key, self.settings.sender_cache_ttl)
+            return cached or self._fetch(key, wanted)
+
+    def _fetch(self, key: tuple[str, ...], wanted: str) -> Mailbox:
         user = self.client.find_user(wanted) if "@" in wanted else self.client.get_user(wanted)
         if user is None:
             raise SenderNotFound(
@@ -177,6 +182,7 @@ class SenderCache:
     def __init__(self, maxsize: int = 4096) -> None:
         self._maxsize = maxsize
         self._caches: dict[float, TTLCache[Any, Mailbox]] = {}
+        self._locks: dict[Any, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Any, ttl: float) -> Mailbox | None:
@@ -192,6 +198,10 @@ class SenderCache:
         with self._lock:
             cache = self._caches.setdefault(ttl, TTLCache(maxsize=self._maxsize, ttl=ttl))
             cache[_normal(key)] = mailbox
+
+    def lock_for(self, key: Any) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(_normal(key), threading.Lock())
 
     def clear(self) -> None:
         with self._lock:

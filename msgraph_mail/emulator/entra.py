@@ -3,6 +3,12 @@
 Tokens are JWT-shaped (clients may decode the ``roles`` claim for diagnostics) but carry a
 random signature: like real Graph tokens they are opaque, valid only because the emulator
 remembers issuing them. Roles are fixed at issue time, as in Entra.
+
+Client assertions (certificate credentials) are verified as Entra does: the signature against
+a certificate registered with ``GraphEmulator.register_certificate``, the issuer, the
+audience (this token endpoint) and the lifetime. That needs ``cryptography``, imported only
+when an assertion arrives or a certificate is registered, so the emulator itself still runs
+on the standard library alone.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from .directory import (
@@ -53,7 +61,10 @@ class TokenStore:
         self._lock = threading.Lock()
         self._tokens: dict[str, IssuedToken] = {}
 
-    def issue(self, resource: str, roles: Iterable[str], lifetime: int) -> IssuedToken:
+    def issue(
+        self, resource: str, roles: Iterable[str], lifetime: int, client_auth: str = "1"
+    ) -> IssuedToken:
+        """A token for ``resource``; ``client_auth`` "1": a secret, "2": a certificate."""
         now = int(time.time())
         role_list = tuple(roles)
         claims: dict[str, object] = {
@@ -64,9 +75,9 @@ class TokenStore:
             "exp": now + lifetime,
             "app_displayname": APP_DISPLAY_NAME,
             "appid": CLIENT_ID,
-            "appidacr": "1",
+            "appidacr": client_auth,
             "azp": CLIENT_ID,
-            "azpacr": "1",
+            "azpacr": client_auth,
             "idp": f"https://sts.windows.net/{TENANT_ID}/",
             "idtyp": "app",
             "oid": SERVICE_PRINCIPAL_ID,
@@ -177,6 +188,8 @@ def grant_token(
     lifetime: int,
     store: TokenStore,
     secret_expired: bool = False,
+    certificates: Sequence[RegisteredCertificate] = (),
+    audiences: Iterable[str] = (),
 ) -> dict[str, object]:
     """Validate a client-credentials request the way Entra does, in Entra's order."""
     grant_type = form.get("grant_type")
@@ -202,7 +215,12 @@ def grant_token(
             "administrator of the tenant or consented to by any user in the tenant. You may "
             "have sent your authentication request to the wrong tenant.",
         )
-    _check_secret(form, secret, expired=secret_expired)
+    client_auth = "1"
+    if not secret and form.get("client_assertion"):
+        check_assertion(form, client_id, certificates, frozenset(audiences))
+        client_auth = "2"
+    else:
+        _check_secret(form, secret, expired=secret_expired)
     scope = form.get("scope")
     if not scope:
         raise _missing("scope")
@@ -215,7 +233,7 @@ def grant_token(
             f"The provided request must include a 'scope' input parameter. The provided value "
             f"for the input parameter 'scope' is not valid. The scope {scope} is not valid.",
         )
-    issued = store.issue(audiences[scope], roles, lifetime)
+    issued = store.issue(audiences[scope], roles, lifetime, client_auth)
     return {
         "token_type": "Bearer",
         "expires_in": lifetime,
@@ -225,18 +243,11 @@ def grant_token(
 
 
 def _check_secret(form: Mapping[str, str], secret: str, *, expired: bool) -> None:
-    """Only a client secret is registered: assertions fail, wrong or expired secrets fail.
+    """Wrong or expired secrets fail.
 
     Entra matches the secret against the app's keys first, so a wrong secret stays 7000215
     even when every key has expired; only the right one learns it expired (7000222).
     """
-    if not secret and form.get("client_assertion"):
-        raise EntraError(
-            401,
-            "invalid_client",
-            700027,
-            "Client assertion contains an invalid signature. [Reason - The key was not found.]",
-        )
     if not secret:
         raise EntraError(
             401,
@@ -268,3 +279,221 @@ def _check_secret(form: Mapping[str, str], secret: str, *, expired: bool) -> Non
 
 def new_trace_id() -> str:
     return str(uuid.uuid4())
+
+
+# certificate credentials ------------------------------------------------------------------
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: Clock skew tolerated on an assertion's nbf/exp (assumed: Entra does not document it).
+ASSERTION_SKEW = 300
+CRYPTOGRAPHY_MISSING = (
+    "The Graph emulator verifies client assertions with the cryptography package, which is "
+    "not installed: pip install django-msgraph-mailer[certificate]"
+)
+
+
+@dataclass(frozen=True)
+class RegisteredCertificate:
+    """A certificate uploaded to the emulated app registration (its public part only)."""
+
+    x5t_s256: str  # base64url SHA-256 thumbprint, as in an assertion's x5t#S256
+    x5t: str  # base64url SHA-1 thumbprint, as in an assertion's x5t
+    thumbprint: str  # SHA-1, upper-case hex: what Entra's errors and the portal show
+    not_after: float
+    public_key: Any = field(repr=False)
+
+
+def register(cert_pem: str | bytes) -> RegisteredCertificate:
+    """Parse a PEM certificate (what you would upload to the app registration)."""
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+    except ImportError:
+        raise RuntimeError(CRYPTOGRAPHY_MISSING) from None
+    data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
+    certificate = x509.load_pem_x509_certificate(data)
+    sha1 = certificate.fingerprint(hashes.SHA1())  # noqa: S303
+    return RegisteredCertificate(
+        x5t_s256=_b64url(certificate.fingerprint(hashes.SHA256())),
+        x5t=_b64url(sha1),
+        thumbprint=sha1.hex().upper(),
+        not_after=certificate.not_valid_after_utc.timestamp(),
+        public_key=certificate.public_key(),
+    )
+
+
+def _invalid_assertion(code: int, description: str, status: int = 401) -> EntraError:
+    return EntraError(status, "invalid_client", code, description)
+
+
+def _segment(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def check_assertion(
+    form: Mapping[str, str],
+    client_id: str,
+    certificates: Sequence[RegisteredCertificate],
+    audiences: frozenset[str],
+) -> None:
+    """Verify a client assertion the way Entra does, raising Entra's error for each fault.
+
+    Codes: 50027 malformed JWT, 700021 issuer/subject is not the client id, 700027 unknown
+    certificate, bad signature, expired certificate or wrong audience (the audience's code is
+    UNCONFIRMED), 700024 outside the assertion's time range (GRAPH_NOTES C.3).
+    """
+    assertion_type = form.get("client_assertion_type")
+    if not assertion_type:
+        raise _missing("client_assertion_type")
+    if assertion_type != ASSERTION_TYPE:
+        raise EntraError(
+            400,
+            "invalid_request",
+            50027,
+            f"Invalid client_assertion_type '{assertion_type}'; expected '{ASSERTION_TYPE}'.",
+        )
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+    except ImportError:
+        raise EntraError(500, "server_error", 50000, CRYPTOGRAPHY_MISSING) from None
+    try:
+        head, body, signature_text = form["client_assertion"].split(".")
+        header = json.loads(_segment(head))
+        claims = json.loads(_segment(body))
+        signature = _segment(signature_text)
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, binascii.Error):
+        raise _invalid_assertion(50027, "JWT token is invalid or malformed.", 400) from None
+    if (
+        str(claims.get("iss", "")).lower() != client_id.lower()
+        or str(claims.get("sub", "")).lower() != client_id.lower()
+    ):
+        raise _invalid_assertion(
+            700021,
+            "Client assertion application identifier doesn't match 'client_id' parameter. "
+            "Review the documentation at https://aka.ms/certCreds.",
+            400,
+        )
+    used = next(
+        (
+            c
+            for c in certificates
+            if header.get("x5t#S256") == c.x5t_s256 or header.get("x5t") == c.x5t
+        ),
+        None,
+    )
+    if used is None:
+        raise _invalid_assertion(
+            700027,
+            "The certificate with identifier used to sign the client assertion is not "
+            f"registered on application. [Reason - The key was not found., Thumbprint of key "
+            f"used by client: '{_thumbprint_hex(header)}']",
+        )
+    algorithms: dict[str, Any] = {
+        "PS256": padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+        "RS256": padding.PKCS1v15(),
+    }
+    if header.get("alg") not in algorithms:
+        raise _invalid_assertion(
+            700027,
+            f"Client assertion contains an invalid signature. [Reason - The algorithm "
+            f"'{header.get('alg')}' is not supported., Thumbprint of key used by client: "
+            f"'{used.thumbprint}']",
+        )
+    try:
+        used.public_key.verify(
+            signature,
+            f"{head}.{body}".encode(),
+            algorithms[str(header["alg"])],
+            hashes.SHA256(),
+        )
+    except InvalidSignature:
+        raise _invalid_assertion(
+            700027,
+            "Client assertion contains an invalid signature. [Reason - The provided signature "
+            f"value did not match the expected signature value., Thumbprint of key used by "
+            f"client: '{used.thumbprint}']",
+        ) from None
+    now = time.time()
+    if now > used.not_after:
+        raise _invalid_assertion(
+            700027,
+            "Client assertion contains an invalid signature. [Reason - The key used is "
+            f"expired., Thumbprint of key used by client: '{used.thumbprint}']",
+        )
+    try:
+        not_before = float(claims.get("nbf", 0))
+        expires = float(claims["exp"])
+    except (KeyError, TypeError, ValueError):
+        raise _invalid_assertion(50027, "JWT token is invalid or malformed.", 400) from None
+    if now > expires + ASSERTION_SKEW or now < not_before - ASSERTION_SKEW:
+        raise _invalid_assertion(
+            700024,
+            f"Client assertion is not within its valid time range. Current time: "
+            f"{_stamp(now)}, assertion valid from {_stamp(not_before)}, expiry time of "
+            f"assertion {_stamp(expires)}. Review the documentation at "
+            "https://aka.ms/certCreds.",
+            400,
+        )
+    if str(claims.get("aud", "")).rstrip("/") not in audiences:
+        raise _invalid_assertion(
+            700027,
+            "Client assertion audience claim does not match Realm issuer. The audience must "
+            "be the token endpoint the assertion is sent to.",
+        )
+
+
+def _thumbprint_hex(header: Mapping[str, Any]) -> str:
+    value = header.get("x5t") or header.get("x5t#S256") or ""
+    try:
+        return _segment(str(value)).hex().upper()
+    except (ValueError, binascii.Error):
+        return ""
+
+
+def _stamp(moment: float) -> str:
+    return datetime.fromtimestamp(moment, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+
+
+class EmulatedAccessToken(NamedTuple):
+    """azure-identity's ``AccessToken``: the token and its expiry as a Unix timestamp."""
+
+    token: str
+    expires_on: int
+
+
+class EmulatorCredentialError(Exception):
+    """What the emulated credential raises (azure-identity raises ClientAuthenticationError)."""
+
+
+class EmulatorCredential:
+    """A stand-in for azure-identity's ``ManagedIdentityCredential``: ``get_token(*scopes)``
+    answers with tokens of the emulated tenant, so TOKEN_CREDENTIAL can be tested offline.
+    ``calls`` counts the tokens asked for; ``fail`` makes the next calls raise."""
+
+    def __init__(self, store: TokenStore, graph_url: str, roles: Any, lifetime: Any) -> None:
+        self._store = store
+        self._graph_url = graph_url
+        self._roles = roles
+        self._lifetime = lifetime
+        self.calls = 0
+        self.fail: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<EmulatorCredential calls={self.calls}>"
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> EmulatedAccessToken:
+        self.calls += 1
+        if self.fail:
+            raise EmulatorCredentialError(self.fail)
+        audiences = accepted_scopes(self._graph_url)
+        if len(scopes) != 1 or scopes[0] not in audiences:
+            raise EmulatorCredentialError(
+                f"AADSTS70011: The provided value for scope {' '.join(scopes)} is not valid."
+            )
+        lifetime = int(self._lifetime())
+        issued = self._store.issue(audiences[scopes[0]], self._roles(), lifetime)
+        return EmulatedAccessToken(issued.token, int(time.time()) + lifetime)

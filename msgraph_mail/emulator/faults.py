@@ -30,7 +30,18 @@ FAULTS = (
     "slow",
 )
 #: Request kinds (as ``emu.count()`` names them) a fault can be aimed at.
-FAULT_KINDS = ("sendMail", "token", "user_list", "user_get")
+FAULT_KINDS = (
+    "sendMail",
+    "token",
+    "user_list",
+    "user_get",
+    "draft_create",
+    "attachment",
+    "upload_session",
+    "upload_chunk",
+    "draft_send",
+    "draft_delete",
+)
 #: Faults that let the request be processed normally first (the work is done, then lost).
 PROCESSING_FAULTS = frozenset({"gateway_timeout", "reset_after", "slow"})
 #: Faults that answer no HTTP response at all: the connection is reset (RST).

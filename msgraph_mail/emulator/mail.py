@@ -11,7 +11,9 @@ import base64
 import binascii
 import hashlib
 import re
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -81,6 +83,11 @@ class SentMessage:
     format: str
     request_id: str
     save_to_sent_items: bool = True
+    # For the dev inbox (``inbox.py``): a stable handle for URLs and the capture time.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
+    received_at: datetime = field(
+        default_factory=lambda: datetime.now(timezone.utc), compare=False
+    )
 
     def header(self, name: str) -> str | None:
         """First top-level header called ``name`` (case-insensitive), decoded."""

@@ -61,6 +61,7 @@ class Route:
     key: str | None = None
     bad: str | None = None
     method: str | None = None
+    item: str | None = None  # a message id (drafts)
 
 
 def _segments(path: str) -> list[str]:
@@ -107,7 +108,28 @@ def resolve(path: str) -> Route:
         return Route("user_get", key=key, method="GET")
     if len(rest) == 1 and rest[0].lower() in _SEND_MAIL:
         return Route("sendMail", key=key, method="POST")
+    if rest[0].lower() == "messages":
+        return _message_route(key, rest[1:])
     return Route("other", bad=rest[0])
+
+
+def _message_route(key: str, rest: list[str]) -> Route:
+    """``messages``, ``messages/{id}``, its ``send``, ``attachments``, ``createUploadSession``."""
+    if not rest:
+        return Route("draft_create", key=key, method="POST")
+    item, tail = rest[0], [s.lower() for s in rest[1:]]
+    if not tail:
+        return Route("draft_delete", key=key, method="DELETE", item=item)
+    if tail in (["send"], ["microsoft.graph.send"]):
+        return Route("draft_send", key=key, method="POST", item=item)
+    if tail == ["attachments"]:
+        return Route("attachment", key=key, method="POST", item=item)
+    if tail[0] == "attachments" and tail[1:] in (
+        ["createuploadsession"],
+        ["microsoft.graph.createuploadsession"],
+    ):
+        return Route("upload_session", key=key, method="POST", item=item)
+    return Route("other", bad=rest[-1])
 
 
 def kind_of(method: str, path: str) -> str:
@@ -130,6 +152,9 @@ class GraphApi:
         self.tokens = tokens
         self.base_url = base_url
         self.deliver = deliver
+        from .drafts import DraftStore  # drafts.py builds on this module
+
+        self.drafts = DraftStore(tenant, base_url, deliver)
 
     def handle(self, request: Request) -> Response:
         token = self.authenticate(request)
@@ -147,6 +172,10 @@ class GraphApi:
         if route.name == "sendMail":
             assert route.key is not None
             return self.send_mail(request, route.key, token)
+        if route.item is not None or route.name == "draft_create":
+            assert route.key is not None
+            _options(request, ())
+            return self.drafts.handle(route, request, self._mailbox(route.key), token)
         if not self.tenant.may_read_directory(token.roles):
             raise GraphError(
                 403,

@@ -20,12 +20,22 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from .directory import CLIENT_ID, CLIENT_SECRET, TENANT_ID, Tenant, User
-from .entra import TokenStore, check_tenant, grant_token, new_trace_id
+from .directory import CLIENT_ID, CLIENT_SECRET, TENANT_DOMAIN, TENANT_ID, Tenant, User
+from .drafts import DRAFT_KINDS, UPLOAD_KINDS, UPLOAD_PREFIX, Draft, upload_kind
+from .entra import (
+    EmulatorCredential,
+    RegisteredCertificate,
+    TokenStore,
+    check_tenant,
+    grant_token,
+    new_trace_id,
+    register,
+)
 from .errors import EntraError, GraphError
 from .faults import (
     PROCESSING_FAULTS,
@@ -36,6 +46,7 @@ from .faults import (
     entra_fault,
     graph_fault,
 )
+from .inbox import Inbox, serves
 from .limits import CONCURRENCY_RETRY_AFTER, MAILBOX_CONCURRENCY, MailboxGate
 from .mail import SentMessage
 from .routes import (
@@ -47,11 +58,12 @@ from .routes import (
     kind_of,
     mailbox_key,
 )
+from .store import EmlStore
 
 HOST = "127.0.0.1"
 _TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token/?")
 _DRAIN_CHUNK = 64 * 1024
-KINDS = ("token", "user_get", "user_list", "sendMail", "other")
+KINDS = ("token", "user_get", "user_list", "sendMail", *DRAFT_KINDS, *UPLOAD_KINDS, "other")
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
         kind = emulator._kind(request)
         refusal = self._read_body(request, kind == "token")
+        if refusal is None and serves(request.path):  # the dev inbox: not Graph, not recorded
+            self._write(emulator.inbox.handle(request))
+            return
         if refusal is not None:
             emulator._record(request, kind, refusal.status)
             self._answer(_Outcome(refusal, emulator.latency))
@@ -279,7 +294,7 @@ class GraphEmulator:
     secret with AADSTS7000222).
     """
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, *, store: str | Path | None = None) -> None:
         self._port = port
         self._tenant = Tenant()
         self._tokens = TokenStore()
@@ -298,6 +313,11 @@ class GraphEmulator:
         self.concurrency_retry_after: float | None = CONCURRENCY_RETRY_AFTER
         self.slow_seconds: float = 2.0
         self.secret_expired: bool = False
+        self._certificates: list[RegisteredCertificate] = []
+        self._store = EmlStore(store) if store is not None else None
+        if self._store is not None:  # the dev inbox's .eml directory: a restart keeps mail
+            self._sent = self._store.load(self._tenant.user)
+        self.inbox = Inbox(self)
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -370,6 +390,20 @@ class GraphEmulator:
         self._tenant.roles = list(roles)
 
     @property
+    def rbac_readwrite_scope(self) -> set[str] | None:
+        """Mailboxes the app holds Exchange "Application Mail.ReadWrite" on (drafts)."""
+        return self._graph.drafts.readwrite_scope
+
+    @rbac_readwrite_scope.setter
+    def rbac_readwrite_scope(self, scope: Iterable[str] | None) -> None:
+        self._graph.drafts.readwrite_scope = scope
+
+    @property
+    def drafts(self) -> list[Draft]:
+        """Drafts still in the mailboxes (created, not yet sent or deleted)."""
+        return self._graph.drafts.drafts
+
+    @property
     def rbac_scope(self) -> set[str] | None:
         """Mailboxes (ids or addresses) the app holds Exchange "Application Mail.Send" on."""
         return self._tenant.rbac_scope
@@ -411,6 +445,27 @@ class GraphEmulator:
     def expire_tokens(self) -> None:
         """Every token issued so far is refused from now on (401 InvalidAuthenticationToken)."""
         self._tokens.expire_all()
+
+    def register_certificate(self, cert_pem: str | bytes) -> str:
+        """Upload a PEM certificate to the app registration (Certificates & secrets), so
+        client assertions signed with its key are accepted; returns its SHA-1 thumbprint, as
+        the portal shows it. Needs ``cryptography``."""
+        registered = register(cert_pem)
+        with self._lock:
+            self._certificates.append(registered)
+        return registered.thumbprint
+
+    def remove_certificates(self) -> None:
+        """Delete every registered certificate: assertions fail with AADSTS700027."""
+        with self._lock:
+            self._certificates.clear()
+
+    def token_credential(self) -> EmulatorCredential:
+        """A stand-in for azure-identity's ManagedIdentityCredential, for TOKEN_CREDENTIAL:
+        its ``get_token(scope)`` hands out this tenant's tokens without a request."""
+        return EmulatorCredential(
+            self._tokens, self.url, lambda: self.roles, lambda: self.token_lifetime
+        )
 
     @property
     def issued_tokens(self) -> list[str]:
@@ -494,8 +549,15 @@ class GraphEmulator:
         with self._lock:
             return sum(1 for r in self._requests if kind is None or r.kind == kind)
 
+    def clear_messages(self) -> None:
+        """Forget the captured messages only (and delete their ``.eml`` files, if stored)."""
+        with self._lock:
+            self._sent.clear()
+        if self._store is not None:
+            self._store.clear()
+
     def reset(self) -> None:
-        """Forget messages, requests, connections, served faults and in-flight peaks.
+        """Forget messages, drafts, requests, connections, served faults and in-flight peaks.
 
         Configuration stays: users, grants, tokens, knobs, and faults not yet served.
         """
@@ -503,7 +565,10 @@ class GraphEmulator:
             self._sent.clear()
             self._requests.clear()
             self._connections = 0
+        if self._store is not None:
+            self._store.clear()
         self._faults.forget_served()
+        self._graph.drafts.clear()
         self._gate.forget_peaks()
 
     # called by the server -----------------------------------------------------------------
@@ -515,10 +580,14 @@ class GraphEmulator:
     def _deliver(self, message: SentMessage) -> None:
         with self._lock:
             self._sent.append(message)
+        if self._store is not None:
+            self._store.save(message)
 
     def _kind(self, request: Request) -> str:
         if _TOKEN_PATH.fullmatch(request.path):
             return "token" if request.method == "POST" else "other"
+        if request.path.startswith(UPLOAD_PREFIX):
+            return upload_kind(request.method)
         if request.path.split("/")[1:2] == ["v1.0"]:
             return kind_of(request.method, request.path)
         return "other"
@@ -582,7 +651,7 @@ class GraphEmulator:
         """
         response = self._respond(request, kind)
         done = response.status < 400
-        self._served(fault, request, kind, delivered=done and kind == "sendMail")
+        self._served(fault, request, kind, delivered=done and kind in ("sendMail", "draft_send"))
         if not done:
             return _Outcome(response)
         if fault.name == "reset_after":
@@ -614,6 +683,10 @@ class GraphEmulator:
             token_path = _TOKEN_PATH.fullmatch(request.path)
             if token_path:
                 return self._token(request, unquote(token_path.group(1)))
+            if request.path.startswith(UPLOAD_PREFIX):
+                response = self._graph.drafts.upload(request)
+                response.headers.update(_graph_headers(request))
+                return response
             if request.path.split("/")[1:2] != ["v1.0"]:
                 segment = unquote(request.path.split("/")[1]) if "/" in request.path else ""
                 raise GraphError(400, "BadRequest", f"Invalid version: {segment}")
@@ -626,6 +699,10 @@ class GraphEmulator:
             traceback.print_exc()
             failure = GraphError(500, "generalException", "An internal emulator error occurred.")
             return _graph_error(request, failure)
+
+    def _registered(self) -> list[RegisteredCertificate]:
+        with self._lock:
+            return list(self._certificates)
 
     def _token(self, request: Request, tenant: str) -> Response:
         try:
@@ -643,6 +720,11 @@ class GraphEmulator:
                 lifetime=self.token_lifetime,
                 store=self._tokens,
                 secret_expired=self.secret_expired,
+                certificates=self._registered(),
+                audiences=[
+                    f"{self.url}/{name}/oauth2/v2.0/token"
+                    for name in {tenant, TENANT_ID, TENANT_DOMAIN}
+                ],
             )
         except EntraError as error:
             return _entra_error(request, error)

@@ -1,0 +1,276 @@
+"""The dev inbox: a web page and a JSON API over the messages the emulator captured.
+
+Django developers look at development mail in MailHog or Mailpit, which speak SMTP; with a
+Graph backend the emulator is that inbox. Served by the emulator's own server, next to Graph,
+on 127.0.0.1 only:
+
+- ``/``: the list, newest first, kept current by a little polling script;
+- ``/messages/<id>``: one message (``?images=1`` also loads remote images), ``.eml`` and
+  ``/attachments/<n>`` downloads; ``POST /clear`` forgets every message;
+- ``/api/messages`` (``DELETE`` clears) and ``/api/messages/<id>``: JSON for tests and tools.
+
+These requests are not Graph traffic: they are neither recorded nor counted, and faults never
+hit them. A ``Host`` other than 127.0.0.1/localhost (DNS rebinding) and a cross-site ``Origin``
+on a state change (CSRF) are refused, so a web page in the same browser cannot read or clear
+the mail.
+"""
+
+from __future__ import annotations
+
+import json
+import pprint
+import re
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from . import inbox_html as html
+from .mail import Attachment, SentMessage
+from .routes import Request, Response
+from .store import as_eml
+
+if TYPE_CHECKING:
+    from .server import GraphEmulator
+
+_PREFIXES = ("/api/messages", "/messages/", "/static/")
+_STATIC = {"inbox.css": "text/css; charset=utf-8", "inbox.js": "text/javascript; charset=utf-8"}
+_HTML = "text/html; charset=utf-8"
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_ID = r"([A-Za-z0-9_-]+)"
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
+Handler = Callable[[Request, "re.Match[str]"], Response]
+
+
+def settings_snippet(emulator: GraphEmulator) -> str:
+    """What to paste into a development settings file to send mail to ``emulator``."""
+    graph = pprint.pformat(emulator.settings(), sort_dicts=False)
+    return f'EMAIL_BACKEND = "msgraph_mail.backend.EmailBackend"\nMSGRAPH_MAIL = {graph}'
+
+
+def serves(path: str) -> bool:
+    """Whether ``path`` belongs to the inbox rather than to Graph or Entra."""
+    return path in ("/", "/clear") or path.startswith(_PREFIXES)
+
+
+class Inbox:
+    """Answers the inbox's requests from ``emulator.sent`` (and ``clear_messages()``)."""
+
+    def __init__(self, emulator: GraphEmulator) -> None:
+        self.emulator = emulator
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("GET", re.compile(r"/"), self._list_page),
+            ("POST", re.compile(r"/clear"), self._clear_page),
+            ("GET", re.compile(r"/static/([a-z.]+)"), self._static),
+            ("GET", re.compile(r"/api/messages/?"), self._api_list),
+            ("DELETE", re.compile(r"/api/messages/?"), self._api_clear),
+            ("GET", re.compile(rf"/api/messages/{_ID}"), self._api_message),
+            ("GET", re.compile(rf"/messages/{_ID}"), self._message_page),
+            ("GET", re.compile(rf"/messages/{_ID}\.eml"), self._eml),
+            ("GET", re.compile(rf"/messages/{_ID}/attachments/(\d+)"), self._attachment),
+        ]
+
+    def handle(self, request: Request) -> Response:
+        refusal = self._refuse(request)
+        if refusal is not None:
+            return refusal
+        allowed = []
+        for method, pattern, handler in self._routes:
+            match = pattern.fullmatch(request.path)
+            if match and method == request.method:
+                return handler(request, match)
+            if match:
+                allowed.append(method)
+        if allowed:
+            return _text(405, "Method not allowed", {"Allow": ", ".join(allowed)})
+        return _not_found("No such page")
+
+    def messages(self) -> list[SentMessage]:
+        """Newest first, as the page and the API list them."""
+        return sorted(self.emulator.sent, key=lambda m: m.received_at, reverse=True)
+
+    def find(self, message_id: str) -> SentMessage | None:
+        return next((m for m in self.emulator.sent if m.id == message_id), None)
+
+    # safety -----------------------------------------------------------------------------
+
+    def _hosts(self) -> tuple[str, ...]:
+        port = self.emulator.url.rpartition(":")[2]
+        return (f"127.0.0.1:{port}", f"localhost:{port}")
+
+    def _refuse(self, request: Request) -> Response | None:
+        if (request.header("Host") or "").lower() not in self._hosts():
+            return _text(403, "The inbox answers on 127.0.0.1 and localhost only.")
+        origin = request.header("Origin")
+        if request.method != "GET" and origin is not None and origin not in self._origins():
+            return _text(403, "Cross-site requests may not change the inbox.")
+        return None
+
+    def _origins(self) -> tuple[str, ...]:
+        return tuple(f"http://{host}" for host in self._hosts())
+
+    def _base(self, request: Request) -> str:
+        return f"http://{(request.header('Host') or '').lower()}"
+
+    # pages ------------------------------------------------------------------------------
+
+    def _list_page(self, request: Request, match: re.Match[str]) -> Response:
+        messages = self.messages()
+        snippet = settings_snippet(self.emulator)
+        if ("fragment", "list") in request.query:
+            return _page(html.list_fragment(messages, snippet, _size))
+        return _page(html.list_page(messages, snippet, _size))
+
+    def _clear_page(self, request: Request, match: re.Match[str]) -> Response:
+        self.emulator.clear_messages()
+        return Response(303, b"", {"Location": "/", "Cache-Control": "no-store"})
+
+    def _message_page(self, request: Request, match: re.Match[str]) -> Response:
+        message = self.find(match.group(1))
+        if message is None:
+            return _not_found("This message is gone (cleared, or the emulator restarted)")
+        images = ("images", "1") in request.query
+        body = html.message_page(message, self._base(request), images, _size(message))
+        frame_images = "http: https:" if images else ""
+        return _page(body, {"Content-Security-Policy": html.csp(frame_images)})
+
+    def _static(self, request: Request, match: re.Match[str]) -> Response:
+        name = match.group(1)
+        if name not in _STATIC:
+            return _not_found("No such file")
+        return Response(200, _asset(name), {"Content-Type": _STATIC[name], **_NO_SNIFF})
+
+    # downloads ----------------------------------------------------------------------------
+
+    def _eml(self, request: Request, match: re.Match[str]) -> Response:
+        message = self.find(match.group(1))
+        if message is None:
+            return _not_found("No such message")
+        return _download(as_eml(message), "message/rfc822", f"{message.id}.eml")
+
+    def _attachment(self, request: Request, match: re.Match[str]) -> Response:
+        message = self.find(match.group(1))
+        index = int(match.group(2))
+        if message is None or index >= len(message.attachments):
+            return _not_found("No such attachment")
+        attachment = message.attachments[index]
+        name = attachment.filename or f"attachment-{index}"
+        return _download(attachment.content, attachment.content_type, name)
+
+    # JSON API -----------------------------------------------------------------------------
+
+    def _api_list(self, request: Request, match: re.Match[str]) -> Response:
+        base = self._base(request)
+        messages = [summary(m, base) for m in self.messages()]
+        return _json(200, {"count": len(messages), "messages": messages})
+
+    def _api_message(self, request: Request, match: re.Match[str]) -> Response:
+        message = self.find(match.group(1))
+        if message is None:
+            return _json(404, {"error": "not found", "id": match.group(1)})
+        return _json(200, detail(message, self._base(request)))
+
+    def _api_clear(self, request: Request, match: re.Match[str]) -> Response:
+        self.emulator.clear_messages()
+        return Response(204, b"", {"Cache-Control": "no-store"})
+
+
+def summary(message: SentMessage, base: str) -> dict[str, Any]:
+    """One message in ``/api/messages``: who, when, what, how big, and where to get it."""
+    url = f"{base}/messages/{message.id}"
+    return {
+        "id": message.id,
+        "received": message.received_at.isoformat(),
+        "mailbox": message.mailbox.user_principal_name,
+        "from": message.from_,
+        "from_header": message.from_header,
+        "to": message.to,
+        "cc": message.cc,
+        "bcc": message.bcc,
+        "reply_to": message.reply_to,
+        "subject": message.subject,
+        "size": _size(message),
+        "format": message.format,
+        "request_id": message.request_id,
+        "attachments": [_attachment_json(a, i, url) for i, a in enumerate(message.attachments)],
+        "url": url,
+        "eml_url": f"{url}.eml",
+        "api_url": f"{base}/api/messages/{message.id}",
+    }
+
+
+def detail(message: SentMessage, base: str) -> dict[str, Any]:
+    """``/api/messages/<id>``: the summary plus the bodies and every header."""
+    return {
+        **summary(message, base),
+        "text": message.text,
+        "html": message.html,
+        "headers": [[name, value] for name, value in message.headers],
+    }
+
+
+def _attachment_json(attachment: Attachment, index: int, url: str) -> dict[str, Any]:
+    return {
+        "filename": attachment.filename,
+        "content_type": attachment.content_type,
+        "size": attachment.size,
+        "sha256": attachment.sha256,
+        "content_id": attachment.content_id,
+        "inline": attachment.inline,
+        "url": f"{url}/attachments/{index}",
+    }
+
+
+def _size(message: SentMessage) -> int:
+    return len(as_eml(message))
+
+
+@cache
+def _asset(name: str) -> bytes:
+    return (resources.files("msgraph_mail.emulator") / "static" / name).read_bytes()
+
+
+_NO_SNIFF = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
+def _page(body: str, extra: dict[str, str] | None = None) -> Response:
+    headers = {
+        "Content-Type": _HTML,
+        "Content-Security-Policy": html.csp(""),
+        "Referrer-Policy": "no-referrer",
+        **_NO_SNIFF,
+        **(extra or {}),
+    }
+    return Response(200, body.encode(), headers)
+
+
+def _not_found(what: str) -> Response:
+    response = _page(html.not_found_page(what))
+    response.status = 404
+    return response
+
+
+def _text(status: int, text: str, extra: dict[str, str] | None = None) -> Response:
+    headers = {"Content-Type": "text/plain; charset=utf-8", **_NO_SNIFF, **(extra or {})}
+    return Response(status, text.encode(), headers)
+
+
+def _json(status: int, body: object) -> Response:
+    headers = {"Content-Type": "application/json; charset=utf-8", **_NO_SNIFF}
+    return Response(status, json.dumps(body, indent=2).encode(), headers)
+
+
+def _download(content: bytes, content_type: str, filename: str) -> Response:
+    """Always a download, never rendered here: an attached HTML file must not run as us."""
+    fallback = _SAFE_NAME.sub("_", filename) or "download"
+    disposition = f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename)}"
+    if not _MEDIA_TYPE.fullmatch(content_type):  # JSON sendMail takes any string
+        content_type = "application/octet-stream"
+    headers = {
+        "Content-Type": content_type,
+        "Content-Disposition": disposition,
+        "Content-Security-Policy": "sandbox; default-src 'none'",
+        **_NO_SNIFF,
+    }
+    return Response(200, content, headers)

@@ -1,0 +1,234 @@
+"""The dev inbox's HTML: the message list and the message view, rendered on the server.
+
+Every value from a message is escaped; the HTML body goes into a sandboxed ``srcdoc``
+iframe (no scripts, no forms, no same-origin access) under a Content-Security-Policy that
+admits only inline styles, ``data:`` images and this message's own attachments, plus remote
+images when the reader asks for them. CSS and JavaScript are two static files, no build step.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from html import escape
+from urllib.parse import unquote
+
+from .mail import Attachment, SentMessage
+
+_CID = re.compile(r"cid:([^\"'\s)>]+)", re.IGNORECASE)
+_SNIPPET_HELP = "Send mail from Django with these settings; it shows up here."
+
+
+def csp(frame_images: str) -> str:
+    """The page policy; ``about:srcdoc`` frames inherit it, so it bounds the email too."""
+    images = " ".join(["'self'", "data:", *frame_images.split()])
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        f"img-src {images}; connect-src 'self'; form-action 'self'; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    )
+
+
+def e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def size(count: int) -> str:
+    if count < 1000:
+        return f"{count} B"
+    if count < 1_000_000:
+        return f"{count / 1000:.1f} kB"
+    return f"{count / 1_000_000:.1f} MB"
+
+
+def page(title: str, body: str) -> str:
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<title>{e(title)}</title><link rel="stylesheet" href="/static/inbox.css">'
+        '<script src="/static/inbox.js" defer></script></head>'
+        f'<body><header class="bar"><a class="brand" href="/">Graph emulator inbox</a>'
+        '<span class="offline-note">emulator not reachable</span>'
+        '<nav><a href="/api/messages">JSON API</a>'
+        '<form class="clear" method="post" action="/clear">'
+        '<button type="submit">Clear</button></form></nav></header>'
+        f"<main>{body}</main></body></html>\n"
+    )
+
+
+# the list ------------------------------------------------------------------------------------
+
+
+def list_page(
+    messages: list[SentMessage], snippet: str, size_of: Callable[[SentMessage], int]
+) -> str:
+    fragment = list_fragment(messages, snippet, size_of)
+    body = f'<div id="list" data-ids="{e(ids(messages))}">{fragment}</div>'
+    return page(f"Inbox ({len(messages)})", body)
+
+
+def ids(messages: list[SentMessage]) -> str:
+    """What the page's script compares with ``/api/messages`` to know it is out of date."""
+    return ",".join(m.id for m in messages)
+
+
+def list_fragment(
+    messages: list[SentMessage], snippet: str, size_of: Callable[[SentMessage], int]
+) -> str:
+    if not messages:
+        return (
+            '<section class="empty"><h1>No messages yet</h1>'
+            f"<p>{e(_SNIPPET_HELP)}</p><pre>{e(snippet)}</pre></section>"
+        )
+    rows = "".join(_row(m, size_of(m)) for m in messages)
+    noun = "message" if len(messages) == 1 else "messages"
+    return (
+        f'<p class="count">{len(messages)} {noun}, newest first</p>'
+        '<table class="messages"><thead><tr><th>Received</th><th>Mailbox</th><th>From</th>'
+        "<th>To</th><th>Subject</th><th>Size</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
+def _row(message: SentMessage, count: int) -> str:
+    when = message.received_at.astimezone()
+    clip = ' <span class="clip" title="attachments">&#128206;</span>' if message.attachments else ""
+    return (
+        f'<tr data-id="{e(message.id)}">'
+        f'<td class="time"><time datetime="{e(message.received_at.isoformat())}">'
+        f"{e(when.strftime('%H:%M:%S'))}</time><small>{e(when.strftime('%Y-%m-%d'))}</small></td>"
+        f"<td>{e(message.mailbox.user_principal_name)}</td>"
+        f"<td>{e(message.from_header)}</td>"
+        f"<td>{_recipients(message)}</td>"
+        f'<td class="subject"><a href="/messages/{e(message.id)}">'
+        f"{e(message.subject or '(no subject)')}</a>{clip}</td>"
+        f'<td class="size">{e(size(count))}</td></tr>'
+    )
+
+
+def _recipients(message: SentMessage) -> str:
+    parts = [e(", ".join(message.to))] if message.to else []
+    for label, addresses in (("Cc", message.cc), ("Bcc", message.bcc)):
+        if addresses:
+            parts.append(f'<span class="label">{label}</span> {e(", ".join(addresses))}')
+    return "<br>".join(parts)
+
+
+# one message ---------------------------------------------------------------------------------
+
+
+def message_page(message: SentMessage, base: str, images: bool, count: int) -> str:
+    """Summary, HTML body, text part, attachments and every header of one message."""
+    sections = [
+        f'<p class="back"><a href="/">&larr; All messages</a></p>'
+        f"<h1>{e(message.subject or '(no subject)')}</h1>",
+        _summary(message, count),
+        _html_section(message, base, images),
+        _text_section(message),
+        _attachments_section(message),
+        _headers_section(message),
+    ]
+    return page(message.subject or "(no subject)", "".join(s for s in sections if s))
+
+
+def _summary(message: SentMessage, count: int) -> str:
+    fields = [
+        ("Received", message.received_at.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")),
+        ("Mailbox", message.mailbox.user_principal_name),
+        ("From", message.from_header),
+        ("To", ", ".join(message.to)),
+        ("Cc", ", ".join(message.cc)),
+        ("Bcc", ", ".join(message.bcc)),
+        ("Reply-To", ", ".join(message.reply_to)),
+        ("Size", f"{size(count)} ({message.format} sendMail, request-id {message.request_id})"),
+    ]
+    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in fields if v)
+    links = (
+        f'<p class="actions"><a class="button" href="/messages/{e(message.id)}.eml" download>'
+        f'Download .eml</a> <a href="/api/messages/{e(message.id)}">JSON</a></p>'
+    )
+    return f'<table class="summary">{rows}</table>{links}'
+
+
+def _html_section(message: SentMessage, base: str, images: bool) -> str:
+    if message.html is None:
+        return ""
+    if images:
+        toggle = f'<a href="/messages/{e(message.id)}">Block remote images</a>'
+    else:
+        toggle = (
+            f'Remote images are blocked. <a href="/messages/{e(message.id)}?images=1">'
+            "Show remote images</a>"
+        )
+    return (
+        f'<section><h2>HTML</h2><p class="note">{toggle}</p>'
+        '<iframe class="html-body" title="HTML body" sandbox="allow-popups '
+        'allow-popups-to-escape-sandbox" referrerpolicy="no-referrer" '
+        f'srcdoc="{e(frame_document(message, base, images))}"></iframe></section>'
+    )
+
+
+def frame_document(message: SentMessage, base: str, images: bool) -> str:
+    """The iframe's document: its own CSP (belt and braces), links open in a new tab."""
+    attachments = f"{base}/messages/{message.id}/attachments/"
+    policy = (
+        f"default-src 'none'; style-src 'unsafe-inline'; font-src data:; "
+        f"img-src data: {attachments}{' http: https:' if images else ''}"
+    )
+    head = (
+        f'<meta http-equiv="Content-Security-Policy" content="{e(policy)}">'
+        '<meta name="referrer" content="no-referrer"><base target="_blank">'
+    )
+    return head + inline_images(message, attachments)
+
+
+def inline_images(message: SentMessage, attachments_url: str) -> str:
+    """``cid:`` references point at the attachment they name, served by the inbox."""
+    by_cid = {
+        a.content_id.lower(): index
+        for index, a in enumerate(message.attachments)
+        if a.content_id is not None
+    }
+
+    def replace(match: re.Match[str]) -> str:
+        index = by_cid.get(unquote(match.group(1)).lower())
+        return match.group(0) if index is None else f"{attachments_url}{index}"
+
+    return _CID.sub(replace, message.html or "")
+
+
+def _text_section(message: SentMessage) -> str:
+    if message.text is None:
+        return ""
+    return f'<section><h2>Text</h2><pre class="text-body">{e(message.text)}</pre></section>'
+
+
+def _attachments_section(message: SentMessage) -> str:
+    if not message.attachments:
+        return ""
+    items = "".join(_attachment(message, index, a) for index, a in enumerate(message.attachments))
+    return f'<section><h2>Attachments</h2><ul class="attachments">{items}</ul></section>'
+
+
+def _attachment(message: SentMessage, index: int, attachment: Attachment) -> str:
+    name = attachment.filename or f"attachment-{index}"
+    inline = f" inline, cid:{attachment.content_id}" if attachment.content_id else ""
+    return (
+        f'<li><a href="/messages/{e(message.id)}/attachments/{index}" download>{e(name)}</a> '
+        f'<span class="meta">{e(attachment.content_type)}, {e(size(attachment.size))}'
+        f"{e(inline)}</span></li>"
+    )
+
+
+def _headers_section(message: SentMessage) -> str:
+    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in message.headers)
+    return (
+        f"<section><details><summary>All headers ({len(message.headers)})</summary>"
+        f'<table class="headers">{rows}</table></details></section>'
+    )
+
+
+def not_found_page(what: str) -> str:
+    return page(
+        "Not found", f'<p class="back"><a href="/">&larr; All messages</a></p><h1>{e(what)}</h1>'
+    )

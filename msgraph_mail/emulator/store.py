@@ -1,0 +1,145 @@
+"""Captured messages as ``.eml`` files: the download format and the optional on-disk store.
+
+A message sent as MIME is kept byte for byte; one sent as JSON is turned into the MIME that
+Exchange would have made of it, so every message can be opened in a mail client. The store
+(``python -m msgraph_mail.emulator --store DIR``) writes one file per message, so the dev
+inbox survives a restart; what only the emulator knows (id, capture time, mailbox) goes into
+``X-Emulator-*`` lines at the top of the stored file and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from email import policy
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+
+from .directory import User
+from .errors import GraphError
+from .mail import SentMessage, from_mime
+
+_STORED = ("Id", "Mailbox", "Received", "Request-Id")
+_PREFIX = "X-Emulator-"
+_SUMMARY_HEADERS = frozenset({"from", "to", "cc", "reply-to", "subject"})
+_FILENAME = re.compile(r"^\d{8}T\d{12}-[0-9a-f]{32}\.eml$")
+
+
+def as_eml(message: SentMessage) -> bytes:
+    """The message as an RFC 5322 file: the MIME Graph received, or one built from JSON."""
+    if message.format == "mime":
+        return message.raw
+    return _from_json_record(message).as_bytes(policy=policy.SMTP)
+
+
+def _from_json_record(message: SentMessage) -> EmailMessage:
+    """What Exchange makes of a JSON ``sendMail``: headers, alternatives, attachments."""
+    mime = EmailMessage(policy=policy.SMTP)
+    for name, value in message.headers:
+        if name.lower() in _SUMMARY_HEADERS or name.lower().startswith("x-"):
+            mime[name] = value
+    if message.bcc:
+        mime["Bcc"] = ", ".join(message.bcc)
+    mime["Date"] = format_datetime(message.received_at)
+    if message.text is not None or message.html is None:
+        mime.set_content(message.text or "")
+    if message.html is not None:
+        if message.text is None:
+            mime.set_content(message.html, subtype="html")
+        else:
+            mime.add_alternative(message.html, subtype="html")
+    for attachment in message.attachments:
+        maintype, _, subtype = attachment.content_type.partition("/")
+        mime.add_attachment(
+            attachment.content,
+            maintype=maintype or "application",
+            subtype=subtype or "octet-stream",
+            filename=attachment.filename,
+            disposition="inline" if attachment.inline else "attachment",
+            cid=f"<{attachment.content_id}>" if attachment.content_id else None,
+        )
+    return mime
+
+
+class EmlStore:
+    """A directory of ``.eml`` files mirroring the captured messages.
+
+    Only files this store wrote (or loaded) are ever deleted, so pointing ``--store`` at a
+    directory that holds other mail is harmless.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, Path] = {}
+        self._lock = threading.Lock()
+
+    def save(self, message: SentMessage) -> None:
+        stamp = message.received_at.strftime("%Y%m%dT%H%M%S%f")
+        path = self.directory / f"{stamp}-{message.id}.eml"
+        eml = as_eml(message)
+        path.write_bytes(_stored_headers(message, eml) + eml)
+        with self._lock:
+            self._files[message.id] = path
+
+    def load(self, mailbox: Callable[[str], User | None]) -> list[SentMessage]:
+        """Every stored message, oldest first; ``mailbox`` finds a user by id or address."""
+        messages: list[SentMessage] = []
+        for path in sorted(self.directory.glob("*.eml")):
+            message = self._load(path, mailbox)
+            if message is not None:
+                messages.append(message)
+                with self._lock:
+                    self._files[message.id] = path
+        return sorted(messages, key=lambda m: m.received_at)
+
+    def clear(self) -> None:
+        with self._lock:
+            paths, self._files = list(self._files.values()), {}
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+    def _load(self, path: Path, mailbox: Callable[[str], User | None]) -> SentMessage | None:
+        """Parse one file back into a record; a file that is not ours is skipped, with a note."""
+        if not _FILENAME.match(path.name):
+            return None
+        try:
+            fields, raw = _split_stored(path.read_bytes())
+            user = mailbox(fields["Mailbox"])
+            if user is None:
+                raise ValueError(f"unknown mailbox {fields['Mailbox']}")
+            message = from_mime(raw, user, fields.get("Request-Id", ""))
+            received = datetime.fromisoformat(fields["Received"])
+        except (GraphError, KeyError, ValueError, OSError) as error:
+            print(f"inbox store: skipping {path.name}: {error!r}", file=sys.stderr)
+            return None
+        return dataclasses.replace(message, id=fields["Id"], received_at=received)
+
+
+def _stored_headers(message: SentMessage, eml: bytes) -> bytes:
+    """The ``X-Emulator-*`` lines, with the line ending the message itself uses."""
+    newline = b"\r\n" if b"\r\n" in eml[:2000] else b"\n"
+    values = (message.id, message.mailbox.id, message.received_at.isoformat(), message.request_id)
+    return b"".join(
+        f"{_PREFIX}{name}: {value}".encode() + newline
+        for name, value in zip(_STORED, values, strict=True)
+    )
+
+
+def _split_stored(data: bytes) -> tuple[dict[str, str], bytes]:
+    """The ``X-Emulator-*`` fields at the top of a stored file, and the message after them."""
+    fields: dict[str, str] = {}
+    lines = data.splitlines(keepends=True)
+    count = 0
+    for line in lines:
+        name, _, value = line.decode("ascii", "replace").partition(":")
+        if not name.startswith(_PREFIX):
+            break
+        fields[name[len(_PREFIX) :]] = value.strip()
+        count += 1
+    return fields, b"".join(lines[count:])
