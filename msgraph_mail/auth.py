@@ -23,6 +23,7 @@ from typing import Any
 
 import requests
 from django.utils.module_loading import import_string
+from requests.utils import get_environ_proxies
 
 from .conf import MSGraphMailSettings
 from .exceptions import AuthenticationError, GraphConnectionError
@@ -239,7 +240,12 @@ def _post_form(settings: MSGraphMailSettings, session: requests.Session) -> requ
         assert settings.client_secret is not None
         form["client_secret"] = settings.client_secret.get_secret_value()
     try:
-        return session.post(settings.token_url, data=form, timeout=settings.timeout)
+        return session.post(
+            settings.token_url,
+            data=form,
+            timeout=settings.timeout,
+            proxies=get_environ_proxies(settings.token_url),
+        )
     except requests.RequestException as exc:
         # The prepared request (its body holds the secret) is dropped from the exception.
         exc.request = None

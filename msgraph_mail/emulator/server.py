@@ -200,7 +200,11 @@ class _Handler(BaseHTTPRequestHandler):
                 outcome = emulator._serve(request, kind)
                 outcome.delay += emulator.latency
             emulator._record(request, kind, outcome.status)
-            self._answer(outcome)
+            time.sleep(outcome.delay)  # the request stays in flight while it "works"
+            outcome.delay = 0.0
+        # The slot is free once the work is done, before the answer travels back: a client
+        # that starts its next request on receipt must not find the slot still taken.
+        self._answer(outcome)
 
     def _answer(self, outcome: _Outcome) -> None:
         """Wait (holding the request in flight), then answer or reset the connection."""
