@@ -1,14 +1,15 @@
-"""The whole test suite: lint and types, the Django matrix, the docs.
+"""The whole test suite: lint and types, the Django matrix, the browser tests, the docs.
 
-Run everything with ``nox``; one part with ``nox -s lint``, ``nox -s "tests(django='6.1')"``
-or ``nox -s docs``. Pythons come from pyenv (see .python-version).
+Run everything with ``nox``; one part with ``nox -s lint``, ``nox -s "tests(django='6.1')"``,
+``nox -s browser`` (the dev inbox in headless Chromium) or ``nox -s docs``. Pythons come from
+pyenv (see .python-version).
 """
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "docs"]
+nox.options.sessions = ["lint", "tests", "browser", "docs"]
 nox.options.error_on_missing_interpreters = True
 
 # Django release -> the Python it is tested on (5.2 is the last series for 3.10/3.11).
@@ -29,7 +30,14 @@ def lint(session: nox.Session) -> None:
 def tests(session: nox.Session, django: str) -> None:
     """pytest against the bundled Graph emulator, for one Django release."""
     session.install(f"django~={django}.0", "-e", ".[test]")
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", "-m", "not browser", *session.posargs)
+
+
+@nox.session(python="3.11")
+def browser(session: nox.Session) -> None:
+    """The dev inbox in headless Chromium (needs Debian's chromium and chromium-driver)."""
+    session.install("selenium", "-e", ".[test]")
+    session.run("python", "-m", "pytest", "tests/test_inbox_browser.py", *session.posargs)
 
 
 @nox.session(python="3.11")
@@ -37,3 +45,10 @@ def docs(session: nox.Session) -> None:
     """Build the documentation with warnings as errors."""
     session.install("-r", "docs/requirements.txt", "-e", ".")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Throughput against Graph's limit and django-msgraphbackend (not part of ``nox``)."""
+    session.install("-e", ".", "django~=5.2.0", "django-msgraphbackend==5.2.0")
+    session.run("python", "benchmarks/throughput.py", *session.posargs)
