@@ -97,11 +97,24 @@ def build_mime(message: EmailMessage) -> bytes:
     except ValueError as exc:  # includes BadHeaderError: header injection, Bcc in headers
         raise InvalidMessage(f"Django refused to build the message: {exc}") from exc
     del mime[MAILBOX_HEADER]
+    _set_boundaries(mime)
     if message.bcc:
         _set_bcc(mime, [str(address) for address in message.bcc if address])
     if _MODERN_EMAIL:
         return mime.as_bytes()
     return bytes(cast(Any, mime).as_bytes(linesep="\r\n"))  # Django 5.2's SafeMIME* API
+
+
+def _set_boundaries(mime: Message) -> None:
+    """Give each multipart a unique boundary up front.
+
+    Without one, the email generator picks a random boundary and compiles a new regular
+    expression per message to prove the body does not contain it: a fifth of the CPU of
+    serialising a message. A uuid4 boundary cannot collide with the content in practice.
+    """
+    for part in mime.walk():
+        if part.get_content_maintype() == "multipart" and part.get_boundary() is None:
+            part.set_boundary(f"=_msgraph_{uuid.uuid4().hex}")
 
 
 def encode(raw: bytes, message: EmailMessage | None = None) -> bytes:
