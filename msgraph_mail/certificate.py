@@ -188,7 +188,7 @@ def load(
 def _read(value: str, name: str) -> bytes:
     if "-----BEGIN" in value:
         return value.encode()
-    if "\n" in value or len(value) > 4096:
+    if "\n" in value or len(value) > 1024:
         raise CertificateError(f"{name} is neither PEM text (-----BEGIN ...) nor a file path")
     path = Path(value).expanduser()
     try:

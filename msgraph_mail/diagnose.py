@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -29,6 +30,8 @@ DIRECTORY_ROLES = frozenset(
     {"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}
 )
 SEND_ROLE = "Mail.Send"
+#: Drafts and upload sessions (LARGE_MESSAGES) need this one too.
+READ_WRITE_ROLE = "Mail.ReadWrite"
 #: Warn this many days before the certificate expires.
 CERTIFICATE_WARN_DAYS = 30
 
@@ -143,7 +146,9 @@ def describe_credential(config: MSGraphMailSettings, now: datetime | None = None
         ]
     if days <= CERTIFICATE_WARN_DAYS:
         return [
-            Finding("warning", "credential", f"{described}: expires in {int(days)} days", renew)
+            Finding(
+                "warning", "credential", f"{described}: expires in {math.ceil(days)} days", renew
+            )
         ]
     return [Finding("ok", "credential", described)]
 
@@ -226,6 +231,36 @@ def judge_roles(config: MSGraphMailSettings, roles: list[str] | None) -> Iterato
             "Confirm with Test-ServicePrincipalAuthorization -Identity <app> -Resource <mailbox>, "
             "or with --send-test.",
         )
+    if config.large_messages:
+        yield _judge_read_write(config, READ_WRITE_ROLE in granted)
+
+
+def _judge_read_write(config: MSGraphMailSettings, granted: bool) -> Finding:
+    """LARGE_MESSAGES creates drafts: Mail.ReadWrite, from Entra or from Exchange RBAC."""
+    if granted and config.mode == "permissive":
+        return Finding(
+            "ok", "permissions", "LARGE_MESSAGES: the token grants Mail.ReadWrite (drafts)"
+        )
+    if granted:
+        return Finding(
+            "warning",
+            "permissions",
+            f"LARGE_MESSAGES: the app holds tenant-wide Mail.ReadWrite, which MODE {config.mode} "
+            "does not restrict: it can read and change every mailbox",
+            "Scope it with Exchange RBAC for Applications (New-ManagementRoleAssignment -App ... "
+            "-Role 'Application Mail.ReadWrite' -CustomResourceScope ..., the scope of "
+            "'Application Mail.Send'), then remove the Entra grant.",
+        )
+    return Finding(
+        "warning" if config.mode == "permissive" else "info",
+        "permissions",
+        "LARGE_MESSAGES needs Mail.ReadWrite for drafts, which the token does not show; an "
+        "Exchange RBAC grant 'Application Mail.ReadWrite' would not show in a token either",
+        "Grant the application permission Mail.ReadWrite with admin consent, or assign the "
+        "Exchange role 'Application Mail.ReadWrite' in the same scope as 'Application "
+        "Mail.Send'; confirm with Test-ServicePrincipalAuthorization -Identity <app> -Resource "
+        "<mailbox> (--send-test sends a small message, which does not use drafts).",
+    )
 
 
 def check_senders(
