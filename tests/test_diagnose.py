@@ -176,3 +176,40 @@ def test_using_a_mailer_alias(emulator: GraphEmulator) -> None:
         assert any(f["message"] == "is MAILBOX itself" for f in found)
         with pytest.raises(CommandError, match="No mailer 'nope'"):
             call_command("msgraph_diagnose", "--using", "nope", stdout=StringIO())
+
+
+def test_large_messages_with_mail_readwrite(emulator: GraphEmulator) -> None:
+    emulator.roles = ["Mail.Send", "User.Read.All", "Mail.ReadWrite"]
+    with override_settings(MSGRAPH_MAIL=emulator.settings(LARGE_MESSAGES=True)):
+        found = findings()
+    assert any("LARGE_MESSAGES: the token grants Mail.ReadWrite" in o for o in levels(found, "ok"))
+    assert levels(found, "warning") == []
+
+
+def test_large_messages_without_mail_readwrite_says_rbac_would_not_show(
+    emulator: GraphEmulator,
+) -> None:
+    with override_settings(MSGRAPH_MAIL=emulator.settings(LARGE_MESSAGES=True)):
+        found = findings()  # a warning, not an error: an Exchange grant may exist
+    [warning] = levels(found, "warning")
+    assert "LARGE_MESSAGES needs Mail.ReadWrite" in warning
+    assert "would not show in a token" in warning
+    assert "Test-ServicePrincipalAuthorization" in json.dumps(found)
+    assert "Application Mail.ReadWrite" in json.dumps(found)
+
+
+def test_large_messages_in_rbac_mode(emulator: GraphEmulator) -> None:
+    settings = mode_settings(emulator, "rbac", LARGE_MESSAGES=True)
+    with override_settings(MSGRAPH_MAIL=settings):
+        found = findings()
+    assert levels(found, "warning") == []
+    assert any("LARGE_MESSAGES needs Mail.ReadWrite" in i for i in levels(found, "info"))
+    emulator.roles = ["User.Read.All", "Mail.ReadWrite"]
+    with override_settings(MSGRAPH_MAIL=settings):
+        found = findings()
+    [warning] = levels(found, "warning")
+    assert "tenant-wide Mail.ReadWrite" in warning
+
+
+def test_large_messages_off_says_nothing_about_mail_readwrite(emulator: GraphEmulator) -> None:
+    assert "LARGE_MESSAGES" not in diagnose()
