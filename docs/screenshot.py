@@ -90,7 +90,6 @@ def _send_all() -> None:
         reply_to=["support@contoso.com"],
     )
     order.attach_alternative(ORDER_HTML, "text/html")
-    order.mixed_subtype = "related"
     logo = MIMEImage(_png(48, 48, (10, 91, 211)), "png")
     logo.add_header("Content-ID", "<logo>")
     logo.add_header("Content-Disposition", "inline", filename="logo.png")

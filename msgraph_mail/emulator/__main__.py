@@ -56,3 +56,7 @@ def _banner(emulator: GraphEmulator, store: str | None) -> None:
     if store is not None:
         print(f"Store: {store} ({len(emulator.sent)} messages loaded)")
     print("Press Ctrl-C to stop.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -238,7 +238,7 @@ def _page(body: str, extra: dict[str, str] | None = None) -> Response:
     headers = {
         "Content-Type": _HTML,
         "Content-Security-Policy": html.csp(""),
-        "Referrer-Policy": "no-referrer",
+        "Referrer-Policy": "same-origin",  # no-referrer would send "Origin: null" on POST
         **_NO_SNIFF,
         **(extra or {}),
     }

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from email.utils import parseaddr
 from html import escape
 from urllib.parse import unquote
 
 from .mail import Attachment, SentMessage
 
 _CID = re.compile(r"cid:([^\"'\s)>]+)", re.IGNORECASE)
+_CLIP = (  # inline SVG: no emoji font needed, and no image request
+    '<svg viewBox="0 0 16 16" width="13" height="13" aria-hidden="true"><path d="M10.5 4.5v6'
+    'a2.5 2.5 0 0 1-5 0V4a1.5 1.5 0 0 1 3 0v6a.5.5 0 0 1-1 0V5" fill="none" '
+    'stroke="currentColor" stroke-width="1.3" stroke-linecap="round"/></svg>'
+)
 _SNIPPET_HELP = "Send mail from Django with these settings; it shows up here."
 
 
@@ -45,7 +51,8 @@ def page(title: str, body: str) -> str:
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>{e(title)}</title><link rel="stylesheet" href="/static/inbox.css">'
+        f'<title>{e(title)}</title><link rel="icon" href="data:,">'
+        '<link rel="stylesheet" href="/static/inbox.css">'
         '<script src="/static/inbox.js" defer></script></head>'
         f'<body><header class="bar"><a class="brand" href="/">Graph emulator inbox</a>'
         '<span class="offline-note">emulator not reachable</span>'
@@ -92,18 +99,27 @@ def list_fragment(
 
 def _row(message: SentMessage, count: int) -> str:
     when = message.received_at.astimezone()
-    clip = ' <span class="clip" title="attachments">&#128206;</span>' if message.attachments else ""
+    files = len(message.attachments)
+    clip = f' <span class="clip" title="{files} attached">{_CLIP}{files}</span>' if files else ""
     return (
         f'<tr data-id="{e(message.id)}">'
         f'<td class="time"><time datetime="{e(message.received_at.isoformat())}">'
         f"{e(when.strftime('%H:%M:%S'))}</time><small>{e(when.strftime('%Y-%m-%d'))}</small></td>"
         f"<td>{e(message.mailbox.user_principal_name)}</td>"
-        f"<td>{e(message.from_header)}</td>"
+        f"<td>{_sender(message.from_header)}</td>"
         f"<td>{_recipients(message)}</td>"
         f'<td class="subject"><a href="/messages/{e(message.id)}">'
         f"{e(message.subject or '(no subject)')}</a>{clip}</td>"
         f'<td class="size">{e(size(count))}</td></tr>'
     )
+
+
+def _sender(from_header: str) -> str:
+    """The display name, with the address below it in small type."""
+    name, address = parseaddr(from_header)
+    if not name or not address:
+        return e(from_header)
+    return f'{e(name)}<small class="address">{e(address)}</small>'
 
 
 def _recipients(message: SentMessage) -> str:
@@ -140,7 +156,8 @@ def _summary(message: SentMessage, count: int) -> str:
         ("Cc", ", ".join(message.cc)),
         ("Bcc", ", ".join(message.bcc)),
         ("Reply-To", ", ".join(message.reply_to)),
-        ("Size", f"{size(count)} ({message.format} sendMail, request-id {message.request_id})"),
+        ("Size", size(count)),
+        ("Sent as", f"{message.format.upper()} sendMail, request-id {message.request_id}"),
     ]
     rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in fields if v)
     links = (
@@ -212,7 +229,7 @@ def _attachments_section(message: SentMessage) -> str:
 
 def _attachment(message: SentMessage, index: int, attachment: Attachment) -> str:
     name = attachment.filename or f"attachment-{index}"
-    inline = f" inline, cid:{attachment.content_id}" if attachment.content_id else ""
+    inline = f", inline, cid:{attachment.content_id}" if attachment.content_id else ""
     return (
         f'<li><a href="/messages/{e(message.id)}/attachments/{index}" download>{e(name)}</a> '
         f'<span class="meta">{e(attachment.content_type)}, {e(size(attachment.size))}'

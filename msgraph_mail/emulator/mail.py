@@ -85,9 +85,7 @@ class SentMessage:
     save_to_sent_items: bool = True
     # For the dev inbox (``inbox.py``): a stable handle for URLs and the capture time.
     id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
-    received_at: datetime = field(
-        default_factory=lambda: datetime.now(timezone.utc), compare=False
-    )
+    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc), compare=False)
 
     def header(self, name: str) -> str | None:
         """First top-level header called ``name`` (case-insensitive), decoded."""
