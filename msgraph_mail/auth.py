@@ -209,7 +209,10 @@ def fetch_token(settings: MSGraphMailSettings, session: requests.Session) -> Acc
             _pause(wait, str(exc))
             continue
         if response.status_code == 429 or response.status_code >= 500:
-            wait = budget.next_wait(parse_retry_after(response.headers.get("Retry-After")))
+            wait = budget.next_wait(
+                parse_retry_after(response.headers.get("Retry-After")),
+                throttled=response.status_code == 429,
+            )
             if wait is not None:
                 _pause(wait, f"the token endpoint answered HTTP {response.status_code}")
                 continue

@@ -141,7 +141,10 @@ class GraphClient:
                 status in AMBIGUOUS_STATUSES and safe_to_repeat
             )
             if retriable:
-                wait = budget.next_wait(parse_retry_after(response.headers.get("Retry-After")))
+                wait = budget.next_wait(
+                    parse_retry_after(response.headers.get("Retry-After")),
+                    throttled=status == 429,
+                )
                 if wait is not None:
                     self._pause(wait, f"{method} {path}: HTTP {status} {_error_code(response)}")
                     continue
@@ -163,9 +166,10 @@ class GraphClient:
             )
         if response.status_code >= 400:
             error = graph_error(response, client_request_id)
-            if budget.retries and response.status_code in RETRIED_STATUSES:
+            tries = budget.retries + budget.throttled
+            if tries and response.status_code in RETRIED_STATUSES:
                 error.message += (
-                    f" (gave up after {budget.retries} retries and {budget.waited:.1f} s of "
+                    f" (gave up after {tries} retries and {budget.waited:.1f} s of "
                     "waiting: MAX_RETRIES / MAX_RETRY_WAIT)"
                 )
             raise error

@@ -2,8 +2,10 @@
 
 Graph and Entra say when to come back (``Retry-After``, in seconds, possibly fractional:
 GRAPH_NOTES B.3); without it we back off exponentially with jitter. Every message has a
-budget: at most ``MAX_RETRIES`` retries and ``MAX_RETRY_WAIT`` seconds of waiting in all, so a
-throttled batch slows down but never hangs.
+budget: ``MAX_RETRY_WAIT`` seconds of waiting in all, and at most ``MAX_RETRIES`` retries for
+failures (503, broken connections). Throttling (429) is always retried within the wait
+budget -- it is Graph pacing us, not failing -- so a throttled batch slows down but never
+hangs and never drops a message.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from email.utils import parsedate_to_datetime
 
 #: First backoff step in seconds when the server gives no Retry-After (doubled each retry).
 BACKOFF_BASE = 1.0
+#: A hard stop for throttling retries, in case a server says "Retry-After: 0" forever.
+MAX_THROTTLED_RETRIES = 100
 
 
 class RetryBudget:
@@ -23,16 +27,26 @@ class RetryBudget:
         self.max_retries = max_retries
         self.max_wait = max_wait
         self.retries = 0
+        self.throttled = 0
         self.waited = 0.0
 
-    def next_wait(self, retry_after: float | None) -> float | None:
-        """Seconds to wait before the next try, or None when the budget is spent."""
-        if self.retries >= self.max_retries:
+    def next_wait(self, retry_after: float | None, *, throttled: bool = False) -> float | None:
+        """Seconds to wait before the next try, or None when the budget is spent.
+
+        ``throttled`` (a 429): not limited by MAX_RETRIES, only by the wait budget.
+        """
+        if throttled:
+            if self.throttled >= MAX_THROTTLED_RETRIES:
+                return None
+        elif self.retries >= self.max_retries:
             return None
-        wait = retry_after if retry_after is not None else backoff(self.retries)
+        wait = retry_after if retry_after is not None else backoff(self.retries + self.throttled)
         if self.waited + wait > self.max_wait:
             return None
-        self.retries += 1
+        if throttled:
+            self.throttled += 1
+        else:
+            self.retries += 1
         self.waited += wait
         return wait
 

@@ -126,14 +126,24 @@ def test_expired_token_mid_batch_is_renewed_once(emulator: GraphEmulator) -> Non
     assert len(emulator.sent) == 4
 
 
+def test_throttling_is_retried_beyond_max_retries(emulator: GraphEmulator) -> None:
+    """429 is Graph pacing us: retried within MAX_RETRY_WAIT whatever MAX_RETRIES says."""
+    with override_settings(MSGRAPH_MAIL=emulator.settings(MAX_RETRIES=1)):
+        send_one("warm-up")
+        emulator.fail_next("throttle", times=6)
+        msg = send_one()
+    assert msg.msgraph_status.status == "sent"
+    assert emulator.count("sendMail") == 1 + 7
+
+
 def test_retry_count_is_bounded(emulator: GraphEmulator) -> None:
     with override_settings(MSGRAPH_MAIL=emulator.settings(MAX_RETRIES=2)):
         send_one("warm-up")
-        emulator.fail_next("throttle", times=5)
+        emulator.fail_next("unavailable", times=5)
         msg = send_one()
     error = msg.msgraph_status.error
     assert isinstance(error, GraphAPIError)
-    assert error.status == 429
+    assert error.status == 503
     assert "gave up after 2 retries" in str(error)
     assert msg.msgraph_status.status == "failed"
     assert emulator.count("sendMail") == 1 + 3
@@ -189,16 +199,16 @@ def test_failures_are_listed_and_the_rest_sent(emulator: GraphEmulator) -> None:
     emulator.reset()
     # One at a time, so that the queued faults meet the messages in order.
     with override_settings(MSGRAPH_MAIL=emulator.settings(MAX_RETRIES=0, MAX_CONCURRENCY=1)):
-        emulator.fail_next("throttle")
+        emulator.fail_next("unavailable")
         emulator.fail_next("reset_before")  # queued faults are served in order
-        messages = [message("throttled"), message("lost"), message("fine")]
+        messages = [message("unavailable"), message("lost"), message("fine")]
         with pytest.raises(BatchSendError) as info:
             get_connection().send_messages(messages)
     assert info.value.sent == 1
-    assert [m.subject for m, _ in info.value.failures] == ["throttled", "lost"]
+    assert [m.subject for m, _ in info.value.failures] == ["unavailable", "lost"]
     assert [m.msgraph_status.status for m in messages] == ["failed", "unknown", "sent"]
     text = str(info.value)
-    assert "'throttled' to to@example.com" in text
+    assert "'unavailable' to to@example.com" in text
     assert "'lost' to to@example.com" in text
 
 

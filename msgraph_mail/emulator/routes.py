@@ -16,7 +16,14 @@ from urllib.parse import unquote
 from .directory import Tenant, User
 from .entra import IssuedToken, TokenStore
 from .errors import GraphError
-from .mail import NO_RECIPIENTS, SentMessage, decode_base64_mime, from_json, from_mime
+from .mail import (
+    NO_RECIPIENTS,
+    Screened,
+    SentMessage,
+    decode_base64_mime,
+    from_json,
+    screen_mime,
+)
 from .query import parse_filter, parse_select, unsupported
 
 ODATA_JSON = "application/json;odata.metadata=minimal;odata.streaming=true;charset=utf-8"
@@ -146,7 +153,7 @@ class GraphApi:
         tenant: Tenant,
         tokens: TokenStore,
         base_url: Callable[[], str],
-        deliver: Callable[[SentMessage], None],
+        deliver: Callable[[SentMessage | Screened], None],
     ) -> None:
         self.tenant = tenant
         self.tokens = tokens
@@ -270,11 +277,11 @@ class GraphApi:
             )
         return mailbox
 
-    def _parse(self, request: Request, mailbox: User) -> SentMessage:
+    def _parse(self, request: Request, mailbox: User) -> SentMessage | Screened:
         media_type = (request.header("Content-Type") or "").split(";")[0].strip().lower()
         if media_type == "text/plain":
             raw = decode_base64_mime(request.body)
-            return from_mime(raw, mailbox, request.request_id)
+            return screen_mime(raw, mailbox, request.request_id)
         if media_type == "application/json":
             try:
                 payload = json.loads(request.body)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
 from .directory import CLIENT_ID, CLIENT_SECRET, TENANT_DOMAIN, TENANT_ID, Tenant, User
@@ -48,7 +48,7 @@ from .faults import (
 )
 from .inbox import Inbox, serves
 from .limits import CONCURRENCY_RETRY_AFTER, MAILBOX_CONCURRENCY, MailboxGate
-from .mail import SentMessage
+from .mail import Screened, SentMessage
 from .routes import (
     MAX_REQUEST_BYTES,
     GraphApi,
@@ -303,7 +303,7 @@ class GraphEmulator:
         self._tenant = Tenant()
         self._tokens = TokenStore()
         self._lock = threading.Lock()
-        self._sent: list[SentMessage] = []
+        self._sent: list[SentMessage | Screened] = []
         self._requests: list[RecordedRequest] = []
         self._connections = 0
         self._server: _Server | None = None
@@ -320,7 +320,7 @@ class GraphEmulator:
         self._certificates: list[RegisteredCertificate] = []
         self._store = EmlStore(store) if store is not None else None
         if self._store is not None:  # the dev inbox's .eml directory: a restart keeps mail
-            self._sent = self._store.load(self._tenant.user)
+            self._sent = list(self._store.load(self._tenant.user))
         self.inbox = Inbox(self)
 
     # lifecycle ----------------------------------------------------------------------------
@@ -532,8 +532,10 @@ class GraphEmulator:
 
     @property
     def sent(self) -> list[SentMessage]:
+        """Every delivered message; MIME ones are fully parsed here, on first reading."""
         with self._lock:
-            return list(self._sent)
+            self._sent = [_complete(entry) for entry in self._sent]
+            return cast(list[SentMessage], list(self._sent))
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -581,11 +583,12 @@ class GraphEmulator:
         with self._lock:
             self._connections += 1
 
-    def _deliver(self, message: SentMessage) -> None:
+    def _deliver(self, message: SentMessage | Screened) -> None:
+        if self._store is not None:  # the dev inbox keeps files: parse now
+            message = _complete(message)
+            self._store.save(message)
         with self._lock:
             self._sent.append(message)
-        if self._store is not None:
-            self._store.save(message)
 
     def _kind(self, request: Request) -> str:
         if _TOKEN_PATH.fullmatch(request.path):
@@ -753,3 +756,7 @@ def _entra_error(
     trace_id, correlation_id = new_trace_id(), request.client_request_id or new_trace_id()
     headers = {**_entra_headers(trace_id, request), **(extra or {})}
     return Response(error.status, error.body(trace_id, correlation_id), headers)
+
+
+def _complete(entry: SentMessage | Screened) -> SentMessage:
+    return entry.complete() if isinstance(entry, Screened) else entry
