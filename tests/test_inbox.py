@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 from email import policy
-from email.mime.image import MIMEImage
 from email.parser import BytesParser
 from html import unescape
 from pathlib import Path
@@ -23,6 +22,7 @@ from django.core.mail import EmailMultiAlternatives
 
 from msgraph_mail.emulator import CLIENT_ID, CLIENT_SECRET, NOREPLY_ID, TENANT_ID, GraphEmulator
 from msgraph_mail.emulator.store import as_eml
+from tests.helpers import inline_image
 
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -45,10 +45,7 @@ def send(subject: str = "Order #1001", html: str | None = None, **extra: Any) ->
     message.attach_alternative(
         html or '<p>Hello <b>Alice</b> <img src="cid:logo"></p>', "text/html"
     )
-    logo = MIMEImage(PNG, "png")
-    logo.add_header("Content-ID", "<logo>")
-    logo.add_header("Content-Disposition", "inline", filename="logo.png")
-    message.attach(logo)
+    message.attach(inline_image(PNG, "logo.png", "logo"))
     message.attach("invoice.pdf", b"%PDF-1.4 fake", "application/pdf")
     message.send()
 

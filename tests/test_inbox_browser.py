@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from email.mime.image import MIMEImage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import requests
 from django.core.mail import EmailMultiAlternatives
 
 from msgraph_mail.emulator import GraphEmulator
+from tests.helpers import inline_image
 
 pytestmark = pytest.mark.browser
 
@@ -103,10 +103,7 @@ def send_order(remote_image: str) -> None:
         "<script>document.getElementById('marker').textContent = 'script ran'</script>",
         "text/html",
     )
-    logo = MIMEImage(PNG, "png")
-    logo.add_header("Content-ID", "<logo>")
-    logo.add_header("Content-Disposition", "inline", filename="logo.png")
-    message.attach(logo)
+    message.attach(inline_image(PNG, "logo.png", "logo"))
     message.attach("invoice-1001.pdf", b"%PDF-1.4 invoice", "application/pdf")
     message.send()
 

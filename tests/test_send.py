@@ -4,34 +4,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from email.message import MIMEPart
-from email.mime.image import MIMEImage
-from typing import Any
 
-import django
 import pytest
 from django.core import mail
 from django.core.mail import EmailMessage, EmailMultiAlternatives, get_connection
 
 from msgraph_mail.emulator import GraphEmulator
+from tests.helpers import inline_image
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
-
-
-def inline_image(data: bytes, filename: str, cid: str) -> Any:
-    """An inline image part, built the way each Django version wants it."""
-    if django.VERSION >= (6, 0):  # MIMEBase attachments are deprecated from 6.0 on
-        part = MIMEPart()
-        part.set_content(
-            data, "image", "png", disposition="inline", filename=filename, cid=f"<{cid}>"
-        )
-        return part
-    image = MIMEImage(data, "png")
-    image.add_header("Content-ID", f"<{cid}>")
-    image.add_header("Content-Disposition", "inline", filename=filename)
-    return image
 
 
 def test_send_mail(emulator: GraphEmulator, mode: str) -> None:
