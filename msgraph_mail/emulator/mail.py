@@ -18,6 +18,7 @@ from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesParser
+from email.utils import getaddresses
 from typing import Any
 
 from .directory import User
@@ -160,13 +161,16 @@ class Screened:
 
 def screen_mime(raw: bytes, mailbox: User, request_id: str) -> Screened:
     """Refuse what Graph refuses (no headers, malformed addresses); parse nothing else."""
-    message = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
-    if not isinstance(message, EmailMessage) or not message.keys():
+    headers = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
+    if not headers.keys():
         raise mime_invalid()
-    sender = _addresses(message, "From")
-    recipients = [*_addresses(message, "To"), *_addresses(message, "Cc")]
-    recipients += _addresses(message, "Bcc")
-    _addresses(message, "Reply-To")
+    sender = _screen_addresses(headers.get_all("From", []))
+    recipients = [
+        *_screen_addresses(headers.get_all("To", [])),
+        *_screen_addresses(headers.get_all("Cc", [])),
+        *_screen_addresses(headers.get_all("Bcc", [])),
+    ]
+    _screen_addresses(headers.get_all("Reply-To", []))
     return Screened(
         mailbox=mailbox,
         raw=raw,
@@ -174,6 +178,16 @@ def screen_mime(raw: bytes, mailbox: User, request_id: str) -> Screened:
         from_=sender[0].lower() if sender else mailbox.mail.lower(),
         recipients=recipients,
     )
+
+
+def _screen_addresses(values: list[Any]) -> list[str]:
+    """Bare addresses of raw header values; a malformed one refuses the message."""
+    found = []
+    for name, address in getaddresses([str(value) for value in values]):
+        if not valid_address(address):
+            raise invalid_recipient(address or name)
+        found.append(address)
+    return found
 
 
 def from_mime(raw: bytes, mailbox: User, request_id: str) -> SentMessage:
