@@ -19,7 +19,7 @@ MATRIX = [("3.11", "5.2"), ("3.12", "6.0"), ("3.13", "6.1")]
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     """ruff (lint and format) and mypy on the package."""
-    session.install("ruff", "mypy", "types-requests", "types-cachetools", "-e", ".[test]")
+    session.install("ruff==0.17.6", "mypy", "types-requests", "types-cachetools", "-e", ".[test]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "msgraph_mail")

@@ -202,8 +202,8 @@ def judge_roles(config: MSGraphMailSettings, roles: list[str] | None) -> Iterato
             "permissions",
             "the app holds Entra Mail.Send: Entra and Exchange grants add up, so it can send as "
             "any mailbox and the RBAC scope restricts nothing",
-            "Remove Mail.Send from the app's API permissions (Remove permission, then Grant "
-            "admin consent), or Remove-MgServicePrincipalAppRoleAssignment; keep the Exchange "
+            "In the app's API permissions, Revoke admin consent for Mail.Send, then Remove "
+            "permission (or Remove-MgServicePrincipalAppRoleAssignment); keep the Exchange "
             "role assignment 'Application Mail.Send'.",
         )
     if config.mode == "single_mailbox":
