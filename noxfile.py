@@ -1,6 +1,6 @@
 """The whole test suite: lint and types, the Django matrix, the browser tests, the docs.
 
-Run everything with ``nox``; one part with ``nox -s lint``, ``nox -s "tests(django='6.1')"``,
+Run everything with ``nox``; one part with ``nox -s lint``, ``nox -s "tests(6.1)"``,
 ``nox -s browser`` (the dev inbox in headless Chromium) or ``nox -s docs``. Pythons come from
 pyenv (see .python-version).
 """
@@ -12,8 +12,9 @@ import nox
 nox.options.sessions = ["lint", "tests", "browser", "docs"]
 nox.options.error_on_missing_interpreters = True
 
-# Django release -> the Python it is tested on (5.2 is the last series for 3.10/3.11).
-MATRIX = [("3.11", "5.2"), ("3.12", "6.0"), ("3.13", "6.1")]
+# (Python, Django): 5.2 is the last series for 3.10/3.11; 6.0 and 6.1 need 3.12+.
+MATRIX = [("3.10", "5.2"), ("3.11", "5.2"), ("3.12", "6.0"), ("3.13", "6.1")]
+IDS = ["5.2-py3.10", "5.2", "6.0", "6.1"]
 
 
 @nox.session(python="3.11")
@@ -26,7 +27,7 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize(("python", "django"), MATRIX, ids=[django for _, django in MATRIX])
+@nox.parametrize(("python", "django"), MATRIX, ids=IDS)
 def tests(session: nox.Session, django: str) -> None:
     """pytest against the bundled Graph emulator, for one Django release."""
     session.install(f"django~={django}.0", "-e", ".[test]")
