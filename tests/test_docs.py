@@ -214,7 +214,7 @@ def test_readme_is_short_and_links_into_the_docs() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "python -m pip install . && python -m msgraph_mail demo" in readme
     assert "python -m pip install --upgrade nox && nox" in readme
-    assert len(readme.splitlines()) <= 80
+    assert len(readme.splitlines()) <= 100
     links = re.findall(r"\]\((docs/[^)#]+)", readme)
     assert "docs/index.md" in links
     for link in links:
