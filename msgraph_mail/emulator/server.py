@@ -173,6 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         emulator = self.server.emulator
+        started = time.monotonic()
         path, _, query = self.path.partition("?")
         headers = {name: value for name, value in self.headers.items()}
         request = Request(
@@ -191,14 +192,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if refusal is not None:
             emulator._record(request, kind, refusal.status)
-            self._answer(_Outcome(refusal, emulator.latency))
+            self._answer(_Outcome(refusal, emulator._latency_left(started)))
             return
         with emulator._in_flight(request) as admitted:
             if not admitted:
                 outcome = _Outcome(emulator._mailbox_throttled(request))
             else:
                 outcome = emulator._serve(request, kind)
-                outcome.delay += emulator.latency
+                outcome.delay += emulator._latency_left(started)
             emulator._record(request, kind, outcome.status)
             time.sleep(outcome.delay)  # the request stays in flight while it "works"
             outcome.delay = 0.0
@@ -292,8 +293,9 @@ class GraphEmulator:
     with the real service. ``with GraphEmulator() as emu:`` starts and stops it.
 
     Knobs (plain attributes, read per request): ``token_lifetime`` (seconds);
-    ``latency`` (seconds added before every answer); ``mailbox_concurrency`` (Graph's 4
-    in-flight requests per mailbox, None: unlimited) and ``concurrency_retry_after``;
+    ``latency`` (seconds every answer takes, the emulator's own work included);
+    ``mailbox_concurrency`` (Graph's 4 in-flight requests per mailbox, None: unlimited) and
+    ``concurrency_retry_after``;
     ``slow_seconds`` (the ``"slow"`` fault's wait); ``secret_expired`` (Entra refuses the right
     secret with AADSTS7000222).
     """
@@ -589,6 +591,11 @@ class GraphEmulator:
             self._store.save(message)
         with self._lock:
             self._sent.append(message)
+
+    def _latency_left(self, started: float) -> float:
+        """``latency`` is the whole time Graph takes to answer: the emulator's own work
+        counts toward it, so its speed does not change what a client measures."""
+        return max(0.0, self.latency - (time.monotonic() - started))
 
     def _kind(self, request: Request) -> str:
         if _TOKEN_PATH.fullmatch(request.path):
