@@ -27,8 +27,6 @@ from .retry import RetryBudget, parse_retry_after
 
 logger = logging.getLogger("msgraph_mail")
 
-#: Graph refuses requests larger than this (GRAPH_NOTES A.1: "maximum request length 4MB").
-MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 #: Refused before any work was done: always safe to send again (GRAPH_NOTES B.3).
 RETRIED_STATUSES = frozenset({429, 503})
