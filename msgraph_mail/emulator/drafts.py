@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .directory import Tenant, User
-from .errors import GraphError
+from .errors import GraphError, access_denied, send_as_denied
 from .mail import (
     NO_RECIPIENTS,
     Attachment,
@@ -154,7 +154,7 @@ class DraftStore:
         if route.name == "draft_send":
             return self.send(request, mailbox, str(route.item), token)
         if not self.may_read_write(mailbox, token.roles):
-            raise _access_denied()
+            raise access_denied()
         if route.name == "draft_create":
             return self.create(request, mailbox)
         draft = self._draft(mailbox, str(route.item))
@@ -253,17 +253,11 @@ class DraftStore:
         if request.body:
             raise body_read_error("The send action takes no request body.")
         if not self.tenant.may_send_from(mailbox, token.roles):
-            raise _access_denied()
+            raise access_denied()
         draft = self._draft(mailbox, draft_id)
         parsed = from_mime(draft.raw, mailbox, request.request_id)
         if not mailbox.may_send_as(parsed.from_):
-            raise GraphError(
-                403,
-                "ErrorSendAsDenied",
-                "The user account which was used to submit this request does not have the "
-                "right to send mail on behalf of the specified sending account., Cannot "
-                "submit message.",
-            )
+            raise send_as_denied()
         if not parsed.recipients:
             raise GraphError(400, "ErrorInvalidRecipients", NO_RECIPIENTS)
         with self._lock:
@@ -553,12 +547,6 @@ def _attachment_id() -> str:
 
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
-
-
-def _access_denied() -> GraphError:
-    return GraphError(
-        403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
-    )
 
 
 def _not_found() -> GraphError:

@@ -48,6 +48,23 @@ class GraphError(Exception):
         return json.dumps({"error": error}).encode()
 
 
+def access_denied() -> GraphError:
+    """Neither an Entra grant nor an Exchange RBAC scope lets the app use the mailbox."""
+    return GraphError(
+        403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+    )
+
+
+def send_as_denied() -> GraphError:
+    """The mailbox may not put the message's From address in its From."""
+    return GraphError(
+        403,
+        "ErrorSendAsDenied",
+        "The user account which was used to submit this request does not have the right to "
+        "send mail on behalf of the specified sending account., Cannot submit message.",
+    )
+
+
 class EntraError(Exception):
     """A token-endpoint refusal: OAuth ``error``, AADSTS number and description."""
 

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 
 from .directory import Tenant, User
 from .entra import IssuedToken, TokenStore
-from .errors import GraphError
+from .errors import GraphError, access_denied, send_as_denied
 from .mail import (
     NO_RECIPIENTS,
     Screened,
@@ -248,18 +248,10 @@ class GraphApi:
         _options(request, ())
         mailbox = self._mailbox(key)
         if not self.tenant.may_send_from(mailbox, token.roles):
-            raise GraphError(
-                403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
-            )
+            raise access_denied()
         message = self._parse(request, mailbox)
         if not mailbox.may_send_as(message.from_):
-            raise GraphError(
-                403,
-                "ErrorSendAsDenied",
-                "The user account which was used to submit this request does not have the "
-                "right to send mail on behalf of the specified sending account., Cannot "
-                "submit message.",
-            )
+            raise send_as_denied()
         if not message.recipients:
             raise GraphError(400, "ErrorInvalidRecipients", NO_RECIPIENTS)
         self.deliver(message)
