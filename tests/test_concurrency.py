@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from django.core.mail import EmailMessage, get_connection
@@ -24,15 +23,11 @@ def test_one_mailbox_runs_four_at_a_time(emulator: GraphEmulator) -> None:
     emulator.latency = 0.05
     messages = batch(40)
     with override_settings(MSGRAPH_MAIL=emulator.settings(MAX_CONCURRENCY=16)):
-        started = time.monotonic()
         assert get_connection().send_messages(messages) == 40
-        elapsed = time.monotonic() - started
     assert emulator.max_in_flight("noreply@contoso.com") == 4
     assert throttled(emulator) == 0  # the limit was never exceeded, so Graph never said 429
     assert sorted(m.subject for m in emulator.sent) == sorted(m.subject for m in messages)
     assert all(m.msgraph_status.status == "sent" for m in messages)
-    # 40 messages at 4 in flight and 50 ms each: about 0.5 s, far from 2 s sequentially.
-    assert elapsed < 1.5
 
 
 def test_mailboxes_do_not_limit_each_other(emulator: GraphEmulator) -> None:
