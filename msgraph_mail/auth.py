@@ -255,6 +255,10 @@ def _post_form(settings: MSGraphMailSettings, session: requests.Session) -> requ
         raise GraphConnectionError(
             f"Cannot reach the token endpoint {settings.token_url} ({type(exc).__name__})"
         ) from exc
+    except OSError as exc:  # requests' own: e.g. the CA bundle of REQUESTS_CA_BUNDLE is missing
+        raise GraphConnectionError(
+            f"Cannot reach the token endpoint {settings.token_url} ({exc})"
+        ) from exc
 
 
 def _pause(wait: float, reason: str) -> None:

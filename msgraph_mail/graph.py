@@ -1,14 +1,15 @@
-"""The HTTP client for Graph: one kept-alive session, bearer tokens, Graph errors as exceptions."""
+"""The client for Graph: kept-alive connections, bearer tokens, Graph errors as exceptions."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -24,6 +25,7 @@ from .exceptions import (
     MSGraphMailError,
 )
 from .retry import RetryBudget, parse_retry_after
+from .transport import ConnectFailed, ConnectionPool, Reply, ReplyLost, ReplyTimeout
 
 logger = logging.getLogger("msgraph_mail")
 
@@ -41,6 +43,25 @@ MAX_TOKEN_RENEWALS = 3
 USER_FIELDS = "id,mail,userPrincipalName"
 
 
+class _Headers(Protocol):
+    def get(self, name: str, /) -> Any: ...
+
+
+class HTTPAnswer(Protocol):
+    """What error handling reads of an answer: a transport Reply or a requests.Response."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def headers(self) -> _Headers: ...
+
+    def json(self) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Response:
     """What the backend keeps of a Graph answer."""
@@ -52,18 +73,24 @@ class Response:
 
 
 class GraphClient:
-    """Talks to one tenant's Graph with one ``requests.Session`` (kept-alive connections)."""
+    """Talks to one tenant's Graph over a pool of kept-alive connections.
+
+    Graph calls go through :class:`~msgraph_mail.transport.ConnectionPool` (one connection
+    per concurrent sender); ``session`` (requests) fetches tokens and uploads large
+    attachments to their pre-authenticated URLs, which are not on Graph's host.
+    """
 
     def __init__(self, settings: MSGraphMailSettings) -> None:
         self.settings = settings
+        self.pool = ConnectionPool(settings.graph_url, settings.max_concurrency, settings.timeout)
+        self._prefix = urlsplit(settings.graph_url).path.rstrip("/") + "/v1.0"
+        self._headers = {"User-Agent": _user_agent(), "Accept": "application/json"}
         self.session = requests.Session()
         self.session.headers["User-Agent"] = _user_agent()
-        # One kept-alive connection per concurrent sender thread, reused across the batch.
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=settings.max_concurrency)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
-        # requests re-reads the environment (proxies, CA bundle) on every request, which
-        # costs more CPU than the rest of the request; read it once, here.
+        # requests re-reads the environment (proxies, CA bundle) on every request; read once.
         self.session.trust_env = False
         self.session.proxies = get_environ_proxies(settings.graph_url)
         self.session.verify = _ca_bundle()
@@ -72,6 +99,7 @@ class GraphClient:
         return f"<GraphClient {self.settings.graph_url} tenant={self.settings.tenant_id}>"
 
     def close(self) -> None:
+        self.pool.close()
         self.session.close()
 
     def get_user(self, user: str) -> dict[str, Any] | None:
@@ -121,8 +149,9 @@ class GraphClient:
         rejected: set[str] = set()
         while True:
             token = tokens.get(self.settings, self.session)
+            client_request_id = str(uuid.uuid4())
             try:
-                response = self._send(method, path, token, dict(kwargs))
+                response = self._send(method, path, token, client_request_id, kwargs)
             except GraphConnectionError as exc:
                 unknown = isinstance(exc, DeliveryUnknown)
                 wait = None if unknown and not safe_to_repeat else budget.next_wait(None)
@@ -146,35 +175,34 @@ class GraphClient:
                 if wait is not None:
                     self._pause(wait, f"{method} {path}: HTTP {status} {_error_code(response)}")
                     continue
-            return self._result(response, method, path, budget)
+            return self._result(response, client_request_id, method, path, budget)
 
     def _result(
-        self, response: requests.Response, method: str, path: str, budget: RetryBudget
+        self, reply: Reply, client_request_id: str, method: str, path: str, budget: RetryBudget
     ) -> Response:
-        client_request_id = str(response.request.headers["client-request-id"])
-        if response.status_code in AMBIGUOUS_STATUSES:
-            error = graph_error(response, client_request_id)
+        if reply.status_code in AMBIGUOUS_STATUSES:
+            error = graph_error(reply, client_request_id)
             raise DeliveryUnknown(
-                f"Graph answered {method} {path} with HTTP {response.status_code} (gateway "
+                f"Graph answered {method} {path} with HTTP {reply.status_code} (gateway "
                 "timeout): it may or may not have been processed, so it was not repeated",
                 code=error.code,
                 status=error.status,
                 request_id=error.request_id,
                 client_request_id=client_request_id,
             )
-        if response.status_code >= 400:
-            error = graph_error(response, client_request_id)
+        if reply.status_code >= 400:
+            error = graph_error(reply, client_request_id)
             tries = budget.retries + budget.throttled
-            if tries and response.status_code in RETRIED_STATUSES:
+            if tries and reply.status_code in RETRIED_STATUSES:
                 error.message += (
                     f" (gave up after {tries} retries and {budget.waited:.1f} s of "
                     "waiting: MAX_RETRIES / MAX_RETRY_WAIT)"
                 )
             raise error
         return Response(
-            status=response.status_code,
-            body=response.json() if response.content else None,
-            request_id=response.headers.get("request-id"),
+            status=reply.status_code,
+            body=reply.json() if reply.content else None,
+            request_id=reply.headers.get("request-id"),
             client_request_id=client_request_id,
         )
 
@@ -184,36 +212,40 @@ class GraphClient:
         time.sleep(wait)
 
     def _send(
-        self, method: str, path: str, token: str, kwargs: dict[str, Any]
-    ) -> requests.Response:
+        self, method: str, path: str, token: str, client_request_id: str, kwargs: dict[str, Any]
+    ) -> Reply:
+        """One HTTP exchange; ``kwargs`` as requests takes them: params, data, json, headers."""
         headers = {
+            **self._headers,
             "Authorization": f"Bearer {token}",
-            "client-request-id": str(uuid.uuid4()),
-            **kwargs.pop("headers", {}),
+            "client-request-id": client_request_id,
         }
-        url = f"{self.settings.graph_url}/v1.0{path}"
-        # Prepared without Session.request's merging of cookies, auth and environment:
-        # Graph uses none of them, and skipping it is a fifth of a request's CPU.
-        prepared = requests.Request(
-            method, url, headers={**self.session.headers, **headers}, **kwargs
-        ).prepare()
+        body = kwargs.get("data")
+        if "json" in kwargs:
+            body = json.dumps(kwargs["json"]).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        headers.update(kwargs.get("headers") or {})
+        target = self._prefix + path
+        if kwargs.get("params"):
+            target += "?" + urlencode(kwargs["params"])
         try:
-            return self.session.send(prepared, timeout=self.settings.timeout, allow_redirects=False)
-        except requests.ConnectionError as exc:
-            if before_sending(exc):
-                where = self.settings.graph_url
-                raise GraphConnectionError(f"Cannot reach Graph at {where}") from _scrub(exc)
-            raise DeliveryUnknown(
-                f"The connection to Graph broke after {method} {path} was sent; "
-                "it may or may not have been processed",
-                client_request_id=headers["client-request-id"],
-            ) from _scrub(exc)
-        except requests.Timeout as exc:
+            return self.pool.request(method, target, headers, body)
+        except ConnectFailed as exc:
+            raise GraphConnectionError(
+                f"Cannot reach Graph at {self.settings.graph_url} ({exc})"
+            ) from None
+        except ReplyTimeout:
             raise DeliveryUnknown(
                 f"Graph did not answer {method} {path} within {self.settings.timeout:g} s; "
                 "it may or may not have been processed",
-                client_request_id=headers["client-request-id"],
-            ) from _scrub(exc)
+                client_request_id=client_request_id,
+            ) from None
+        except ReplyLost as exc:
+            raise DeliveryUnknown(
+                f"The connection to Graph broke after {method} {path} was sent ({exc}); "
+                "it may or may not have been processed",
+                client_request_id=client_request_id,
+            ) from None
 
 
 def _renew(token: str, rejected: set[str]) -> bool:
@@ -226,7 +258,7 @@ def _renew(token: str, rejected: set[str]) -> bool:
     return True
 
 
-def graph_error(response: requests.Response, client_request_id: str) -> MSGraphMailError:
+def graph_error(response: HTTPAnswer, client_request_id: str) -> MSGraphMailError:
     """Build a GraphAPIError from Graph's JSON error body; branch on code, never on message."""
     error = _error_body(response)
     message = str(error.get("message") or response.reason or "Graph request failed")
@@ -240,7 +272,7 @@ def graph_error(response: requests.Response, client_request_id: str) -> MSGraphM
     )
 
 
-def _error_body(response: requests.Response) -> dict[str, Any]:
+def _error_body(response: HTTPAnswer) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
@@ -249,7 +281,7 @@ def _error_body(response: requests.Response) -> dict[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
-def _error_code(response: requests.Response) -> str | None:
+def _error_code(response: HTTPAnswer) -> str | None:
     return _error_body(response).get("code")
 
 
@@ -260,12 +292,6 @@ def before_sending(exc: requests.ConnectionError) -> bool:
     inner = exc.args[0] if exc.args else None
     reason = getattr(inner, "reason", inner)
     return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
-
-
-def _scrub(exc: requests.RequestException) -> requests.RequestException:
-    """Drop the prepared request from the exception: its headers hold the bearer token."""
-    exc.request = None
-    return exc
 
 
 def _ca_bundle() -> str | bool:

@@ -550,6 +550,14 @@ class GraphEmulator:
         with self._lock:
             return self._connections
 
+    def close_idle_connections(self) -> None:
+        """Close the kept-alive connections, as Graph's front end does to idle ones.
+
+        Call it between requests: a request in flight on a closed connection is cut.
+        """
+        if self._server is not None:
+            self._server.cut_connections()
+
     def count(self, kind: str | None = None) -> int:
         """Requests so far: "token", "user_get", "user_list", "sendMail", "other" or all."""
         if kind is not None and kind not in KINDS:
