@@ -17,7 +17,10 @@ import uuid
 from email.headerregistry import (
     Address,
     ContentTransferEncodingHeader,
+    DateHeader,
+    MessageIDHeader,
     MIMEVersionHeader,
+    ParameterizedMIMEHeader,
     UnstructuredHeader,
 )
 from email.message import Message
@@ -41,7 +44,15 @@ _NEWLINE = re.compile(r"\r\n|\r|\n")
 # A header value that no folding changes: printable ASCII words separated by single spaces.
 _PLAIN_HEADER = re.compile(r"[!-~]+(?: [!-~]+)*")
 # Header registry classes whose folding writes a plain value as it is (tests/test_mime.py).
-_VERBATIM_HEADERS = (UnstructuredHeader, MIMEVersionHeader, ContentTransferEncodingHeader)
+# Not addresses: their folding normalises the display name ("Jo  Doe" -> "Jo Doe").
+_VERBATIM_HEADERS = (
+    UnstructuredHeader,
+    DateHeader,
+    MessageIDHeader,
+    MIMEVersionHeader,
+    ContentTransferEncodingHeader,
+    ParameterizedMIMEHeader,
+)
 _BARE_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\]+$")
 # RFC 5322: a field name is printable ASCII without the colon.
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")
@@ -66,6 +77,8 @@ def header(message: EmailMessage, name: str) -> Any:
 def sender_address(message: EmailMessage) -> str:
     """The bare From address Exchange will see (``extra_headers['From']`` wins, as in Django)."""
     raw = str(header(message, "From") or message.from_email or "")
+    if _is_bare_address(raw):
+        return raw
     if "\n" in raw or "\r" in raw:
         raise InvalidMessage("The From address contains a line break", email_message=message)
     addresses = getaddresses([raw])
@@ -242,9 +255,8 @@ def check_message(message: EmailMessage) -> None:
 
 def _check_address(message: EmailMessage, field: str, entry: str) -> None:
     """One list entry must be exactly one deliverable address (display name allowed)."""
-    local, at, domain = entry.rpartition("@")
-    if at and _LOCAL_PART.fullmatch(local) and _DOMAIN.fullmatch(domain):
-        return  # a bare ASCII address: nothing to parse
+    if _is_bare_address(entry):
+        return  # nothing to parse
     if _CONTROL.search(entry):
         raise InvalidMessage(
             f"An address in {field}= contains a line break or control character",
@@ -265,6 +277,12 @@ def _check_address(message: EmailMessage, field: str, entry: str) -> None:
             "own list entry; quote display names with commas: '\"Doe, Jo\" <jo@x.com>')",
             email_message=message,
         )
+
+
+def _is_bare_address(text: str) -> bool:
+    """An ASCII addr-spec alone ("jo@contoso.com"): parsing it would give it back unchanged."""
+    local, at, domain = text.rpartition("@")
+    return bool(at and _LOCAL_PART.fullmatch(local) and _DOMAIN.fullmatch(domain))
 
 
 def _valid_domain(domain: str) -> bool:

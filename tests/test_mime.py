@@ -6,9 +6,11 @@ import base64
 import email
 import email.policy
 
+import django
 import pytest
 from django.core.mail import EmailMessage, EmailMultiAlternatives
 
+from msgraph_mail import mime as mime_module
 from msgraph_mail.exceptions import InvalidMailboxHeader, InvalidMessage, MessageTooLarge
 from msgraph_mail.mime import (
     MAX_REQUEST_BYTES,
@@ -16,7 +18,10 @@ from msgraph_mail.mime import (
     encode,
     mailbox_override,
     sender_address,
+    serialise,
 )
+
+from .helpers import inline_image
 
 
 def parse(raw: bytes) -> email.message.EmailMessage:
@@ -125,3 +130,73 @@ def test_encode_refuses_what_graph_would_refuse() -> None:
     small = encode(b"x" * 1000)
     assert base64.b64decode(small) == b"x" * 1000
     assert len(encode(b"x" * (MAX_REQUEST_BYTES // 4 * 3))) == MAX_REQUEST_BYTES
+
+
+# serialise() writes what the email generator writes, without its cost. -----------------
+
+
+def _corpus() -> list[EmailMessage]:
+    """Messages of every shape Django builds, with the headers that need folding."""
+    long_subject = "Your invoice for the subscription period from 1 November to 30 November 2026"
+    plain = EmailMessage("Hello", "Hi,\nthere.\n", "noreply@contoso.com", ["a@example.com"])
+    alternatives = EmailMultiAlternatives(
+        long_subject, "Text\r\nwith CRLF\rand CR", "Shop <shop@contoso.com>", ["b@example.com"]
+    )
+    alternatives.attach_alternative("<p>Grüße, 日本</p>", "text/html")
+    unicode = EmailMessage(
+        "Grüße aus Köln " * 6,
+        "Body with ünïcödé and a very long line " + "x" * 1200,
+        '"Doe, Jo" <jo@contoso.com>',
+        ["Jo  Doe <c@example.com>", "Ünïcode Name <d@example.com>"],
+        cc=["e@example.com"],
+        bcc=["f@example.com", "g@bücher.example"],
+        reply_to=["Reply (desk) <desk@contoso.com>"],
+        headers={
+            "X-Campaign": "november =?utf-8?q?literal?=",
+            "X-Long": "word " * 40,
+            "X-Tabbed": "a\tb",
+            "Message-ID": "<custom.id@contoso.com>",
+            "Date": "Fri, 27 Nov 2026 10:00:00 +0100",
+        },
+    )
+    attachments = EmailMultiAlternatives(
+        "Files", "See attached.", "noreply@contoso.com", ["h@example.com"]
+    )
+    attachments.attach_alternative("<p>See attached.</p>", "text/html")
+    attachments.attach("report.pdf", b"%PDF-1.4 " + bytes(range(256)) * 40, "application/pdf")
+    attachments.attach("notes.txt", "plain notes\n", "text/plain")
+    attachments.attach("Überblick März.csv", "a,b\n1,2\n", "text/csv")
+    attachments.attach(inline_image(b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "logo.png", "logo@x"))
+    forwarded = EmailMessage("Fwd", "See below", "noreply@contoso.com", ["i@example.com"])
+    forwarded.attach("original.eml", plain, "message/rfc822")  # the generator writes it
+    return [plain, alternatives, unicode, attachments, forwarded]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_serialise_writes_what_the_generator_writes(index: int) -> None:
+    message = _corpus()[index]
+    if django.VERSION >= (6, 0):
+        mime = message.message(policy=email.policy.SMTP)
+        expected = lambda: mime.as_bytes(policy=mime.policy.clone(linesep="\r\n"))  # noqa: E731
+    else:
+        mime = message.message()
+        expected = lambda: mime.as_bytes(linesep="\r\n")  # noqa: E731
+    mime["Bcc"] = "f@example.com"
+    for part in mime.walk():
+        if part.is_multipart():
+            part.set_boundary(f"=_test{index}")
+    written: list[bytes] = []
+    fast = mime_module._flatten(mime, mime.policy.clone(linesep="\r\n"), written)
+    assert fast is (index != 4)  # message/rfc822 parts are left to the generator
+    assert serialise(mime) == expected()
+    if fast:
+        assert b"".join(written) == expected()
+
+
+def test_serialise_keeps_every_header_on_its_own_folded_lines() -> None:
+    raw = build_mime(_corpus()[2])
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert all(len(line) <= 78 for line in head.split(b"\r\n"))
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["X-Long"].strip() == ("word " * 40).strip()
+    assert parsed["Bcc"].addresses[1].domain == "xn--bcher-kva.example"
