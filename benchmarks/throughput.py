@@ -194,6 +194,40 @@ def payload_cpu(count: int = MESSAGES) -> float:
     return time.process_time() - cpu
 
 
+def bare_post_cpu(emulator: Emulator, count: int = MESSAGES) -> float:
+    """CPU for one bare ``http.client`` POST of each message's body, in a tight loop.
+
+    Not a target of issue 5: the cost of the HTTP exchange alone (kept-alive connection, no
+    retries, no checks), to show how far above "build + one request" the backend is.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    import requests
+    from django.core.mail import get_connection
+
+    from msgraph_mail.auth import tokens
+    from msgraph_mail.mime import build_mime, encode
+
+    backend = get_connection()
+    token = tokens.get(backend.settings, requests.Session())
+    bodies = [encode(build_mime(message)) for message in messages(count, "bare")]
+    url = urlsplit(emulator.url)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port)
+    path = "/v1.0/users/noreply@contoso.com/sendMail"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
+    cpu = time.process_time()
+    for body in bodies:
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+    cpu = time.process_time() - cpu
+    connection.close()
+    if response.status != 202:
+        raise SystemExit(f"bare POST: HTTP {response.status}")
+    return cpu
+
+
 # The run. ------------------------------------------------------------------------------------
 
 
@@ -203,6 +237,7 @@ def run_once(emulator: Emulator) -> dict[str, float]:
     peer_result = measure(emulator, peer, "django-msgraphbackend")
     floor = locmem_cpu()
     payload = payload_cpu()
+    bare_post = bare_post_cpu(emulator)
     stats = concurrent.stats
     return {
         "ours_rate": concurrent.rate(),
@@ -218,6 +253,7 @@ def run_once(emulator: Emulator) -> dict[str, float]:
         "locmem_cpu_ms": 1000 * floor / MESSAGES,
         "payload_cpu_ms": 1000 * payload / MESSAGES,
         "peer_cpu_ms": 1000 * peer_result.cpu / MESSAGES,
+        "bare_post_cpu_ms": 1000 * bare_post / MESSAGES,
     }
 
 
@@ -248,6 +284,7 @@ def report(runs: list[dict[str, float]], latency: float) -> bool:
         ("CPU ms/message, locmem (builds the MIME only)", f"{median['locmem_cpu_ms']:.3f}"),
         ("CPU ratio to locmem", f"{median['cpu_ms'] / median['locmem_cpu_ms']:.2f}x"),
         ("  of it: MIME + base64, same loop as locmem", f"{median['payload_cpu_ms']:.3f}"),
+        ("bare http.client POST, tight loop (no target)", f"{median['bare_post_cpu_ms']:.3f}"),
         ("CPU ms/message, django-msgraphbackend", f"{median['peer_cpu_ms']:.3f}"),
     ]
     targets = [
