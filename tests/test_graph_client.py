@@ -4,6 +4,7 @@ from the environment (as requests reads them), and stale connections replaced un
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,21 +50,49 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_https_goes_through_the_proxy_by_connect(no_proxy_env: pytest.MonkeyPatch) -> None:
-    no_proxy_env.setenv("HTTPS_PROXY", "http://jo%40corp:p%3Ass@proxy.corp.example:3128")
+@pytest.fixture
+def refusing_proxy() -> Iterator[tuple[str, list[bytes]]]:
+    """A proxy that records each request's head and refuses it (403), as a policy would."""
+    heads: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = connection.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                heads.append(head)
+                connection.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}", heads
+    listener.close()
+
+
+def test_https_is_tunnelled_through_the_proxy_with_its_credentials(
+    no_proxy_env: pytest.MonkeyPatch, refusing_proxy: tuple[str, list[bytes]]
+) -> None:
+    address, heads = refusing_proxy
+    no_proxy_env.setenv("HTTPS_PROXY", f"http://jo%40corp:p%3Ass@{address}")
     graph = client()
-    connection = graph.pool._new()
-    assert isinstance(connection, http.client.HTTPSConnection)
-    assert (connection.host, connection.port) == ("proxy.corp.example", 3128)
-    assert connection._tunnel_host == "graph.microsoft.com"  # type: ignore[attr-defined]
-    assert connection._tunnel_port == 443  # type: ignore[attr-defined]
+    with pytest.raises(ConnectFailed, match="403"):  # refused before anything was sent
+        graph.pool.request("POST", "/v1.0/users/a@contoso.com/sendMail", {}, b"mime")
+    request_line, *header_lines = heads[0].decode().split("\r\n")
+    assert request_line.startswith("CONNECT graph.microsoft.com:443 HTTP/1.")
     # "jo@corp:p:ss", percent-decoded as requests does, in Basic form.
-    assert connection._tunnel_headers == {  # type: ignore[attr-defined]
-        "Proxy-Authorization": "Basic am9AY29ycDpwOnNz"
-    }
+    assert "Proxy-Authorization: Basic am9AY29ycDpwOnNz" in header_lines
+    assert b"sendMail" not in heads[0]  # the request itself never reached the proxy
     assert "p%3Ass" not in repr(graph.pool)
     assert "p:ss" not in repr(graph.pool)
-    assert graph.session.proxies["https"].startswith("http://")  # token and uploads too
+    assert graph.session.proxies["https"].startswith("http://")  # tokens and uploads too
 
 
 def test_no_proxy_is_honoured(no_proxy_env: pytest.MonkeyPatch) -> None:
