@@ -254,6 +254,10 @@ def run_once(emulator: Emulator) -> dict[str, float]:
         "payload_cpu_ms": 1000 * payload / MESSAGES,
         "peer_cpu_ms": 1000 * peer_result.cpu / MESSAGES,
         "bare_post_cpu_ms": 1000 * bare_post / MESSAGES,
+        # Ratios within one run: the machine's speed drifts between runs.
+        "peer_speedup": concurrent.rate() / peer_result.rate(),
+        "cpu_ratio": concurrent.cpu / floor,
+        "payload_ratio": payload / floor,
     }
 
 
@@ -269,7 +273,7 @@ def report(runs: list[dict[str, float]], latency: float) -> bool:
         ("speed-up over sequential", f"{median['ours_rate'] / median['sequential_rate']:.2f}x"),
         (
             "speed-up over django-msgraphbackend",
-            f"{median['ours_rate'] / median['peer_rate']:.2f}x",
+            f"{median['peer_speedup']:.2f}x",
         ),
         ("HTTP requests/message (steady state)", f"{median['requests_per_message']:.2f}"),
         (
@@ -282,16 +286,19 @@ def report(runs: list[dict[str, float]], latency: float) -> bool:
         ("429 answers (limit exceeded)", f"{median['throttled']:.0f}"),
         ("CPU ms/message, msgraph_mail", f"{median['cpu_ms']:.3f}"),
         ("CPU ms/message, locmem (builds the MIME only)", f"{median['locmem_cpu_ms']:.3f}"),
-        ("CPU ratio to locmem", f"{median['cpu_ms'] / median['locmem_cpu_ms']:.2f}x"),
-        ("  of it: MIME + base64, same loop as locmem", f"{median['payload_cpu_ms']:.3f}"),
+        ("CPU ratio to locmem", f"{median['cpu_ratio']:.2f}x"),
+        (
+            "  of it: MIME + base64, same loop as locmem",
+            f"{median['payload_cpu_ms']:.3f} ({median['payload_ratio']:.2f}x)",
+        ),
         ("bare http.client POST, tight loop (no target)", f"{median['bare_post_cpu_ms']:.3f}"),
         ("CPU ms/message, django-msgraphbackend", f"{median['peer_cpu_ms']:.3f}"),
     ]
     targets = [
         (">= 90 % of the physical limit", median["ours_rate"] >= 0.9 * limit),
-        (">= 3.5x django-msgraphbackend", median["ours_rate"] >= 3.5 * median["peer_rate"]),
+        (">= 3.5x django-msgraphbackend", median["peer_speedup"] >= 3.5),
         ("1.00 requests per message", round(median["requests_per_message"], 2) == 1.0),
-        ("CPU per message <= 1.5x locmem", median["cpu_ms"] <= 1.5 * median["locmem_cpu_ms"]),
+        ("CPU per message <= 1.5x locmem", median["cpu_ratio"] <= 1.5),
         ("never more than 4 in flight per mailbox", median["max_in_flight"] <= MAILBOX_LIMIT),
     ]
     width = max(len(label) for label, _ in rows)
@@ -299,7 +306,7 @@ def report(runs: list[dict[str, float]], latency: float) -> bool:
         f"\n{MESSAGES} messages, {latency * 1000:.0f} ms per request, median of {len(runs)} runs\n"
     )
     for label, value in rows:
-        print(f"  {label:<{width}}  {value:>9}")
+        print(f"  {label:<{width}}  {value:>14}")
     print()
     for label, ok in targets:
         print(f"  [{'met' if ok else 'MISSED'}] {label}")
