@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import time
 import uuid
 from dataclasses import dataclass
@@ -302,4 +303,4 @@ def _ca_bundle() -> str | bool:
 def _user_agent() -> str:
     from . import __version__
 
-    return f"msgraph_mail/{__version__} python-requests/{requests.__version__}"
+    return f"msgraph_mail/{__version__} Python/{platform.python_version()}"
