@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import email.policy
+import io
 import re
 import secrets
 import uuid
+from email.generator import BytesGenerator
 from email.headerregistry import (
     Address,
     ContentTransferEncodingHeader,
@@ -143,9 +145,9 @@ def serialise(mime: Message) -> bytes:
             return b"".join(out)
     except (UnicodeError, TypeError, ValueError):
         pass  # the generator decides: it writes it or raises its own error
-    if _MODERN_EMAIL:
-        return mime.as_bytes(policy=policy)
-    return bytes(cast(Any, mime).as_bytes(linesep="\r\n"))  # Django 5.2's SafeMIME* API
+    buffer = io.BytesIO()
+    BytesGenerator(buffer, mangle_from_=False, policy=policy).flatten(mime)  # as as_bytes()
+    return buffer.getvalue()
 
 
 def _flatten(part: Message, policy: Any, out: list[bytes]) -> bool:
@@ -153,6 +155,8 @@ def _flatten(part: Message, policy: Any, out: list[bytes]) -> bool:
     content_type = part.get_content_type()
     if content_type.startswith("message/") or content_type == "multipart/signed":
         return False
+    if content_type.startswith("multipart/") and not part.is_multipart():
+        return False  # no list of parts: the generator has its own rules for those
     for name, value in part.raw_items():
         out.append(_header(policy, name, value))
     out.append(b"\r\n")
@@ -162,8 +166,10 @@ def _flatten(part: Message, policy: Any, out: list[bytes]) -> bool:
         if not boundary or part.preamble is not None or part.epilogue is not None:
             return False
         dash = f"--{boundary}".encode("ascii")
+        out.append(dash + b"\r\n")  # written even before no part at all, as the generator does
         for index, subpart in enumerate(payload):
-            out.append(dash + b"\r\n" if index == 0 else b"\r\n" + dash + b"\r\n")
+            if index:
+                out.append(b"\r\n" + dash + b"\r\n")
             if not _flatten(subpart, policy, out):
                 return False
         out.append(b"\r\n" + dash + b"--\r\n")

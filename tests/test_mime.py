@@ -200,3 +200,20 @@ def test_serialise_keeps_every_header_on_its_own_folded_lines() -> None:
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed["X-Long"].strip() == ("word " * 40).strip()
     assert parsed["Bcc"].addresses[1].domain == "xn--bcher-kva.example"
+
+
+def test_serialise_edge_trees_match_the_generator() -> None:
+    from email.mime.multipart import MIMEMultipart
+
+    def generated(mime: MIMEMultipart) -> bytes:
+        return mime.as_bytes(policy=mime.policy.clone(linesep="\r\n"))
+
+    empty = MIMEMultipart("mixed", boundary="=_empty")  # no parts: both delimiters all the same
+    written: list[bytes] = []
+    assert mime_module._flatten(empty, empty.policy.clone(linesep="\r\n"), written)
+    assert b"".join(written) == generated(empty)
+    with_preamble = MIMEMultipart("mixed", boundary="=_pre")
+    with_preamble.attach(EmailMessage("s", "b", "a@contoso.com", ["b@x.com"]).message())
+    with_preamble.preamble = "This is a multi-part message in MIME format."
+    assert not mime_module._flatten(with_preamble, with_preamble.policy, [])
+    assert serialise(with_preamble) == generated(with_preamble)
