@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from email.message import MIMEPart
 from email.mime.image import MIMEImage
 from typing import Any
 
 import django
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 
 def inline_image(data: bytes, filename: str, cid: str) -> Any:
@@ -21,3 +27,48 @@ def inline_image(data: bytes, filename: str, cid: str) -> Any:
     image.add_header("Content-ID", f"<{cid}>")
     image.add_header("Content-Disposition", "inline", filename=filename)
     return image
+
+
+@dataclass(frozen=True)
+class Pair:
+    key: str  # PEM (encrypted when made with a password)
+    cert: str  # PEM
+    der: bytes
+
+    @property
+    def body(self) -> str:
+        """The base64 body of the key: what must never show anywhere."""
+        return "".join(self.key.strip().splitlines()[1:-1])
+
+
+def make_pair(
+    *,
+    days: float = 365,
+    password: str | None = None,
+    key: rsa.RSAPrivateKey | None = None,
+    start: datetime | None = None,
+) -> Pair:
+    """A self-signed certificate and its key, as an app registration would hold them."""
+    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "msgraph-mail-test")])
+    start = start or datetime.now(timezone.utc) - timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(minutes=5) + timedelta(days=days))
+        .sign(key, hashes.SHA256())
+    )
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password.encode())
+        if password
+        else serialization.NoEncryption()
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    ).decode()
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    return Pair(key_pem, cert_pem, cert.public_bytes(serialization.Encoding.DER))

@@ -14,7 +14,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from io import StringIO
 from pathlib import Path
@@ -26,7 +25,6 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
 from django.core import mail
 from django.core.checks import run_checks
 from django.core.management import call_command
@@ -39,6 +37,8 @@ from msgraph_mail.conf import CLOUDS, load_settings
 from msgraph_mail.emulator import CLIENT_ID, CLIENT_SECRET, TENANT_ID, GraphEmulator
 from msgraph_mail.exceptions import AuthenticationError, ConfigurationError
 
+from .helpers import Pair, make_pair
+
 TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT = "66666666-7777-8888-9999-000000000000"
 SECRET = "Zq8~credential-secret-that-must-never-leak"
@@ -50,50 +50,6 @@ CONTOSO = {"DEFAULT_FROM_EMAIL": "noreply@contoso.com", "SERVER_EMAIL": "noreply
 
 
 # certificates made at test time -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pair:
-    key: str  # PEM (encrypted when made with a password)
-    cert: str  # PEM
-    der: bytes
-
-    @property
-    def body(self) -> str:
-        """The base64 body of the key: what must never show anywhere."""
-        return "".join(self.key.strip().splitlines()[1:-1])
-
-
-def make_pair(
-    *,
-    days: float = 365,
-    password: str | None = None,
-    key: rsa.RSAPrivateKey | None = None,
-    start: datetime | None = None,
-) -> Pair:
-    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "msgraph-mail-test")])
-    start = start or datetime.now(timezone.utc) - timedelta(minutes=5)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + timedelta(minutes=5) + timedelta(days=days))
-        .sign(key, hashes.SHA256())
-    )
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password.encode())
-        if password
-        else serialization.NoEncryption()
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    ).decode()
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    return Pair(key_pem, cert_pem, cert.public_bytes(serialization.Encoding.DER))
 
 
 @pytest.fixture(scope="module")

@@ -397,7 +397,7 @@ def with_test_certificate(value: Any, tmp_path: Path) -> Any:
     certificate = value.get("CLIENT_CERTIFICATE") if isinstance(value, dict) else None
     if not certificate or Path(certificate["PRIVATE_KEY"]).exists():
         return value
-    from tests.test_credentials import make_pair
+    from tests.helpers import make_pair
 
     pair = make_pair(password=certificate.get("PASSWORD"))
     key, cert = tmp_path / "example.key", tmp_path / "example.crt"
