@@ -7,6 +7,7 @@ from typing import Any
 
 import django
 import pytest
+import requests
 from django.test import override_settings
 
 from msgraph_mail import retry
@@ -69,3 +70,16 @@ def mode(request: pytest.FixtureRequest, emulator: GraphEmulator) -> Iterator[st
     """Run a test once per mode of operation, against the emulator."""
     with override_settings(MSGRAPH_MAIL=mode_settings(emulator, request.param)):
         yield request.param
+
+
+@pytest.fixture
+def emu() -> Iterator[GraphEmulator]:
+    """A bare emulator, for tests of the emulator itself over plain HTTP."""
+    with GraphEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        yield session

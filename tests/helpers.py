@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from email.message import MIMEPart
+from email.message import EmailMessage, MIMEPart
 from email.mime.image import MIMEImage
 from typing import Any
 
 import django
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from msgraph_mail.emulator import CLIENT_ID, CLIENT_SECRET, TENANT_ID, GraphEmulator
 
 
 def inline_image(data: bytes, filename: str, cid: str) -> Any:
@@ -72,3 +75,52 @@ def make_pair(
     ).decode()
     cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
     return Pair(key_pem, cert_pem, cert.public_bytes(serialization.Encoding.DER))
+
+
+# Talking to the emulator over plain HTTP (tests of the emulator itself). ---------------
+
+
+def token_form(emu: GraphEmulator, **changes: str | None) -> dict[str, str]:
+    form: dict[str, str | None] = {
+        "grant_type": "client_credentials",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "scope": f"{emu.url}/.default",
+        **changes,
+    }
+    return {k: v for k, v in form.items() if v is not None}
+
+
+def get_token(emu: GraphEmulator, http: requests.Session, tenant: str = TENANT_ID) -> str:
+    response = http.post(f"{emu.url}/{tenant}/oauth2/v2.0/token", data=token_form(emu))
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+def graph_error(response: requests.Response, status: int, code: str) -> str:
+    """Assert Graph's error shape; return the message."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["innerError"]["request-id"] == response.headers["request-id"]
+    assert error["innerError"]["date"]
+    return str(error["message"])
+
+
+def mime(
+    *,
+    sender: str = "noreply@contoso.com",
+    to: str | None = "a@example.com",
+    subject: str = "Hello",
+    **headers: str,
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    if to is not None:
+        message["To"] = to
+    message["Subject"] = subject
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content("plain body\n")
+    return message

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterator
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
@@ -26,41 +25,13 @@ from msgraph_mail.emulator import (
     TENANT_ID,
     GraphEmulator,
 )
+from tests.helpers import get_token, graph_error, mime, token_form
 
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
 )
 GUEST_UPN = "guest_fabrikam.com#EXT#@contoso.onmicrosoft.com"
-
-
-@pytest.fixture
-def emu() -> Iterator[GraphEmulator]:
-    with GraphEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
-def token_form(emu: GraphEmulator, **changes: str | None) -> dict[str, str]:
-    form: dict[str, str | None] = {
-        "grant_type": "client_credentials",
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "scope": f"{emu.url}/.default",
-        **changes,
-    }
-    return {k: v for k, v in form.items() if v is not None}
-
-
-def get_token(emu: GraphEmulator, http: requests.Session, tenant: str = TENANT_ID) -> str:
-    response = http.post(f"{emu.url}/{tenant}/oauth2/v2.0/token", data=token_form(emu))
-    assert response.status_code == 200, response.text
-    return str(response.json()["access_token"])
 
 
 def claims(token: str) -> dict[str, Any]:
@@ -70,35 +41,6 @@ def claims(token: str) -> dict[str, Any]:
 
 def auth(emu: GraphEmulator, http: requests.Session) -> dict[str, str]:
     return {"Authorization": f"Bearer {get_token(emu, http)}"}
-
-
-def graph_error(response: requests.Response, status: int, code: str) -> str:
-    """Assert Graph's error shape; return the message."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == "application/json"
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["innerError"]["request-id"] == response.headers["request-id"]
-    assert error["innerError"]["date"]
-    return str(error["message"])
-
-
-def mime(
-    *,
-    sender: str = "noreply@contoso.com",
-    to: str | None = "a@example.com",
-    subject: str = "Hello",
-    **headers: str,
-) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = sender
-    if to is not None:
-        message["To"] = to
-    message["Subject"] = subject
-    for name, value in headers.items():
-        message[name.replace("_", "-")] = value
-    message.set_content("plain body\n")
-    return message
 
 
 def send_mime(

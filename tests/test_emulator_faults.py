@@ -10,7 +10,6 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,21 +24,9 @@ from msgraph_mail.emulator import (
     GraphEmulator,
     InjectedFault,
 )
-from tests.test_emulator import get_token, graph_error, mime, token_form
+from tests.helpers import get_token, graph_error, mime, token_form
 
 SEND_URL = "/v1.0/users/noreply@contoso.com/sendMail"
-
-
-@pytest.fixture
-def emu() -> Iterator[GraphEmulator]:
-    with GraphEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
 
 
 @pytest.fixture

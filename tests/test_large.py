@@ -22,7 +22,7 @@ from msgraph_mail.exceptions import (
 )
 from msgraph_mail.graph import GraphClient
 from msgraph_mail.large import CHUNK_BYTES, MAX_MESSAGE_BYTES, UPLOAD_SESSION_MIN_BYTES
-from tests.test_send import inline_image
+from tests.helpers import inline_image
 
 MB = 1024 * 1024
 ROLES = ["Mail.Send", "User.Read.All", "Mail.ReadWrite"]
