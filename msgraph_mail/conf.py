@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
@@ -44,6 +44,10 @@ from .exceptions import ConfigurationError
 
 Mode = Literal["permissive", "rbac", "single_mailbox"]
 Cloud = Literal["global", "usgov", "usgovdod", "china"]
+Priority = Literal["normal", "bulk"]
+
+#: URL schemes REDIS_URL may use (redis-py's ``Redis.from_url``).
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 #: Each cloud's Entra login host and Graph host (GRAPH_NOTES D.5); CLOUD picks one pair.
 CLOUDS: dict[str, tuple[str, str]] = {
@@ -127,6 +131,78 @@ class CertificateSettings(BaseModel):
         )
 
 
+class RedisURL(str):
+    """REDIS_URL: a plain ``str`` whose ``repr`` hides the password (settings reprs, logs)."""
+
+    __slots__ = ()
+
+    @property
+    def masked(self) -> str:
+        """The URL with its password replaced by ``***``."""
+        return mask_url(self)
+
+    def __repr__(self) -> str:
+        return f"RedisURL({self.masked!r})"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (also a ``?password=`` query option)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{host}"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class MailboxLimitsSettings(BaseModel):
+    """MAILBOX_LIMITS: what Graph and Exchange allow one application per mailbox.
+
+    Defaults are Microsoft's published figures (GRAPH_NOTES B.1, B.2); a partial dict
+    overrides only its keys. ``UPLOAD_MB_PER_5_MINUTES`` counts MB of 1,000,000 bytes.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, populate_by_name=True
+    )
+
+    concurrent_requests: int = Field(default=4, gt=0, alias="CONCURRENT_REQUESTS")
+    requests_per_10_minutes: int = Field(default=10_000, gt=0, alias="REQUESTS_PER_10_MINUTES")
+    upload_mb_per_5_minutes: float = Field(default=150, gt=0, alias="UPLOAD_MB_PER_5_MINUTES")
+    recipients_per_24_hours: int = Field(default=10_000, gt=0, alias="RECIPIENTS_PER_24_HOURS")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            names = {field.alias: name for name, field in cls.model_fields.items()}
+            for key in data:
+                if str(key) not in names and str(key) not in names.values():
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "'{key}' is not a MAILBOX_LIMITS key (known: {known})",
+                        {"key": str(key)[:40], "known": ", ".join(sorted(map(str, names)))},
+                    )
+        return data
+
+    @field_validator(
+        "concurrent_requests", "requests_per_10_minutes", "recipients_per_24_hours", mode="before"
+    )
+    @classmethod
+    def _no_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise PydanticCustomError("int_type", "must be a positive whole number")
+        return value
+
+    def as_keys(self) -> dict[str, float]:
+        """The limits under their MAILBOX_LIMITS keys."""
+        return {
+            str(field.alias): getattr(self, name) for name, field in type(self).model_fields.items()
+        }
+
+
 class MSGraphMailSettings(BaseModel):
     """The validated configuration of one backend. Field names are the keys, lower-cased."""
 
@@ -150,6 +226,11 @@ class MSGraphMailSettings(BaseModel):
     retry_ambiguous: bool = False
     large_messages: bool = False
     max_concurrency: int = Field(default=8, ge=1, le=64)
+    redis_url: str | None = None
+    share_token: bool = False
+    mailbox_limits: MailboxLimitsSettings = Field(default_factory=MailboxLimitsSettings)
+    priority: Priority = "normal"
+    bulk_reserve: float = Field(default=0.1, ge=0, lt=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -275,6 +356,38 @@ class MSGraphMailSettings(BaseModel):
         if parts.query or parts.fragment:
             raise PydanticCustomError("url", "must not have a query or fragment")
         return value.strip().rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        """A URL redis-py's ``from_url`` takes; the value is never quoted in an error."""
+        if value is None:
+            return None
+        value = value.strip()
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError:
+            raise PydanticCustomError(
+                "redis_url", "is not a URL (e.g. redis://localhost:6379/0)"
+            ) from None
+        if parts.scheme not in REDIS_SCHEMES:
+            raise PydanticCustomError(
+                "redis_url",
+                "must be a redis://, rediss:// (TLS) or unix:// URL, e.g. redis://localhost:6379/0",
+            )
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise PydanticCustomError(
+                    "redis_url", "unix:// needs the socket's path, e.g. unix:///run/redis.sock"
+                )
+        elif not parts.hostname:
+            raise PydanticCustomError("redis_url", "needs a host, e.g. redis://localhost:6379/0")
+        elif parts.path not in {"", "/"} and not re.fullmatch(r"/\d+", parts.path):
+            raise PydanticCustomError(
+                "redis_url", "the path must be a database number, e.g. redis://localhost:6379/0"
+            )
+        return RedisURL(value)
 
     @field_validator("mailbox", mode="after")
     @classmethod

@@ -22,6 +22,9 @@ ever hides a misconfigured backend::
     ├── GraphAPIError                    any other error answer from Graph
     ├── GraphConnectionError             no answer from Graph (network, timeout before sending)
     │   └── DeliveryUnknown              the request left but no answer came back: maybe sent
+    ├── MailboxBudgetExhausted           a MAILBOX_LIMITS budget is used up: nothing was sent,
+    │                                    send again after ``retry_at``
+    ├── LimitsUnavailable                REDIS_URL cannot be reached: nothing was sent
     └── BatchSendError                   several messages of one call failed (``.failures``)
 
 Every delivery error carries, where known, ``code`` (Graph's ``error.code`` or the AADSTS
@@ -32,6 +35,7 @@ secret or an access token.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -45,7 +49,9 @@ __all__ = [
     "GraphConnectionError",
     "InvalidMailboxHeader",
     "InvalidMessage",
+    "LimitsUnavailable",
     "MSGraphMailError",
+    "MailboxBudgetExhausted",
     "MailboxNotEnabled",
     "MailboxOutOfScope",
     "MessageTooLarge",
@@ -156,6 +162,66 @@ class GraphConnectionError(MSGraphMailError):
 
 class DeliveryUnknown(GraphConnectionError):
     """The request was sent but no answer came back: the message may have been sent."""
+
+
+class MailboxBudgetExhausted(MSGraphMailError):
+    """A mailbox's budget (MAILBOX_LIMITS) has no room for this request; nothing was sent.
+
+    Raised before the request, when the budget does not free within the message's remaining
+    MAX_RETRY_WAIT (shorter waits are simply waited out). ``mailbox`` is the mailbox,
+    ``budget`` the MAILBOX_LIMITS key that is short (``"RECIPIENTS_PER_24_HOURS"``...),
+    ``retry_at`` the aware UTC time when enough of it frees. ``needed`` and ``limit`` are in
+    the budget's unit (requests, recipients, bytes for uploads); when ``needed`` exceeds
+    ``limit`` the request can never fit and ``retry_at`` is None.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        mailbox: str,
+        budget: str,
+        retry_at: datetime | None,
+        needed: float | None = None,
+        limit: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if message is None:
+            message = _budget_message(mailbox, budget, retry_at, needed, limit)
+        super().__init__(message, mailbox=mailbox, **kwargs)
+        self.budget = budget
+        self.retry_at = retry_at
+        self.needed = needed
+        self.limit = limit
+
+
+def _budget_message(
+    mailbox: str,
+    budget: str,
+    retry_at: datetime | None,
+    needed: float | None,
+    limit: float | None,
+) -> str:
+    if retry_at is None:
+        return (
+            f"Mailbox {mailbox}: this request alone needs {needed:g} of the {budget} budget of "
+            f"{limit:g}, so it can never be sent as it is; nothing was sent: split the message "
+            "(fewer recipients, smaller attachments) or raise MAILBOX_LIMITS"
+        )
+    seconds = max(0.0, (retry_at - datetime.now(timezone.utc)).total_seconds())
+    return (
+        f"Mailbox {mailbox} has used its {budget} budget; enough of it frees at "
+        f"{retry_at.isoformat(timespec='seconds')} (in {seconds:.0f} s). Nothing was sent: "
+        "it is safe to send this message again after that time"
+    )
+
+
+class LimitsUnavailable(MSGraphMailError):
+    """The store of the shared limits (REDIS_URL) cannot be reached; nothing was sent.
+
+    The message names REDIS_URL with its password hidden. Sending does not fall back to
+    per-process limits, which would let every process burst at once.
+    """
 
 
 class BatchSendError(MSGraphMailError):
