@@ -23,7 +23,6 @@ from typing import Any
 
 import requests
 from django.utils.module_loading import import_string
-from requests.utils import get_environ_proxies
 
 from .conf import MSGraphMailSettings
 from .exceptions import AuthenticationError, GraphConnectionError
@@ -247,7 +246,6 @@ def _post_form(settings: MSGraphMailSettings, session: requests.Session) -> requ
             settings.token_url,
             data=form,
             timeout=settings.timeout,
-            proxies=get_environ_proxies(settings.token_url),
         )
     except requests.RequestException as exc:
         # The prepared request (its body holds the secret) is dropped from the exception.

@@ -1,21 +1,27 @@
-"""The client for Graph: kept-alive connections, bearer tokens, Graph errors as exceptions."""
+"""The client for Graph: one ``requests.Session``, bearer tokens, Graph errors as exceptions.
+
+Every HTTP request the package makes goes through :attr:`GraphClient.session`: tokens,
+directory lookups, sendMail, drafts, attachments and upload sessions. So proxies
+(``HTTPS_PROXY``, ``NO_PROXY``, SOCKS with ``requests[socks]``), TLS verification and the CA
+bundle (``REQUESTS_CA_BUNDLE``) behave as requests makes them behave, for every request alike,
+and users can stub Graph in their own tests with ``responses`` or ``requests-mock``.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import platform
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
-from urllib.parse import quote, urlencode, urlsplit
+from typing import Any
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.utils import get_environ_proxies
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProxyError, SSLError
+from urllib3.util.retry import Retry
 
 from .auth import tokens
 from .conf import MSGraphMailSettings
@@ -26,7 +32,6 @@ from .exceptions import (
     MSGraphMailError,
 )
 from .retry import RetryBudget, parse_retry_after
-from .transport import ConnectFailed, ConnectionPool, Reply, ReplyLost, ReplyTimeout
 
 logger = logging.getLogger("msgraph_mail")
 
@@ -44,25 +49,6 @@ MAX_TOKEN_RENEWALS = 3
 USER_FIELDS = "id,mail,userPrincipalName"
 
 
-class _Headers(Protocol):
-    def get(self, name: str, /) -> Any: ...
-
-
-class HTTPAnswer(Protocol):
-    """What error handling reads of an answer: a transport Reply or a requests.Response."""
-
-    @property
-    def status_code(self) -> int: ...
-
-    @property
-    def reason(self) -> str | None: ...
-
-    @property
-    def headers(self) -> _Headers: ...
-
-    def json(self) -> Any: ...
-
-
 @dataclass(frozen=True)
 class Response:
     """What the backend keeps of a Graph answer."""
@@ -74,33 +60,31 @@ class Response:
 
 
 class GraphClient:
-    """Talks to one tenant's Graph over a pool of kept-alive connections.
+    """Talks to one tenant's Graph through one ``requests.Session``.
 
-    Graph calls go through :class:`~msgraph_mail.transport.ConnectionPool` (one connection
-    per concurrent sender); ``session`` (requests) fetches tokens and uploads large
-    attachments to their pre-authenticated URLs, which are not on Graph's host.
+    Its adapter keeps one connection per concurrent sender (``MAX_CONCURRENCY``), reused
+    across the batch; urllib3 checks a kept-alive connection before reusing it and replaces
+    one the server closed, so that never puts a message at risk. urllib3's own retries are
+    off: whether a request may be sent again is decided here (:meth:`request`), because only
+    we know whether it may already have been processed.
     """
 
     def __init__(self, settings: MSGraphMailSettings) -> None:
         self.settings = settings
-        self.pool = ConnectionPool(settings.graph_url, settings.max_concurrency, settings.timeout)
-        self._prefix = urlsplit(settings.graph_url).path.rstrip("/") + "/v1.0"
-        self._headers = {"User-Agent": _user_agent(), "Accept": "application/json"}
         self.session = requests.Session()
         self.session.headers["User-Agent"] = _user_agent()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=settings.max_concurrency)
+        adapter = HTTPAdapter(
+            pool_connections=4,  # hosts: the token endpoint, Graph, upload URLs
+            pool_maxsize=settings.max_concurrency,
+            max_retries=Retry(total=0, read=False, redirect=False),
+        )
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
-        # requests re-reads the environment (proxies, CA bundle) on every request; read once.
-        self.session.trust_env = False
-        self.session.proxies = get_environ_proxies(settings.graph_url)
-        self.session.verify = _ca_bundle()
 
     def __repr__(self) -> str:
         return f"<GraphClient {self.settings.graph_url} tenant={self.settings.tenant_id}>"
 
     def close(self) -> None:
-        self.pool.close()
         self.session.close()
 
     def get_user(self, user: str) -> dict[str, Any] | None:
@@ -179,31 +163,36 @@ class GraphClient:
             return self._result(response, client_request_id, method, path, budget)
 
     def _result(
-        self, reply: Reply, client_request_id: str, method: str, path: str, budget: RetryBudget
+        self,
+        response: requests.Response,
+        client_request_id: str,
+        method: str,
+        path: str,
+        budget: RetryBudget,
     ) -> Response:
-        if reply.status_code in AMBIGUOUS_STATUSES:
-            error = graph_error(reply, client_request_id)
+        if response.status_code in AMBIGUOUS_STATUSES:
+            error = graph_error(response, client_request_id)
             raise DeliveryUnknown(
-                f"Graph answered {method} {path} with HTTP {reply.status_code} (gateway "
+                f"Graph answered {method} {path} with HTTP {response.status_code} (gateway "
                 "timeout): it may or may not have been processed, so it was not repeated",
                 code=error.code,
                 status=error.status,
                 request_id=error.request_id,
                 client_request_id=client_request_id,
             )
-        if reply.status_code >= 400:
-            error = graph_error(reply, client_request_id)
+        if response.status_code >= 400:
+            error = graph_error(response, client_request_id)
             tries = budget.retries + budget.throttled
-            if tries and reply.status_code in RETRIED_STATUSES:
+            if tries and response.status_code in RETRIED_STATUSES:
                 error.message += (
                     f" (gave up after {tries} retries and {budget.waited:.1f} s of "
                     "waiting: MAX_RETRIES / MAX_RETRY_WAIT)"
                 )
             raise error
         return Response(
-            status=reply.status_code,
-            body=reply.json() if reply.content else None,
-            request_id=reply.headers.get("request-id"),
+            status=response.status_code,
+            body=response.json() if response.content else None,
+            request_id=response.headers.get("request-id"),
             client_request_id=client_request_id,
         )
 
@@ -214,39 +203,60 @@ class GraphClient:
 
     def _send(
         self, method: str, path: str, token: str, client_request_id: str, kwargs: dict[str, Any]
-    ) -> Reply:
+    ) -> requests.Response:
         """One HTTP exchange; ``kwargs`` as requests takes them: params, data, json, headers."""
         headers = {
-            **self._headers,
-            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
             "client-request-id": client_request_id,
+            **(kwargs.get("headers") or {}),
         }
-        body = kwargs.get("data")
-        if "json" in kwargs:
-            body = json.dumps(kwargs["json"]).encode("utf-8")
-            headers["Content-Type"] = "application/json"
-        headers.update(kwargs.get("headers") or {})
-        target = self._prefix + path
-        if kwargs.get("params"):
-            target += "?" + urlencode(kwargs["params"])
         try:
-            return self.pool.request(method, target, headers, body)
-        except ConnectFailed as exc:
+            return self.session.request(
+                method,
+                f"{self.settings.graph_url}/v1.0{path}",
+                params=kwargs.get("params"),
+                data=kwargs.get("data"),
+                json=kwargs.get("json"),
+                headers=headers,
+                auth=BearerAuth(token),
+                timeout=self.settings.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            _scrub(exc)
+            if isinstance(exc, requests.ConnectionError) and before_sending(exc):
+                raise GraphConnectionError(
+                    f"Cannot reach Graph at {self.settings.graph_url} ({describe(exc)})"
+                ) from exc
+            if isinstance(exc, requests.Timeout):
+                raise DeliveryUnknown(
+                    f"Graph did not answer {method} {path} within {self.settings.timeout:g} s; "
+                    "it may or may not have been processed",
+                    client_request_id=client_request_id,
+                ) from exc
+            raise DeliveryUnknown(
+                f"The connection to Graph broke after {method} {path} was sent "
+                f"({describe(exc)}); it may or may not have been processed",
+                client_request_id=client_request_id,
+            ) from exc
+        except OSError as exc:  # requests' own, before any connection: e.g. a bad CA bundle
             raise GraphConnectionError(
                 f"Cannot reach Graph at {self.settings.graph_url} ({exc})"
-            ) from None
-        except ReplyTimeout:
-            raise DeliveryUnknown(
-                f"Graph did not answer {method} {path} within {self.settings.timeout:g} s; "
-                "it may or may not have been processed",
-                client_request_id=client_request_id,
-            ) from None
-        except ReplyLost as exc:
-            raise DeliveryUnknown(
-                f"The connection to Graph broke after {method} {path} was sent ({exc}); "
-                "it may or may not have been processed",
-                client_request_id=client_request_id,
-            ) from None
+            ) from exc
+
+
+class BearerAuth(requests.auth.AuthBase):
+    """The bearer token, as requests' auth hook: it also keeps ``.netrc`` credentials off."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __repr__(self) -> str:
+        return "BearerAuth(<token>)"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        return request
 
 
 def _renew(token: str, rejected: set[str]) -> bool:
@@ -259,7 +269,7 @@ def _renew(token: str, rejected: set[str]) -> bool:
     return True
 
 
-def graph_error(response: HTTPAnswer, client_request_id: str) -> MSGraphMailError:
+def graph_error(response: requests.Response, client_request_id: str) -> MSGraphMailError:
     """Build a GraphAPIError from Graph's JSON error body; branch on code, never on message."""
     error = _error_body(response)
     message = str(error.get("message") or response.reason or "Graph request failed")
@@ -273,7 +283,7 @@ def graph_error(response: HTTPAnswer, client_request_id: str) -> MSGraphMailErro
     )
 
 
-def _error_body(response: HTTPAnswer) -> dict[str, Any]:
+def _error_body(response: requests.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
@@ -282,25 +292,52 @@ def _error_body(response: HTTPAnswer) -> dict[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
-def _error_code(response: HTTPAnswer) -> str | None:
+def _error_code(response: requests.Response) -> str | None:
     return _error_body(response).get("code")
 
 
 def before_sending(exc: requests.ConnectionError) -> bool:
-    """Whether a connection error happened before any byte of the request left."""
+    """Whether a connection error happened before any byte of the request left.
+
+    urllib3 (with retries off) wraps what happened while connecting in ``MaxRetryError``:
+    refused, DNS, connect timeout, a proxy that refused the tunnel, a certificate that did not
+    verify. What broke after the request was written (a reset, a closed connection, an
+    incomplete answer) comes as ``ProtocolError`` instead: the request may have been processed.
+    """
     if isinstance(exc, requests.ConnectTimeout):
         return True
     inner = exc.args[0] if exc.args else None
     reason = getattr(inner, "reason", inner)
-    return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+    if isinstance(reason, (NewConnectionError, ConnectTimeoutError, ProxyError)):
+        return True
+    # A TLS error is sent-or-not only by when it happened: verification is in the handshake.
+    cause = reason.args[0] if isinstance(reason, SSLError) and reason.args else None
+    return isinstance(cause, ssl.SSLCertVerificationError)
 
 
-def _ca_bundle() -> str | bool:
-    """The CA bundle requests would take from the environment, else its default."""
-    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+def describe(exc: BaseException) -> str:
+    """The innermost cause of a requests error, in one line (urllib3 nests several)."""
+    while True:
+        inner = exc.args[0] if exc.args else None
+        inner = getattr(inner, "reason", inner)
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _scrub(exc: requests.RequestException) -> None:
+    """Drop the prepared request from the exception: its headers hold the bearer token."""
+    exc.request = None
+    if exc.response is not None:
+        exc.response.request = None  # type: ignore[assignment]
 
 
 def _user_agent() -> str:
     from . import __version__
 
-    return f"msgraph_mail/{__version__} Python/{platform.python_version()}"
+    return (
+        f"msgraph_mail/{__version__} python-requests/{requests.__version__} "
+        f"Python/{platform.python_version()}"
+    )

@@ -16,15 +16,7 @@ import re
 import secrets
 import uuid
 from email.generator import BytesGenerator
-from email.headerregistry import (
-    Address,
-    ContentTransferEncodingHeader,
-    DateHeader,
-    MessageIDHeader,
-    MIMEVersionHeader,
-    ParameterizedMIMEHeader,
-    UnstructuredHeader,
-)
+from email.headerregistry import Address
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 from typing import Any, cast
@@ -42,19 +34,6 @@ MAILBOX_HEADER = "X-MSGraph-Mailbox"
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 _MODERN_EMAIL = django.VERSION >= (6, 0)
-_NEWLINE = re.compile(r"\r\n|\r|\n")
-# A header value that no folding changes: printable ASCII words separated by single spaces.
-_PLAIN_HEADER = re.compile(r"[!-~]+(?: [!-~]+)*")
-# Header registry classes whose folding writes a plain value as it is (tests/test_mime.py).
-# Not addresses: their folding normalises the display name ("Jo  Doe" -> "Jo Doe").
-_VERBATIM_HEADERS = (
-    UnstructuredHeader,
-    DateHeader,
-    MessageIDHeader,
-    MIMEVersionHeader,
-    ContentTransferEncodingHeader,
-    ParameterizedMIMEHeader,
-)
 _BARE_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\]+$")
 # RFC 5322: a field name is printable ASCII without the colon.
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")
@@ -126,87 +105,20 @@ def build_mime(message: EmailMessage) -> bytes:
     _set_boundaries(mime)
     if message.bcc:
         _set_bcc(mime, [str(address) for address in message.bcc if address])
-    return serialise(mime)
-
-
-def serialise(mime: Message) -> bytes:
-    """The bytes ``as_bytes`` would give (CRLF line ends), at a fraction of its CPU.
-
-    The email generator re-folds every header through ``email.header`` and copies each part
-    through a buffer: more CPU than Django spends building the message. This walk writes
-    what the generator writes, byte for byte (``tests/test_mime.py`` compares them), taking
-    the generator's own folding only for headers that need it, and hands any tree with a
-    part it does not know (message/*, signed multiparts, preambles) to the generator.
-    """
-    policy = mime.policy.clone(linesep="\r\n")
-    out: list[bytes] = []
-    try:
-        if _flatten(mime, policy, out):
-            return b"".join(out)
-    except (UnicodeError, TypeError, ValueError):
-        pass  # the generator decides: it writes it or raises its own error
+    # The standard generator, as ``as_bytes`` runs it, with the CRLF line ends MIME wants.
     buffer = io.BytesIO()
-    BytesGenerator(buffer, mangle_from_=False, policy=policy).flatten(mime)  # as as_bytes()
+    policy = mime.policy.clone(linesep="\r\n")
+    BytesGenerator(buffer, mangle_from_=False, policy=policy).flatten(mime)
     return buffer.getvalue()
 
 
-def _flatten(part: Message, policy: Any, out: list[bytes]) -> bool:
-    """Append one part as BytesGenerator(mangle_from_=False) would; False if it cannot."""
-    content_type = part.get_content_type()
-    if content_type.startswith("message/") or content_type == "multipart/signed":
-        return False
-    if content_type.startswith("multipart/") and not part.is_multipart():
-        return False  # no list of parts: the generator has its own rules for those
-    for name, value in part.raw_items():
-        out.append(_header(policy, name, value))
-    out.append(b"\r\n")
-    payload = cast(Any, part)._payload
-    if part.is_multipart():
-        boundary = part.get_boundary()
-        if not boundary or part.preamble is not None or part.epilogue is not None:
-            return False
-        dash = f"--{boundary}".encode("ascii")
-        out.append(dash + b"\r\n")  # written even before no part at all, as the generator does
-        for index, subpart in enumerate(payload):
-            if index:
-                out.append(b"\r\n" + dash + b"\r\n")
-            if not _flatten(subpart, policy, out):
-                return False
-        out.append(b"\r\n" + dash + b"--\r\n")
-    elif isinstance(payload, str):
-        if policy.cte_type == "7bit" and not payload.isascii():
-            return False
-        out.append(_NEWLINE.sub("\r\n", payload).encode("ascii", "surrogateescape"))
-    elif payload is not None:
-        return False
-    return True
-
-
-def _header(policy: Any, name: str, value: Any) -> bytes:
-    """``policy.fold_binary``, skipped for the common header that needs no folding.
-
-    A short printable ASCII value without runs of blanks is written unchanged by both
-    policies' folding (compat32: ``email.header``; SMTP: the header registry), except where
-    the registry would re-encode: an encoded word ("=?"), which it decodes and re-encodes.
-    """
-    if (
-        isinstance(value, str)
-        and len(name) + len(value) <= 76
-        and _PLAIN_HEADER.fullmatch(value)
-        and "=?" not in value
-        and (not _MODERN_EMAIL or isinstance(value, _VERBATIM_HEADERS))
-    ):
-        return f"{name}: {value}\r\n".encode("ascii")
-    return bytes(policy.fold_binary(name, value))
-
-
 def _set_boundaries(mime: Message) -> None:
-    """Give each multipart a unique boundary up front.
+    """Give each multipart a unique boundary up front, through the email API.
 
     Without one, the email generator picks a random boundary and compiles a new regular
     expression per message to prove the body does not contain it. 104 random bits cannot
     collide with the content in practice, and the boundary is short enough for the
-    Content-Type header to fit one line (folding it costs as much as the rest).
+    Content-Type header to fit one line.
     """
     for part in mime.walk():
         if part.is_multipart() and part.get_boundary() is None:
