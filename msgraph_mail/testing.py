@@ -45,3 +45,16 @@ def msgraph_emulator() -> Iterator[GraphEmulator]:
             }
         with override_settings(**overrides):
             yield emulator
+
+
+def clear_caches() -> None:
+    """Forget the process's cached tokens and sender lookups, as a new process would.
+
+    For tests that stub Graph at the ``requests`` level (``responses``, ``requests-mock``):
+    each such test then sees the token request and the sender lookup it registered.
+    """
+    from .auth import tokens
+    from .resolvers import sender_cache
+
+    tokens.clear()
+    sender_cache.clear()
