@@ -91,6 +91,7 @@ class UploadSession:
     content_id: str | None
     expires: datetime
     data: bytearray = field(default_factory=bytearray, repr=False)
+    app_id: str = ""  # the application that created it: its chunk PUTs spend that app's budgets
 
 
 def upload_kind(method: str) -> str:
@@ -114,6 +115,9 @@ class DraftStore:
         self._drafts: dict[str, Draft] = {}
         self._sessions: dict[str, UploadSession] = {}
         self._readwrite_scope: set[str] | None = None
+        #: Called as a draft is sent, with the mailbox and the number of recipients; raises
+        #: the refusal when the mailbox is over its recipient rate limit.
+        self.before_send: Callable[[User, int], None] = lambda mailbox, count: None
 
     # state --------------------------------------------------------------------------------
 
@@ -161,7 +165,7 @@ class DraftStore:
         if route.name == "attachment":
             return self.add_attachment(request, draft)
         if route.name == "upload_session":
-            return self.create_upload_session(request, draft)
+            return self.create_upload_session(request, draft, token.app_id)
         return self.delete(draft)
 
     def create(self, request: Request, mailbox: User) -> Response:
@@ -208,7 +212,7 @@ class DraftStore:
         }
         return _json(201, body)
 
-    def create_upload_session(self, request: Request, draft: Draft) -> Response:
+    def create_upload_session(self, request: Request, draft: Draft, app_id: str = "") -> Response:
         item = _attachment_item(request.body)
         size = item["size"]
         if size < MIN_UPLOAD_SESSION_BYTES:
@@ -231,6 +235,7 @@ class DraftStore:
             inline=item["isInline"],
             content_id=item["contentId"],
             expires=datetime.now(timezone.utc) + SESSION_LIFETIME,
+            app_id=app_id,
         )
         with self._lock:
             if draft.id not in self._drafts:
@@ -261,8 +266,10 @@ class DraftStore:
         if not parsed.recipients:
             raise GraphError(400, "ErrorInvalidRecipients", NO_RECIPIENTS)
         with self._lock:
-            if self._drafts.pop(draft.id, None) is None:
+            if draft.id not in self._drafts:
                 raise _not_found()
+            self.before_send(mailbox, len(parsed.recipients))
+            del self._drafts[draft.id]
             for session_id in [s.id for s in self._sessions.values() if s.draft is draft]:
                 del self._sessions[session_id]
             added = list(draft.attachments)
@@ -284,6 +291,14 @@ class DraftStore:
         return Response(204)
 
     # the upload URL -----------------------------------------------------------------------
+
+    def session_owner(self, path: str) -> tuple[str, str] | None:
+        """(application id, mailbox id) of the upload session at ``path``, if it is open."""
+        with self._lock:
+            session = self._sessions.get(path[len(UPLOAD_PREFIX) :].strip("/"))
+            if session is None:
+                return None
+            return session.app_id, session.draft.mailbox.id
 
     def upload(self, request: Request) -> Response:
         """``PUT`` a chunk to, or ``DELETE``, an upload session (pre-authenticated URL)."""

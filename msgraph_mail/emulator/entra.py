@@ -49,6 +49,7 @@ class IssuedToken:
     roles: tuple[str, ...]
     expires_at: float
     revoked: bool = False
+    app_id: str = CLIENT_ID  # the ``appid`` claim: Outlook's limits count per application
 
     def valid(self, now: float) -> bool:
         return not self.revoked and now < self.expires_at
@@ -62,7 +63,12 @@ class TokenStore:
         self._tokens: dict[str, IssuedToken] = {}
 
     def issue(
-        self, resource: str, roles: Iterable[str], lifetime: int, client_auth: str = "1"
+        self,
+        resource: str,
+        roles: Iterable[str],
+        lifetime: int,
+        client_auth: str = "1",
+        app_id: str = CLIENT_ID,
     ) -> IssuedToken:
         """A token for ``resource``; ``client_auth`` "1": a secret, "2": a certificate."""
         now = int(time.time())
@@ -74,9 +80,9 @@ class TokenStore:
             "nbf": now,
             "exp": now + lifetime,
             "app_displayname": APP_DISPLAY_NAME,
-            "appid": CLIENT_ID,
+            "appid": app_id,
             "appidacr": client_auth,
-            "azp": CLIENT_ID,
+            "azp": app_id,
             "azpacr": client_auth,
             "idp": f"https://sts.windows.net/{TENANT_ID}/",
             "idtyp": "app",
@@ -93,7 +99,7 @@ class TokenStore:
             (_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode())),
         )
         token += "." + _b64url(secrets.token_bytes(64))
-        issued = IssuedToken(token, role_list, time.time() + lifetime)
+        issued = IssuedToken(token, role_list, time.time() + lifetime, app_id=app_id)
         with self._lock:
             self._tokens[token] = issued
         return issued
@@ -190,8 +196,12 @@ def grant_token(
     secret_expired: bool = False,
     certificates: Sequence[RegisteredCertificate] = (),
     audiences: Iterable[str] = (),
+    applications: Mapping[str, str] | None = None,
 ) -> dict[str, object]:
-    """Validate a client-credentials request the way Entra does, in Entra's order."""
+    """Validate a client-credentials request the way Entra does, in Entra's order.
+
+    ``applications`` maps the client ids of further app registrations to their secrets.
+    """
     grant_type = form.get("grant_type")
     if not grant_type:
         raise _missing("grant_type")
@@ -205,7 +215,8 @@ def grant_token(
     client_id, secret = client_credentials(form, authorization)
     if not client_id:
         raise _missing("client_id")
-    if client_id.lower() != CLIENT_ID:
+    known = {CLIENT_ID: CLIENT_SECRET, **(applications or {})}
+    if client_id.lower() not in known:
         raise EntraError(
             400,
             "unauthorized_client",
@@ -217,10 +228,11 @@ def grant_token(
         )
     client_auth = "1"
     if not secret and form.get("client_assertion"):
-        check_assertion(form, client_id, certificates, frozenset(audiences))
+        registered = certificates if client_id.lower() == CLIENT_ID else ()
+        check_assertion(form, client_id, registered, frozenset(audiences))
         client_auth = "2"
     else:
-        _check_secret(form, secret, expired=secret_expired)
+        _check_secret(secret, known[client_id.lower()], client_id.lower(), expired=secret_expired)
     scope = form.get("scope")
     if not scope:
         raise _missing("scope")
@@ -233,7 +245,7 @@ def grant_token(
             f"The provided request must include a 'scope' input parameter. The provided value "
             f"for the input parameter 'scope' is not valid. The scope {scope} is not valid.",
         )
-    issued = store.issue(audiences[scope], roles, lifetime, client_auth)
+    issued = store.issue(audiences[scope], roles, lifetime, client_auth, client_id.lower())
     return {
         "token_type": "Bearer",
         "expires_in": lifetime,
@@ -242,7 +254,7 @@ def grant_token(
     }
 
 
-def _check_secret(form: Mapping[str, str], secret: str, *, expired: bool) -> None:
+def _check_secret(secret: str, expected: str, client_id: str, *, expired: bool) -> None:
     """Wrong or expired secrets fail.
 
     Entra matches the secret against the app's keys first, so a wrong secret stays 7000215
@@ -256,21 +268,21 @@ def _check_secret(form: Mapping[str, str], secret: str, *, expired: bool) -> Non
             "The request body must contain the following parameter: 'client_assertion' or "
             "'client_secret'.",
         )
-    if not secrets.compare_digest(secret.encode(), CLIENT_SECRET.encode()):
+    if not secrets.compare_digest(secret.encode(), expected.encode()):
         raise EntraError(
             401,
             "invalid_client",
             7000215,
             "Invalid client secret provided. Ensure the secret being sent in the request is "
             "the client secret value, not the client secret ID, for a secret added to app "
-            f"'{CLIENT_ID}'.",
+            f"'{client_id}'.",
         )
     if expired:
         raise EntraError(
             401,
             "invalid_client",
             7000222,
-            f"The provided client secret keys for app '{CLIENT_ID}' are expired. Visit the "
+            f"The provided client secret keys for app '{client_id}' are expired. Visit the "
             "Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or "
             "consider using certificate credentials for added security: "
             "https://aka.ms/certCreds.",

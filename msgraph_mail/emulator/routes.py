@@ -162,6 +162,9 @@ class GraphApi:
         from .drafts import DraftStore  # drafts.py builds on this module
 
         self.drafts = DraftStore(tenant, base_url, deliver)
+        #: Called before a message is delivered, with the mailbox and the number of its
+        #: recipients; raises the refusal when the mailbox is over its recipient rate limit.
+        self.before_send: Callable[[User, int], None] = lambda mailbox, count: None
 
     def handle(self, request: Request) -> Response:
         token = self.authenticate(request)
@@ -254,6 +257,7 @@ class GraphApi:
             raise send_as_denied()
         if not message.recipients:
             raise GraphError(400, "ErrorInvalidRecipients", NO_RECIPIENTS)
+        self.before_send(mailbox, len(message.recipients))
         self.deliver(message)
         return Response(202)
 

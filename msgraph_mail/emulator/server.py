@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import secrets
 import socket
 import struct
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,12 +43,17 @@ from .faults import (
     FaultPlan,
     InjectedFault,
     PlannedFault,
-    application_throttled,
     entra_fault,
     graph_fault,
 )
 from .inbox import Inbox, serves
-from .limits import CONCURRENCY_RETRY_AFTER, MAILBOX_CONCURRENCY, MailboxGate
+from .limits import (
+    CONCURRENCY_RETRY_AFTER,
+    MailboxBudgets,
+    MailboxGate,
+    Owner,
+    throttled_error,
+)
 from .mail import Screened, SentMessage
 from .routes import (
     MAX_REQUEST_BYTES,
@@ -194,9 +200,9 @@ class _Handler(BaseHTTPRequestHandler):
             emulator._record(request, kind, refusal.status)
             self._answer(_Outcome(refusal, emulator._latency_left(started)))
             return
-        with emulator._in_flight(request) as admitted:
-            if not admitted:
-                outcome = _Outcome(emulator._mailbox_throttled(request))
+        with emulator._in_flight(request) as throttled:
+            if throttled is not None:
+                outcome = _Outcome(throttled)
             else:
                 outcome = emulator._serve(request, kind)
                 outcome.delay += emulator._latency_left(started)
@@ -295,12 +301,20 @@ class GraphEmulator:
     Knobs (plain attributes, read per request): ``token_lifetime`` (seconds);
     ``latency`` (seconds every answer takes, the emulator's own work included);
     ``mailbox_concurrency`` (Graph's 4 in-flight requests per mailbox, None: unlimited) and
-    ``concurrency_retry_after``;
+    ``concurrency_retry_after``; ``limits`` and ``time_scale`` (Graph's and Exchange's
+    per-mailbox budgets, see ``set_limits``);
     ``slow_seconds`` (the ``"slow"`` fault's wait); ``secret_expired`` (Entra refuses the right
     secret with AADSTS7000222).
     """
 
-    def __init__(self, port: int = 0, *, store: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        store: str | Path | None = None,
+        limits: Mapping[str, float | None] | None = None,
+        time_scale: float = 1.0,
+    ) -> None:
         self._port = port
         self._tenant = Tenant()
         self._tokens = TokenStore()
@@ -313,9 +327,11 @@ class GraphEmulator:
         self._graph = GraphApi(self._tenant, self._tokens, lambda: self.url, self._deliver)
         self._faults = FaultPlan()
         self._gate = MailboxGate()
+        self._budgets = MailboxBudgets(limits, time_scale)
+        self._graph.before_send = self._graph.drafts.before_send = self._spend_recipients
+        self._applications: dict[str, str] = {}
         self.token_lifetime = 3599
         self.latency: float = 0.0
-        self.mailbox_concurrency: int | None = MAILBOX_CONCURRENCY
         self.concurrency_retry_after: float | None = CONCURRENCY_RETRY_AFTER
         self.slow_seconds: float = 2.0
         self.secret_expired: bool = False
@@ -519,16 +535,115 @@ class GraphEmulator:
         """Every fault served so far, in order, with whether the message was delivered."""
         return self._faults.injected
 
+    @property
+    def mailbox_concurrency(self) -> int | None:
+        """Graph's 4 requests in flight per app + mailbox (``limits["CONCURRENT_REQUESTS"]``)."""
+        limit = self._budgets.limit("CONCURRENT_REQUESTS")
+        return None if limit is None else int(limit)
+
+    @mailbox_concurrency.setter
+    def mailbox_concurrency(self, limit: int | None) -> None:
+        self._budgets.set_limits({"CONCURRENT_REQUESTS": limit})
+
+    @property
+    def limits(self) -> dict[str, float | None]:
+        """The limits in force, keyed like the backend's setting (None: no limit)."""
+        return self._budgets.limits
+
+    def set_limits(
+        self, limits: Mapping[str, float | None] | None = None, /, **changes: float | None
+    ) -> None:
+        """Change some limits, e.g. ``set_limits(REQUESTS_PER_10_MINUTES=5)``; others stay.
+
+        Keys: ``CONCURRENT_REQUESTS`` (4), ``REQUESTS_PER_10_MINUTES`` (10,000),
+        ``UPLOAD_MB_PER_5_MINUTES`` (150, MB of 2**20 bytes, fractions allowed) and
+        ``RECIPIENTS_PER_24_HOURS`` (10,000); None lifts one. What was spent stays spent.
+        """
+        self._budgets.set_limits({**(limits or {}), **changes})
+
+    def reset_limits(self) -> None:
+        """Graph's default limits again, every window empty and ``throttled()`` at zero."""
+        self._budgets.reset()
+
+    def clear_budgets(self) -> None:
+        """Empty every window and zero ``throttled()``; the limits stay (``reset()`` too)."""
+        self._budgets.clear()
+
+    @property
+    def time_scale(self) -> float:
+        """How long the emulator's windows last, as a fraction of Graph's: 0.001 makes the
+        10-minute window 0.6 s and the 24-hour one 86.4 s; Retry-After is scaled alike."""
+        return self._budgets.time_scale
+
+    @time_scale.setter
+    def time_scale(self, value: float) -> None:
+        self._budgets.time_scale = value
+
+    def throttled(self, mailbox: str | None = None) -> dict[str, int]:
+        """429s answered for the limits so far, by reason: ``"concurrency"``,
+        ``"requests"``, ``"upload"`` and ``"recipients"`` (every key present), for
+        ``mailbox`` (an id or any address) or all mailboxes. Injected faults are not here."""
+        if mailbox is None:
+            return self._budgets.throttled(None)
+        return self._budgets.throttled(self._mailbox_id(mailbox))
+
+    def usage(self, mailbox: str, *, app: str = CLIENT_ID) -> dict[str, dict[str, float | None]]:
+        """What ``app`` has used of ``mailbox``'s budgets now, each ``{"used", "limit"}``.
+
+        Keys: ``"concurrency"`` (requests in flight), ``"requests"`` (10 minutes),
+        ``"upload"`` (bytes in 5 minutes, ``limit`` in bytes too) and ``"recipients"`` (24
+        hours; Exchange counts them per mailbox, whatever application sent).
+        """
+        owner = (app.lower(), self._mailbox_id(mailbox))
+        concurrency = self._budgets.limit("CONCURRENT_REQUESTS")
+        return {
+            "concurrency": {"used": self._gate.in_flight(owner), "limit": concurrency},
+            **self._budgets.usage(owner),
+        }
+
+    def budgets(self) -> list[dict[str, Any]]:
+        """Each mailbox's use of its budgets, for the dev inbox: the emulator's own app on
+        every mailbox, and any other application that spent something."""
+        owners: list[Owner] = [(CLIENT_ID, u.id) for u in self.users if u.mailbox_enabled]
+        owners += [o for o in self._budgets.owners() if o not in owners]
+        rows = []
+        for app, mailbox_id in owners:
+            user = self._tenant.user(mailbox_id)
+            rows.append(
+                {
+                    "mailbox": user.user_principal_name if user is not None else mailbox_id,
+                    "app": app,
+                    **self.usage(mailbox_id, app=app),
+                    "throttled": self._budgets.throttled(mailbox_id),
+                }
+            )
+        return rows
+
+    def add_application(
+        self, client_id: str | None = None, secret: str | None = None
+    ) -> tuple[str, str]:
+        """Register another application in the tenant (same roles as the emulator's own);
+        returns its ``(client_id, secret)``. Its tokens carry its ``appid``, so Outlook's
+        limits count its requests apart from the first application's."""
+        client_id = (client_id or str(uuid.uuid4())).lower()
+        secret = secret or secrets.token_urlsafe(30)
+        if client_id == CLIENT_ID:
+            raise ValueError("that is the emulator's own application")
+        with self._lock:
+            self._applications[client_id] = secret
+        return client_id, secret
+
     def max_in_flight(self, mailbox: str | None = None) -> int:
         """Most requests in flight at once under ``/users/{mailbox}/...`` (None: any mailbox).
 
         ``mailbox`` is an id or any of its addresses; requests refused with 429
         ``ApplicationThrottled`` never counted. ``reset()`` starts a new measurement.
         """
-        if mailbox is None:
-            return self._gate.peak(None)
+        return self._gate.peak(None if mailbox is None else self._mailbox_id(mailbox))
+
+    def _mailbox_id(self, mailbox: str) -> str:
         user = self._tenant.user(mailbox) or self._tenant.user(mailbox.lower())
-        return self._gate.peak(user.id if user is not None else mailbox.lower())
+        return user.id if user is not None else mailbox.lower()
 
     # records ------------------------------------------------------------------------------
 
@@ -573,9 +688,10 @@ class GraphEmulator:
             self._store.clear()
 
     def reset(self) -> None:
-        """Forget messages, drafts, requests, connections, served faults and in-flight peaks.
+        """Forget messages, drafts, requests, connections, served faults, in-flight peaks,
+        what the budgets spent and the 429s counted by ``throttled()``.
 
-        Configuration stays: users, grants, tokens, knobs, and faults not yet served.
+        Configuration stays: users, grants, tokens, knobs, limits, and faults not yet served.
         """
         with self._lock:
             self._sent.clear()
@@ -586,6 +702,7 @@ class GraphEmulator:
         self._faults.forget_served()
         self._graph.drafts.clear()
         self._gate.forget_peaks()
+        self._budgets.clear()
 
     # called by the server -----------------------------------------------------------------
 
@@ -633,24 +750,48 @@ class GraphEmulator:
             self._requests.append(recorded)
 
     @contextlib.contextmanager
-    def _in_flight(self, request: Request) -> Iterator[bool]:
-        """Hold one of the mailbox's concurrency slots while the body runs; False: refused."""
-        key = mailbox_key(request.path)
-        if key is None:
-            yield True
+    def _in_flight(self, request: Request) -> Iterator[Response | None]:
+        """Hold one of the mailbox's concurrency slots while the body runs, and spend from
+        its budgets; yields the 429 instead when a limit refuses the request."""
+        owner = self._owner(request)
+        if owner is None:
+            yield None
             return
-        user = self._tenant.by_id_or_upn(key)
-        key = user.id if user is not None else key.lower()
-        if not self._gate.enter(key, self.mailbox_concurrency):
-            yield False
+        if not self._gate.enter(owner, self._budgets.limit("CONCURRENT_REQUESTS")):
+            refusal = self._budgets.refused_concurrency(owner[1], self.concurrency_retry_after)
+            yield _graph_error(request, throttled_error(refusal))
             return
         try:
-            yield True
+            refused = None
+            if owner[0]:  # an authenticated request: Graph's budgets count per application
+                uploaded = len(request.body) if request.method in ("POST", "PUT", "PATCH") else 0
+                refused = self._budgets.spend_request(owner, uploaded)
+            yield None if refused is None else _graph_error(request, throttled_error(refused))
         finally:
-            self._gate.leave(key)
+            self._gate.leave(owner)
 
-    def _mailbox_throttled(self, request: Request) -> Response:
-        return _graph_error(request, application_throttled(self.concurrency_retry_after))
+    def _owner(self, request: Request) -> Owner | None:
+        """(application id, mailbox id) whose limits ``request`` counts against, if any.
+
+        The mailbox's mail endpoints and its upload URLs count; the application is the
+        token's (a request without a valid token has "" and only takes a concurrency slot,
+        as before), or the one that opened the upload session.
+        """
+        if request.path.startswith(UPLOAD_PREFIX):
+            return self._graph.drafts.session_owner(request.path)
+        key = mailbox_key(request.path)
+        if key is None:
+            return None
+        user = self._tenant.by_id_or_upn(key)
+        issued = self._tokens.lookup(bearer_token(request))
+        app = issued.app_id if issued is not None and issued.valid(time.time()) else ""
+        return app, user.id if user is not None else key.lower()
+
+    def _spend_recipients(self, mailbox: User, count: int) -> None:
+        """Exchange's recipient rate limit, per mailbox: raise its 429 when over it."""
+        refused = self._budgets.spend_recipients(mailbox.id, count)
+        if refused is not None:
+            raise throttled_error(refused)
 
     def _serve(self, request: Request, kind: str) -> _Outcome:
         """Process the request normally, unless a fault is planned for it."""
@@ -722,6 +863,10 @@ class GraphEmulator:
             failure = GraphError(500, "generalException", "An internal emulator error occurred.")
             return _graph_error(request, failure)
 
+    def _applications_now(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._applications)
+
     def _registered(self) -> list[RegisteredCertificate]:
         with self._lock:
             return list(self._certificates)
@@ -747,6 +892,7 @@ class GraphEmulator:
                     f"{self.url}/{name}/oauth2/v2.0/token"
                     for name in {tenant, TENANT_ID, TENANT_DOMAIN}
                 ],
+                applications=self._applications_now(),
             )
         except EntraError as error:
             return _entra_error(request, error)
