@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -94,13 +94,14 @@ class EmailBackend(BaseEmailBackend):
         self.client = None
         self.resolver = None
 
-    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+    def send_messages(self, email_messages: Iterable[EmailMessage]) -> int:
         """Send every message; return how many Graph accepted.
 
         Every message is attempted even when others fail. Afterwards, unless
         ``fail_silently``, the failure is raised: the message's own exception when one
         failed, a :class:`~msgraph_mail.exceptions.BatchSendError` listing them when several.
         """
+        email_messages = list(email_messages)  # any iterable, as Django's contract says
         if not email_messages:
             return 0
         failures: list[tuple[EmailMessage, MSGraphMailError]] = []
@@ -108,7 +109,7 @@ class EmailBackend(BaseEmailBackend):
         with self._lock:
             opened = self.open()
             try:
-                statuses = self._send_all(list(email_messages))
+                statuses = self._send_all(email_messages)
             finally:
                 if opened:
                     self.close()
