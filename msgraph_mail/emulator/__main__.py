@@ -2,7 +2,8 @@
 
 Prints the settings to paste into a development settings file and the inbox URL, then
 serves until Ctrl-C. Messages are kept in memory, or with ``--store DIR`` also as ``.eml``
-files that are loaded again on the next start.
+files that are loaded again on the next start. ``--limit KEY=VALUE`` changes one of Graph's
+per-mailbox limits (``none`` lifts it) and ``--time-scale`` shrinks their windows.
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ import threading
 
 from . import GraphEmulator
 from .inbox import settings_snippet
+from .limits import DEFAULT_LIMITS, checked_limits, checked_time_scale
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    emulator = GraphEmulator(port=args.port, store=args.store)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        limits = checked_limits(dict(args.limit))
+        time_scale = checked_time_scale(args.time_scale)
+    except ValueError as error:
+        parser.error(str(error))
+    emulator = GraphEmulator(port=args.port, store=args.store, limits=limits, time_scale=time_scale)
     try:
         emulator.start()
     except OSError as error:
@@ -44,7 +52,39 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also keep messages as .eml files in DIR, loaded again on the next start",
     )
+    parser.add_argument(
+        "--limit",
+        metavar="KEY=VALUE",
+        action="append",
+        type=_limit,
+        default=[],
+        help=f"change a per-mailbox limit ({', '.join(DEFAULT_LIMITS)}); 'none' lifts it; "
+        "repeatable",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="shrink the limits' windows and Retry-After (0.001: 10 minutes last 0.6 s)",
+    )
     return parser
+
+
+def _limit(text: str) -> tuple[str, float | None]:
+    key, equals, value = text.partition("=")
+    key = key.strip().upper()
+    if not equals or key not in DEFAULT_LIMITS:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE, KEY one of {', '.join(DEFAULT_LIMITS)}"
+        )
+    if value.strip().lower() == "none":
+        return key, None
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a number") from None
+    return key, int(number) if number.is_integer() else number
 
 
 def _banner(emulator: GraphEmulator, store: str | None) -> None:
@@ -53,6 +93,9 @@ def _banner(emulator: GraphEmulator, store: str | None) -> None:
     print(settings_snippet(emulator) + "\n")
     print("Mailboxes: " + ", ".join(u.user_principal_name for u in emulator.users))
     print(f"Inbox: {emulator.url}/  (JSON: {emulator.url}/api/messages)")
+    if emulator.limits != DEFAULT_LIMITS or emulator.time_scale != 1.0:
+        limits = ", ".join(f"{key}={value}" for key, value in emulator.limits.items())
+        print(f"Limits: {limits}; time scale {emulator.time_scale:g}")
     if store is not None:
         print(f"Store: {store} ({len(emulator.sent)} messages loaded)")
     print("Press Ctrl-C to stop.", flush=True)

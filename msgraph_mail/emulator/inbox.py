@@ -7,7 +7,8 @@ on 127.0.0.1 only:
 - ``/``: the list, newest first, kept current by a little polling script;
 - ``/messages/<id>``: one message (``?images=1`` also loads remote images), ``.eml`` and
   ``/attachments/<n>`` downloads; ``POST /clear`` forgets every message;
-- ``/api/messages`` (``DELETE`` clears) and ``/api/messages/<id>``: JSON for tests and tools.
+- ``/api/messages`` (``DELETE`` clears) and ``/api/messages/<id>``: JSON for tests and tools;
+- ``/api/budgets``: each mailbox's use of Graph's and Exchange's limits (also on the page).
 
 These requests are not Graph traffic: they are neither recorded nor counted, and faults never
 hit them. A ``Host`` other than 127.0.0.1/localhost (DNS rebinding) and a cross-site ``Origin``
@@ -34,7 +35,7 @@ from .store import as_eml
 if TYPE_CHECKING:
     from .server import GraphEmulator
 
-_PREFIXES = ("/api/messages", "/messages/", "/static/")
+_PREFIXES = ("/api/messages", "/api/budgets", "/messages/", "/static/")
 _STATIC = {"inbox.css": "text/css; charset=utf-8", "inbox.js": "text/javascript; charset=utf-8"}
 _HTML = "text/html; charset=utf-8"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -64,6 +65,7 @@ class Inbox:
             ("POST", re.compile(r"/clear"), self._clear_page),
             ("GET", re.compile(r"/static/([a-z.]+)"), self._static),
             ("GET", re.compile(r"/api/messages/?"), self._api_list),
+            ("GET", re.compile(r"/api/budgets/?"), self._api_budgets),
             ("DELETE", re.compile(r"/api/messages/?"), self._api_clear),
             ("GET", re.compile(rf"/api/messages/{_ID}"), self._api_message),
             ("GET", re.compile(rf"/messages/{_ID}"), self._message_page),
@@ -120,7 +122,10 @@ class Inbox:
         snippet = settings_snippet(self.emulator)
         if ("fragment", "list") in request.query:
             return _page(html.list_fragment(messages, snippet, _size))
-        return _page(html.list_page(messages, snippet, _size))
+        budgets = self.emulator.budgets()
+        if ("fragment", "budgets") in request.query:
+            return _page(html.budgets_fragment(budgets, self.emulator.time_scale))
+        return _page(html.list_page(messages, snippet, _size, budgets, self.emulator.time_scale))
 
     def _clear_page(self, request: Request, match: re.Match[str]) -> Response:
         self.emulator.clear_messages()
@@ -170,6 +175,15 @@ class Inbox:
         if message is None:
             return _json(404, {"error": "not found", "id": match.group(1)})
         return _json(200, detail(message, self._base(request)))
+
+    def _api_budgets(self, request: Request, match: re.Match[str]) -> Response:
+        body = {
+            "time_scale": self.emulator.time_scale,
+            "limits": self.emulator.limits,
+            "throttled": self.emulator.throttled(),
+            "mailboxes": self.emulator.budgets(),
+        }
+        return _json(200, body)
 
     def _api_clear(self, request: Request, match: re.Match[str]) -> Response:
         self.emulator.clear_messages()

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from email.utils import parseaddr
 from html import escape
+from typing import Any
 from urllib.parse import unquote
 
 from .mail import Attachment, SentMessage
@@ -67,10 +68,19 @@ def page(title: str, body: str) -> str:
 
 
 def list_page(
-    messages: list[SentMessage], snippet: str, size_of: Callable[[SentMessage], int]
+    messages: list[SentMessage],
+    snippet: str,
+    size_of: Callable[[SentMessage], int],
+    budgets: list[dict[str, Any]] | None = None,
+    time_scale: float = 1.0,
 ) -> str:
     fragment = list_fragment(messages, snippet, size_of)
     body = f'<div id="list" data-ids="{e(ids(messages))}">{fragment}</div>'
+    if budgets is not None:
+        body += (
+            '<section class="budgets"><h2>Budgets</h2>'
+            f'<div id="budgets">{budgets_fragment(budgets, time_scale)}</div></section>'
+        )
     return page(f"Inbox ({len(messages)})", body)
 
 
@@ -128,6 +138,54 @@ def _recipients(message: SentMessage) -> str:
         if addresses:
             parts.append(f'<span class="label">{label}</span> {e(", ".join(addresses))}')
     return "<br>".join(parts)
+
+
+# budgets -------------------------------------------------------------------------------------
+
+_BUDGETS = (
+    ("concurrency", "In flight"),
+    ("requests", "Requests / 10 min"),
+    ("upload", "Upload / 5 min"),
+    ("recipients", "Recipients / 24 h"),
+)
+
+
+def budgets_fragment(rows: list[dict[str, Any]], time_scale: float) -> str:
+    """One row per mailbox (and application), a meter per limit; the script refreshes it."""
+    head = "".join(f"<th>{e(label)}</th>" for _, label in _BUDGETS)
+    body = "".join(_budget_row(row) for row in rows)
+    scaled = (
+        f'<p class="note">Windows scaled by {e(f"{time_scale:g}")} '
+        f"(10 minutes last {e(f'{600 * time_scale:g}')} s).</p>"
+        if time_scale != 1.0
+        else ""
+    )
+    return (
+        f'{scaled}<table class="budgets"><thead><tr><th>Mailbox</th><th>Application</th>'
+        f"{head}<th>429s</th></tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _budget_row(row: dict[str, Any]) -> str:
+    cells = "".join(_meter(name, row[name]) for name, _ in _BUDGETS)
+    refused = sum(row["throttled"].values())
+    return (
+        f"<tr><td>{e(row['mailbox'])}</td><td><small>{e(row['app'])}</small></td>{cells}"
+        f'<td class="refused">{refused}</td></tr>'
+    )
+
+
+def _meter(name: str, budget: dict[str, Any]) -> str:
+    used, limit = budget["used"], budget["limit"]
+    show = size if name == "upload" else (lambda n: f"{n:g}")
+    if limit is None:
+        return f"<td><small>{e(show(used))} (no limit)</small></td>"
+    text = f"{show(used)} of {show(limit)}"
+    return (
+        f'<td><meter data-budget="{e(name)}" min="0" max="{e(limit)}" value="{e(used)}" '
+        f'high="{e(limit * 0.8)}" title="{e(text)}">{e(text)}</meter>'
+        f"<small>{e(text)}</small></td>"
+    )
 
 
 # one message ---------------------------------------------------------------------------------

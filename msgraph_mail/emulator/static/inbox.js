@@ -4,6 +4,7 @@
 (function () {
   const POLL_MS = 2000;
   const list = document.getElementById("list");
+  const budgets = document.getElementById("budgets");
 
   // Poll the JSON API; when the set of messages changed, fetch the server-rendered list.
   async function refresh() {
@@ -12,6 +13,10 @@
       const data = await response.json();
       const ids = data.messages.map((m) => m.id).join(",");
       document.body.classList.remove("offline");
+      if (budgets) {
+        const meters = await fetch("/?fragment=budgets", { cache: "no-store" });
+        budgets.innerHTML = await meters.text();
+      }
       if (ids === list.dataset.ids) return;
       const fragment = await fetch("/?fragment=list", { cache: "no-store" });
       list.innerHTML = await fragment.text();
