@@ -87,12 +87,8 @@ E010 = Error(
     "bundled Graph emulator runs.",
     id="msgraph_mail.E010",
 )
-E011 = Error(
-    "MODE rbac needs ALLOWED_SENDERS.",
-    hint="List the addresses or '@domain' entries of the mailboxes in the application's "
-    "Exchange RBAC scope in MSGRAPH_MAIL['ALLOWED_SENDERS'].",
-    id="msgraph_mail.E011",
-)
+# msgraph_mail.E011 ("MODE rbac needs ALLOWED_SENDERS") is retired: the list is optional
+# (W007 suggests it). Its id is not reused.
 E012 = Error(
     "More than one credential is set: {keys}.",
     hint="Keep exactly one of CLIENT_SECRET, CLIENT_CERTIFICATE or TOKEN_CREDENTIAL; "
@@ -146,6 +142,13 @@ W006 = Warning(
     "is Microsoft's global cloud).",
     id="msgraph_mail.W006",
 )
+W007 = Warning(
+    "MODE rbac without ALLOWED_SENDERS: every sender costs a request to find out.",
+    hint="The Exchange management scope decides who may send; a sender outside it fails "
+    "with MailboxOutOfScope after a lookup and a sendMail. List the scope's addresses or "
+    "'@domain' entries in MSGRAPH_MAIL['ALLOWED_SENDERS'] to refuse others before any request.",
+    id="msgraph_mail.W007",
+)
 
 #: Problems of the settings model, by (key, pydantic error type), and the check reporting it.
 BY_PROBLEM: dict[tuple[str, str], CheckMessage] = {
@@ -159,7 +162,6 @@ BY_PROBLEM: dict[tuple[str, str], CheckMessage] = {
     ("CLIENT_CERTIFICATE", "cryptography_missing"): E014,
     ("MODE", "literal_error"): E006,
     ("MAILBOX", "mailbox_required"): E007,
-    ("ALLOWED_SENDERS", "senders_required"): E011,
     ("GRAPH_URL", "insecure_url"): E010,
     ("AUTHORITY_URL", "insecure_url"): E010,
 }
@@ -237,7 +239,9 @@ def _senders(config: MSGraphMailSettings) -> list[CheckMessage]:
         messages.append(W001)
     if server_email == DJANGO_SERVER_EMAIL:
         messages.append(W002)
-    if config.mode == "rbac":
+    if config.mode == "rbac" and not config.allowed_senders:
+        messages.append(W007)
+    elif config.mode == "rbac":
         for setting, address in (
             ("DEFAULT_FROM_EMAIL", default_from),
             ("SERVER_EMAIL", server_email),

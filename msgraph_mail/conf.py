@@ -399,17 +399,6 @@ class MSGraphMailSettings(BaseModel):
             )
         return value
 
-    @field_validator("allowed_senders", mode="after")
-    @classmethod
-    def _senders_for_mode(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        if info.data.get("mode") == "rbac" and not value:
-            raise PydanticCustomError(
-                "senders_required",
-                "MODE rbac needs ALLOWED_SENDERS: the addresses or '@domain' entries of the "
-                "mailboxes in the application's Exchange RBAC scope",
-            )
-        return value
-
     @model_validator(mode="after")
     def _one_credential(self) -> MSGraphMailSettings:
         """Exactly one credential (``validate`` reports the same with where each was set)."""
@@ -444,7 +433,11 @@ class MSGraphMailSettings(BaseModel):
         return f"{self.graph_url}/.default"
 
     def allows(self, address: str) -> bool:
-        """Whether ALLOWED_SENDERS admits this address (exact address or its @domain)."""
+        """Whether ALLOWED_SENDERS admits this address (exact address or its @domain).
+
+        In rbac mode the list is optional: without it nothing is refused up front, and the
+        Exchange management scope alone decides; callers test ``allowed_senders`` first.
+        """
         address = address.lower()
         domain = "@" + address.rpartition("@")[2]
         return address in self.allowed_senders or domain in self.allowed_senders

@@ -267,12 +267,22 @@ def check_senders(
     config: MSGraphMailSettings, client: GraphClient, senders: Iterable[str]
 ) -> Iterator[Finding]:
     """Can each sender address be sent from, in this mode?"""
+    if config.mode == "rbac" and not config.allowed_senders:
+        yield Finding(
+            "info",
+            "senders",
+            "no ALLOWED_SENDERS: every sender is tried, and the Exchange RBAC scope decides "
+            "(a sender outside it fails at its sendMail)",
+            "Optionally list the scope's addresses or '@domain' entries in ALLOWED_SENDERS to "
+            "refuse others before any request; confirm a mailbox with "
+            "Test-ServicePrincipalAuthorization -Identity <app> -Resource <mailbox>.",
+        )
     for address in senders:
         topic = f"sender {address}"
         if config.mode == "single_mailbox":
             yield _single_mailbox_sender(config, address, topic)
             continue
-        if config.mode == "rbac" and not config.allows(address):
+        if config.mode == "rbac" and config.allowed_senders and not config.allows(address):
             yield Finding(
                 "error",
                 topic,

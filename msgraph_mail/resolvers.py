@@ -4,9 +4,9 @@ The mode is chosen once, in :func:`resolver_for`, from the validated settings:
 
 - ``permissive``: the From address (or ``X-MSGraph-Mailbox``) is looked up in the directory
   by primary address, alias or UPN; needs ``User.Read.All`` and ``Mail.Send``.
-- ``rbac``: the same lookup, but only for addresses ``ALLOWED_SENDERS`` admits (checked before
-  any request), and Graph's 403 is explained as the mailbox being outside the application's
-  Exchange RBAC scope.
+- ``rbac``: the same lookup; Graph's 403 is explained as the mailbox being outside the
+  application's Exchange RBAC scope, which is the authority. ``ALLOWED_SENDERS``, when set,
+  refuses other addresses before any request (an optional early refusal).
 - ``single_mailbox``: every message goes through ``MAILBOX``; no directory request, ever.
 
 Lookups are cached for the whole process (``SENDER_CACHE_TTL``), so in the steady state a
@@ -125,9 +125,12 @@ class DirectoryResolver(SenderResolver):
 
 
 class RbacResolver(DirectoryResolver):
-    """rbac: like permissive, limited to ALLOWED_SENDERS and the Exchange RBAC scope."""
+    """rbac: like permissive, limited by the Exchange RBAC scope (the authority) and, when it
+    is set, by ALLOWED_SENDERS before any request."""
 
     def check_allowed(self, address: str) -> None:
+        if not self.settings.allowed_senders:
+            return  # no allow-list: every sender is tried, Exchange's scope decides
         if "@" in address and not self.settings.allows(address):
             raise SenderNotAllowed(
                 f"{address} is not in ALLOWED_SENDERS ({', '.join(self.settings.allowed_senders)})"

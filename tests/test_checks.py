@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from io import StringIO
 from typing import Any
 
 import django
@@ -61,7 +62,6 @@ def test_not_our_backend_is_not_checked() -> None:
         ({**GOOD, "TIMEOUT": "soon"}, "msgraph_mail.E009"),
         ({**GOOD, "GRAPH_URL": "http://graph.microsoft.com"}, "msgraph_mail.E010"),
         ({**GOOD, "AUTHORITY_URL": "http://login.example"}, "msgraph_mail.E010"),
-        ({**GOOD, "MODE": "rbac"}, "msgraph_mail.E011"),
     ],
 )
 def test_errors(settings: dict[str, Any], expected: str) -> None:
@@ -105,6 +105,29 @@ def test_rbac_default_senders_must_be_allowed() -> None:
     ):
         [message] = checks.check_settings()
     assert "SERVER_EMAIL (ops@fabrikam.com)" in message.msg
+
+
+def test_rbac_without_allowed_senders_is_a_warning_not_an_error() -> None:
+    found = ids(MSGRAPH_MAIL={**GOOD, "MODE": "rbac"})
+    assert found == ["msgraph_mail.W007"]
+    with override_settings(EMAIL_BACKEND=BACKEND, MSGRAPH_MAIL={**GOOD, "MODE": "rbac"}, **CONTOSO):
+        [message] = checks.check_settings()
+    assert "ALLOWED_SENDERS" in message.hint
+    assert "MailboxOutOfScope" in message.hint
+    # manage.py check passes: a warning is printed, nothing stops the command
+    values: dict[str, Any] = {"MSGRAPH_MAIL": {**GOOD, "MODE": "rbac"}, **CONTOSO}
+    if django.VERSION >= (6, 1):
+        values["MAILERS"] = {"default": {"BACKEND": BACKEND}}
+    else:
+        values["EMAIL_BACKEND"] = BACKEND
+    err = StringIO()
+    with override_settings(**values):
+        call_command("check", stderr=err)
+    assert "msgraph_mail.W007" in err.getvalue()
+
+
+def test_retired_ids_are_not_reused() -> None:
+    assert not hasattr(checks, "E011")
 
 
 def test_allowed_senders_outside_rbac_is_ignored() -> None:

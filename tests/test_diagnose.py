@@ -158,10 +158,24 @@ def test_send_test_failure_is_an_error(emulator: GraphEmulator) -> None:
 
 
 def test_invalid_settings_are_reported(emulator: GraphEmulator) -> None:
-    with override_settings(MSGRAPH_MAIL={**emulator.settings(), "MODE": "rbac"}):
+    with override_settings(MSGRAPH_MAIL={**emulator.settings(), "MODE": "single_mailbox"}):
         found = findings(expect_error=True)
-    assert "ALLOWED_SENDERS" in levels(found, "error")[0]
+    assert "MODE single_mailbox needs MAILBOX" in levels(found, "error")[0]
     assert emulator.count() == 0
+
+
+def test_rbac_without_allowed_senders_is_not_an_error(emulator: GraphEmulator) -> None:
+    settings = mode_settings(emulator, "rbac")
+    del settings["ALLOWED_SENDERS"]
+    with override_settings(MSGRAPH_MAIL=settings):
+        found = findings("--from", "bob@contoso.com")  # exit status 0: no CommandError
+    assert levels(found, "error") == []
+    assert levels(found, "warning") == []
+    [note] = [f for f in found if f["topic"] == "senders"]
+    assert note["level"] == "info"
+    assert "no ALLOWED_SENDERS" in note["message"]
+    assert "Test-ServicePrincipalAuthorization" in note["fix"]
+    assert any(o.startswith("sender bob@contoso.com: resolves") for o in levels(found, "ok"))
 
 
 @pytest.mark.skipif(django.VERSION < (6, 1), reason="MAILERS is new in Django 6.1")

@@ -168,6 +168,21 @@ def test_rbac_out_of_scope_mailbox(emulator: GraphEmulator) -> None:
     assert info.value.request_id
 
 
+def test_rbac_without_allowed_senders_tries_every_sender(emulator: GraphEmulator) -> None:
+    """The Exchange scope is the authority; the allow-list only saves a request."""
+    settings = mode_settings(emulator, "rbac")
+    del settings["ALLOWED_SENDERS"]
+    with override_settings(MSGRAPH_MAIL=settings):
+        assert send(from_email="Alice <alice@contoso.com>") == 1
+        with pytest.raises(MailboxOutOfScope, match="Test-ServicePrincipalAuthorization") as info:
+            send(from_email="bob@contoso.com")
+    assert "bob@contoso.com is outside the application's Exchange RBAC scope" in str(info.value)
+    assert info.value.mailbox == "bob@contoso.com"
+    assert info.value.code == "ErrorAccessDenied"
+    assert [m.mailbox.user_principal_name for m in emulator.sent] == ["alice@contoso.com"]
+    assert emulator.count("sendMail") == 2  # bob was tried: Graph refused his sendMail
+
+
 def test_rbac_sends_within_scope_without_entra_mail_send(rbac: GraphEmulator) -> None:
     assert "Mail.Send" not in rbac.roles
     assert send(from_email="alice@contoso.com") == 1

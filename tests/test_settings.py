@@ -100,7 +100,6 @@ def test_missing_key_is_named(missing: str, phrase: str) -> None:
     [
         ({"MODE": "anything"}, "MSGRAPH_MAIL['MODE'] Input should be 'permissive', 'rbac'"),
         ({"MODE": "single_mailbox"}, "MODE single_mailbox needs MAILBOX"),
-        ({"MODE": "rbac"}, "MODE rbac needs ALLOWED_SENDERS"),
         ({"TENANT_ID": "common"}, "'common' names no tenant"),
         ({"TENANT_ID": "organizations"}, "'organizations' names no tenant"),
         ({"CLIENT_ID": "my-app"}, "MSGRAPH_MAIL['CLIENT_ID'] must be the application (client) id"),
@@ -117,6 +116,14 @@ def test_missing_key_is_named(missing: str, phrase: str) -> None:
 )
 def test_invalid_values_are_explained(override: dict[str, object], phrase: str) -> None:
     assert phrase in error_for(**{**BASE, **override})
+
+
+def test_rbac_needs_no_allowed_senders() -> None:
+    with override_settings(MSGRAPH_MAIL={**BASE, "MODE": "rbac"}):
+        settings = load_settings()
+        assert settings.mode == "rbac"
+        assert settings.allowed_senders == ()
+        assert get_connection(BACKEND_PATH).settings.mode == "rbac"
 
 
 def test_unknown_keys_are_errors() -> None:
