@@ -3,8 +3,10 @@
 It implements what a mail backend touches (client-credentials tokens, user lookup, sendMail
 with MIME or JSON) with Graph's status codes, error codes and permission rules, so behaviour
 seen here is behaviour to expect from the real services. It also fails the way they do, on
-demand: throttling, outages, gateway timeouts that hide a delivery, dropped connections, and
-Outlook's limit of 4 concurrent requests per mailbox. Standard library only.
+demand: throttling, outages, gateway timeouts that hide a delivery, dropped connections. And
+it enforces Graph's per-application-and-mailbox limits (4 requests in flight, 10,000 requests
+per 10 minutes, 150 MB of upload per 5 minutes) and Exchange's 10,000 recipients per mailbox
+per 24 hours, with a time scale that runs those windows in seconds. Standard library only.
 """
 
 from .directory import (
@@ -20,6 +22,7 @@ from .directory import (
     User,
 )
 from .faults import FAULTS, InjectedFault
+from .limits import DEFAULT_LIMITS
 from .mail import Attachment, SentMessage
 from .routes import MAX_REQUEST_BYTES
 from .server import GraphEmulator, RecordedRequest
@@ -29,6 +32,7 @@ __all__ = [
     "BOB_ID",
     "CLIENT_ID",
     "CLIENT_SECRET",
+    "DEFAULT_LIMITS",
     "FAULTS",
     "GUEST_ID",
     "MAX_REQUEST_BYTES",

@@ -75,7 +75,7 @@ class Refusal:
     """A request over a budget: which one, and the (scaled) seconds until it would fit."""
 
     reason: str
-    retry_after: float
+    retry_after: float | None  # None: no Retry-After (``concurrency_retry_after = None``)
 
 
 def throttled_error(refusal: Refusal) -> GraphError:
@@ -242,7 +242,7 @@ class MailboxBudgets:
     def refused_concurrency(self, mailbox: str, retry_after: float | None) -> Refusal:
         with self._lock:
             self._count("concurrency", mailbox)
-        return Refusal("concurrency", retry_after if retry_after is not None else 0.0)
+        return Refusal("concurrency", retry_after)
 
     def _refuse(self, reason: str, mailbox: str, wait: float) -> Refusal:
         self._count(reason, mailbox)
