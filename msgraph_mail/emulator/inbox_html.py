@@ -166,6 +166,11 @@ def budgets_fragment(rows: list[dict[str, Any]], time_scale: float) -> str:
     )
 
 
+def _mebibytes(count: float) -> str:
+    """The upload limit's unit: Graph's MB, 2**20 bytes (the 150 MB of the 5-minute limit)."""
+    return f"{count / 2**20:.1f} MB".replace(".0 MB", " MB")
+
+
 def _budget_row(row: dict[str, Any]) -> str:
     cells = "".join(_meter(name, row[name]) for name, _ in _BUDGETS)
     refused = sum(row["throttled"].values())
@@ -177,7 +182,7 @@ def _budget_row(row: dict[str, Any]) -> str:
 
 def _meter(name: str, budget: dict[str, Any]) -> str:
     used, limit = budget["used"], budget["limit"]
-    show = size if name == "upload" else (lambda n: f"{n:g}")
+    show = _mebibytes if name == "upload" else (lambda n: f"{n:g}")
     if limit is None:
         return f"<td><small>{e(show(used))} (no limit)</small></td>"
     text = f"{show(used)} of {show(limit)}"
