@@ -115,8 +115,9 @@ W001 = Warning(
 )
 W002 = Warning(
     "SERVER_EMAIL is Django's default, root@localhost.",
-    hint="No mailbox owns that address, so error reports to ADMINS would fail. Set "
-    "SERVER_EMAIL to an address of a mailbox in your tenant.",
+    hint="No mailbox owns that address, so error reports and mail_admins()/mail_managers() "
+    "to the ADMINS/MANAGERS you set would fail. Set SERVER_EMAIL to an address of a mailbox "
+    "in your tenant.",
     id="msgraph_mail.W002",
 )
 W003 = Warning(
@@ -231,10 +232,15 @@ def _for_problem(problem: Problem) -> CheckMessage:
 
 
 def _senders(config: MSGraphMailSettings) -> list[CheckMessage]:
-    """Default From addresses that can never be sent, and allow-lists that do nothing."""
+    """Default From addresses that can never be sent, and allow-lists that do nothing.
+
+    SERVER_EMAIL counts only when ADMINS or MANAGERS is set: Django sends from it only
+    through mail_admins()/mail_managers() and the error-reporting handler, which send
+    nothing while both are empty.
+    """
     messages = []
     default_from = _address(settings.DEFAULT_FROM_EMAIL)
-    server_email = _address(settings.SERVER_EMAIL)
+    server_email = _address(settings.SERVER_EMAIL) if sends_admin_mail() else ""
     if default_from == DJANGO_DEFAULT_FROM:
         messages.append(W001)
     if server_email == DJANGO_SERVER_EMAIL:
@@ -246,13 +252,18 @@ def _senders(config: MSGraphMailSettings) -> list[CheckMessage]:
             ("DEFAULT_FROM_EMAIL", default_from),
             ("SERVER_EMAIL", server_email),
         ):
-            if address not in {DJANGO_DEFAULT_FROM, DJANGO_SERVER_EMAIL} and not config.allows(
-                address
-            ):
+            if address in {"", DJANGO_DEFAULT_FROM, DJANGO_SERVER_EMAIL}:
+                continue
+            if not config.allows(address):
                 messages.append(_format(W003, setting=setting, address=address))
     elif config.allowed_senders:
         messages.append(_format(W004, mode=config.mode))
     return messages
+
+
+def sends_admin_mail() -> bool:
+    """Whether Django would ever send from SERVER_EMAIL: only to ADMINS or MANAGERS."""
+    return bool(getattr(settings, "ADMINS", None) or getattr(settings, "MANAGERS", None))
 
 
 def _legacy_overlap() -> list[CheckMessage]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -50,9 +50,17 @@ class Finding:
 
 
 def diagnose(
-    config: MSGraphMailSettings, senders: Iterable[str], send_test: str | None = None
+    config: MSGraphMailSettings,
+    senders: Iterable[str],
+    send_test: str | None = None,
+    roles: Mapping[str, str] | None = None,
 ) -> list[Finding]:
-    """Run every step against the tenant that ``config`` points at."""
+    """Run every step against the tenant that ``config`` points at.
+
+    ``roles`` maps a sender address (any case) to the Django setting it comes from, so that
+    a sender that cannot send says which setting to change.
+    """
+    senders = list(senders)
     findings: list[Finding] = []
     findings += describe_credential(config)
     client = GraphClient(config)
@@ -61,7 +69,7 @@ def diagnose(
         if token is None:
             return findings
         findings += list(judge_roles(config, token_roles(token)))
-        findings += list(check_senders(config, client, senders))
+        findings += list(check_senders(config, client, senders, roles))
         if send_test:
             findings.append(send_test_message(config, send_test, next(iter(senders), None)))
     finally:
@@ -264,9 +272,24 @@ def _judge_read_write(config: MSGraphMailSettings, granted: bool) -> Finding:
 
 
 def check_senders(
-    config: MSGraphMailSettings, client: GraphClient, senders: Iterable[str]
+    config: MSGraphMailSettings,
+    client: GraphClient,
+    senders: Iterable[str],
+    roles: Mapping[str, str] | None = None,
 ) -> Iterator[Finding]:
     """Can each sender address be sent from, in this mode?"""
+    by_address = {address.lower(): role for address, role in (roles or {}).items()}
+    for finding in _check_senders(config, client, senders):
+        role = by_address.get(finding.topic.removeprefix("sender ").lower())
+        if role and finding.level == "error" and finding.topic.startswith("sender "):
+            fix = f"{finding.fix} " if finding.fix else ""
+            finding = Finding(finding.level, finding.topic, finding.message, fix + role)
+        yield finding
+
+
+def _check_senders(
+    config: MSGraphMailSettings, client: GraphClient, senders: Iterable[str]
+) -> Iterator[Finding]:
     if config.mode == "rbac" and not config.allowed_senders:
         yield Finding(
             "info",

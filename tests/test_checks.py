@@ -93,6 +93,31 @@ def test_django_default_senders_warn() -> None:
     assert found == ["msgraph_mail.W001", "msgraph_mail.W002"]
 
 
+ADMIN = ["Ops <ops@contoso.com>"] if django.VERSION >= (6, 0) else [("Ops", "ops@contoso.com")]
+
+
+def test_server_email_counts_only_when_admins_or_managers_are_set() -> None:
+    default = {"MSGRAPH_MAIL": GOOD, "SERVER_EMAIL": "root@localhost"}
+    assert ids(**default, ADMINS=[], MANAGERS=[]) == []
+    assert ids(**default, ADMINS=ADMIN, MANAGERS=[]) == ["msgraph_mail.W002"]
+    assert ids(**default, ADMINS=[], MANAGERS=ADMIN) == ["msgraph_mail.W002"]
+    rbac = {**GOOD, "MODE": "rbac", "ALLOWED_SENDERS": ["@contoso.com"]}
+    outside = {"MSGRAPH_MAIL": rbac, "SERVER_EMAIL": "ops@fabrikam.com"}
+    assert ids(**outside, ADMINS=[], MANAGERS=[]) == []
+    assert ids(**outside, ADMINS=ADMIN, MANAGERS=[]) == ["msgraph_mail.W003"]
+    # and manage.py check agrees: nothing to say about SERVER_EMAIL without ADMINS
+    values: dict[str, Any] = {**default, **CONTOSO, "SERVER_EMAIL": "root@localhost"}
+    values.update(ADMINS=[], MANAGERS=[])
+    if django.VERSION >= (6, 1):
+        values["MAILERS"] = {"default": {"BACKEND": BACKEND}}
+    else:
+        values["EMAIL_BACKEND"] = BACKEND
+    err = StringIO()
+    with override_settings(**values):
+        call_command("check", stderr=err)
+    assert "msgraph_mail" not in err.getvalue()
+
+
 def test_rbac_default_senders_must_be_allowed() -> None:
     settings = {**GOOD, "MODE": "rbac", "ALLOWED_SENDERS": ["@contoso.com"]}
     assert ids(MSGRAPH_MAIL=settings) == []

@@ -8,11 +8,13 @@ from typing import Any
 
 import django
 import pytest
+from django.core import mail
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
 from msgraph_mail.emulator import CLIENT_SECRET, GraphEmulator
+from msgraph_mail.exceptions import SenderNotFound
 from tests.conftest import mode_settings
 
 
@@ -42,6 +44,44 @@ def test_healthy_permissive_setup(emulator: GraphEmulator) -> None:
     assert "[ok] sender noreply@contoso.com: resolves to mailbox noreply@contoso.com" in text
     assert "ERROR" not in text
     assert "WARNING" not in text
+    assert emulator.count("sendMail") == 0
+
+
+ADMIN = ["Ops <ops@contoso.com>"] if django.VERSION >= (6, 0) else [("Ops", "ops@contoso.com")]
+
+
+def test_server_email_is_not_diagnosed_without_admins(emulator: GraphEmulator) -> None:
+    """Django's default SERVER_EMAIL is harmless while nobody is mailed from it."""
+    with override_settings(SERVER_EMAIL="root@localhost", ADMINS=[], MANAGERS=[]):
+        found = findings()  # exit status 0
+        assert levels(found, "error") == []
+        [note] = [f for f in found if f["topic"] == "SERVER_EMAIL"]
+        assert note["level"] == "info"
+        assert "ADMINS and MANAGERS are empty" in note["message"]
+        assert emulator.count("user_list") == 1  # DEFAULT_FROM_EMAIL only
+        # and Django indeed sends nothing from it: mail_admins without ADMINS is a no-op
+        mail.mail_admins("boom", "traceback")
+        mail.mail_managers("boom", "traceback")
+    assert emulator.count("sendMail") == 0
+
+
+@pytest.mark.parametrize("setting", ["ADMINS", "MANAGERS"])
+def test_server_email_that_cannot_send_is_an_error_with_admins(
+    emulator: GraphEmulator, setting: str
+) -> None:
+    values = {"ADMINS": [], "MANAGERS": [], setting: ADMIN}
+    with override_settings(SERVER_EMAIL="root@localhost", **values):
+        found = findings(expect_error=True)
+        [error] = [f for f in found if f["level"] == "error"]
+        assert error["topic"] == "sender root@localhost"
+        assert "SERVER_EMAIL is the From of mail_admins()" in error["fix"]
+        assert "set SERVER_EMAIL to an address that can send" in error["fix"]
+        assert not [f for f in found if f["topic"] == "SERVER_EMAIL"]
+        text = diagnose(expect_error=True)
+        assert "[ERROR] sender root@localhost" in text
+        # the error is real: Django's own admin mail from root@localhost fails
+        with pytest.raises(SenderNotFound, match="root@localhost"):
+            getattr(mail, "mail_admins" if setting == "ADMINS" else "mail_managers")("x", "y")
     assert emulator.count("sendMail") == 0
 
 

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from msgraph_mail.backend import EmailBackend
+from msgraph_mail.checks import sends_admin_mail
 from msgraph_mail.conf import validate
 from msgraph_mail.diagnose import Finding, diagnose
 from msgraph_mail.mime import sender_address
@@ -30,8 +31,8 @@ class Command(BaseCommand):
             action="append",
             default=[],
             metavar="ADDRESS",
-            help="Also check this sender address (repeatable); DEFAULT_FROM_EMAIL and "
-            "SERVER_EMAIL are always checked.",
+            help="Also check this sender address (repeatable); DEFAULT_FROM_EMAIL is always "
+            "checked, SERVER_EMAIL when ADMINS or MANAGERS is set.",
         )
         parser.add_argument(
             "--send-test", metavar="TO", help="Send one real test message to this address."
@@ -47,10 +48,14 @@ class Command(BaseCommand):
         if config is None:
             findings = [Finding("error", "settings", str(p)) for p in problems]
         else:
-            senders = _unique(
-                [settings.DEFAULT_FROM_EMAIL, settings.SERVER_EMAIL, *options["senders"]]
-            )
-            findings = diagnose(config, senders, options["send_test"])
+            findings, senders, roles = [], [settings.DEFAULT_FROM_EMAIL], {}
+            if sends_admin_mail():
+                senders.append(settings.SERVER_EMAIL)
+                roles[_address(settings.SERVER_EMAIL)] = SERVER_EMAIL_FIX
+            else:
+                findings.append(Finding("info", "SERVER_EMAIL", SERVER_EMAIL_UNUSED))
+            senders = _unique([*senders, *options["senders"]])
+            findings = diagnose(config, senders, options["send_test"], roles) + findings
         self._report(findings, as_json=options["json"])
         errors = sum(finding.level == "error" for finding in findings)
         if errors:
@@ -90,16 +95,32 @@ class Command(BaseCommand):
                 self.stdout.write(f"    fix: {finding.fix}")
 
 
+#: The fix added to a SERVER_EMAIL that cannot send (checked only when ADMINS/MANAGERS is set).
+SERVER_EMAIL_FIX = (
+    "SERVER_EMAIL is the From of mail_admins(), mail_managers() and the error reports Django "
+    "mails to ADMINS: set SERVER_EMAIL to an address that can send (or empty ADMINS and "
+    "MANAGERS if nobody should get them)."
+)
+SERVER_EMAIL_UNUSED = (
+    "not checked: ADMINS and MANAGERS are empty, so Django sends nothing from it "
+    "(mail_admins(), mail_managers() and error reports need one of them)"
+)
+
+
 def _unique(addresses: list[str]) -> list[str]:
     seen: list[str] = []
     for entry in addresses:
-        try:
-            address = sender_address_of(entry)
-        except ValueError:
-            address = entry
+        address = _address(entry)
         if address.lower() not in {s.lower() for s in seen}:
             seen.append(address)
     return seen
+
+
+def _address(entry: str) -> str:
+    try:
+        return sender_address_of(entry)
+    except ValueError:
+        return entry
 
 
 def sender_address_of(entry: str) -> str:
