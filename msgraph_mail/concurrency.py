@@ -1,44 +1,28 @@
-"""Graph's per-mailbox concurrency limit, kept for the whole process.
+"""Graph's per-mailbox concurrency limit: kept for callers of ``mailbox_slots``.
 
-Graph lets an application have 4 requests in flight per mailbox (GRAPH_NOTES B.1); the 5th
-is answered 429 ApplicationThrottled. Graph counts per app and mailbox, not per connection,
-so the slots are shared by every backend object and thread of the process. (Several
-processes -- gunicorn workers, Celery -- each have their own slots; the retry rules absorb
-the rare 429 that follows.)
+The slots now live in :mod:`msgraph_mail.limits` with the other per-mailbox budgets (in this
+process, or shared through REDIS_URL); ``mailbox_slots.hold(settings, mailbox)`` is
+``limits_for(settings).hold(mailbox)``.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from .conf import MSGraphMailSettings
+from .limits import limits_for
 
-#: Concurrent requests Graph allows per application and mailbox.
+#: Concurrent requests Graph allows per application and mailbox (MAILBOX_LIMITS'
+#: CONCURRENT_REQUESTS defaults to it).
 MAILBOX_CONCURRENCY = 4
 
 
 class MailboxSlots:
-    """One bounded semaphore per (application, mailbox)."""
+    """The CONCURRENT_REQUESTS slots of each (application, mailbox), by settings."""
 
-    def __init__(self, limit: int = MAILBOX_CONCURRENCY) -> None:
-        self.limit = limit
-        self._semaphores: dict[tuple[str, ...], threading.BoundedSemaphore] = {}
-        self._guard = threading.Lock()
-
-    @contextmanager
-    def hold(self, settings: MSGraphMailSettings, mailbox: str) -> Iterator[None]:
+    def hold(self, settings: MSGraphMailSettings, mailbox: str) -> AbstractContextManager[None]:
         """Occupy one of the mailbox's slots while the block runs."""
-        semaphore = self._semaphore(
-            (settings.graph_url, settings.tenant_id, settings.client_id, mailbox.lower())
-        )
-        with semaphore:
-            yield
-
-    def _semaphore(self, key: tuple[str, ...]) -> threading.BoundedSemaphore:
-        with self._guard:
-            return self._semaphores.setdefault(key, threading.BoundedSemaphore(self.limit))
+        return limits_for(settings).hold(mailbox)
 
 
 #: The slots of the process.

@@ -170,9 +170,9 @@ class MailboxBudgetExhausted(MSGraphMailError):
     Raised before the request, when the budget does not free within the message's remaining
     MAX_RETRY_WAIT (shorter waits are simply waited out). ``mailbox`` is the mailbox,
     ``budget`` the MAILBOX_LIMITS key that is short (``"RECIPIENTS_PER_24_HOURS"``...),
-    ``retry_at`` the aware UTC time when enough of it frees. ``needed`` and ``limit`` are in
-    the budget's unit (requests, recipients, bytes for uploads); when ``needed`` exceeds
-    ``limit`` the request can never fit and ``retry_at`` is None.
+    ``retry_at`` the aware UTC time when enough of it frees. When the request alone exceeds
+    the whole budget it can never fit: ``retry_at`` is None, and ``needed`` and ``limit`` say
+    by how much, in the budget's unit (requests, recipients, MB for uploads).
     """
 
     def __init__(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,3 +84,21 @@ def emu() -> Iterator[GraphEmulator]:
 def http() -> Iterator[requests.Session]:
     with requests.Session() as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server of our own on a free loopback port, for the whole session.
+
+    Skipped where redis-server is not installed (CI installs it; there, a missing server
+    fails instead of skipping).
+    """
+    from tests.redis_server import RedisServer, find_redis_server
+
+    if find_redis_server() is None:
+        reason = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with RedisServer() as server:
+        yield server.url

@@ -1,0 +1,758 @@
+"""Graph's per-mailbox limits: requests in flight and the 10-minute, 5-minute and 24-hour budgets.
+
+Graph counts per application *and* mailbox (GRAPH_NOTES B.1, B.2): 4 requests in flight,
+10,000 requests per 10 minutes, 150 MB uploaded per 5 minutes, and Exchange adds 10,000
+recipients per rolling 24 hours. ``MAILBOX_LIMITS`` holds those figures; this module keeps
+each mailbox within them *before* a request leaves, so a busy mailbox is paced instead of
+answered 429, and a spent 24-hour budget fails fast instead of after a day of retries.
+
+One interface, two stores, chosen once from the settings by :func:`limits_for`:
+
+- :class:`InProcessLimits` (no ``REDIS_URL``): counts for this process only -- each gunicorn
+  worker or Celery child has its own slots and budgets.
+- :class:`RedisLimits` (``REDIS_URL`` set): one count for every process of every host, kept
+  by Lua scripts that check and spend atomically.
+
+How a caller uses it, around each Graph request of a message (the draft path's several
+requests included)::
+
+    limits = limits_for(settings)
+    limits.spend(mailbox, requests=1, recipients=n if first_request else 0,
+                 upload_bytes=len(body), priority=settings.priority)
+    with limits.hold(mailbox):
+        response = post(...)
+
+``spend`` waits when the budget frees within the message's remaining ``MAX_RETRY_WAIT`` and
+otherwise raises :class:`~msgraph_mail.exceptions.MailboxBudgetExhausted` naming the budget
+and when it frees -- always before anything is sent. ``hold`` occupies one of
+``CONCURRENT_REQUESTS`` slots while one request runs; hold it around one request, not around
+the retries of a message (a retry's wait should not keep a slot).
+
+Details that matter:
+
+- **Keys** are per application and mailbox: (GRAPH_URL, TENANT_ID, CLIENT_ID, mailbox
+  lower-cased), hashed. Redis keys look like ``msgraph_mail:{<hash>}:slots``; the hash tag
+  keeps one mailbox's keys in one cluster slot, and no key holds a secret or an address.
+- **Upload MB** are 1,000,000 bytes (the lower reading of Microsoft's "150 MB", so we stay
+  under it either way).
+- **Priority** ``"bulk"`` may not spend the last ``BULK_RESERVE`` fraction of
+  REQUESTS_PER_10_MINUTES and RECIPIENTS_PER_24_HOURS (its limit is
+  ``floor(limit * (1 - BULK_RESERVE))``); ``"normal"`` may use all of them.
+- **Slots in Redis are leases**: a ZSET of holder tokens scored by expiry, the lease being
+  TIMEOUT + :data:`LEASE_MARGIN` seconds, renewed every third of it while held. A process
+  killed while holding a slot frees it when the lease runs out. Waiting for a slot polls
+  every 10-25 ms, for at most ``max(MAX_RETRY_WAIT, TIMEOUT)`` seconds, then raises
+  MailboxBudgetExhausted with budget ``"CONCURRENT_REQUESTS"``. (In process, a waiting thread
+  waits for a holder of the same process, as before: each holder's request has a timeout.)
+- **Redis unreachable** raises :class:`~msgraph_mail.exceptions.LimitsUnavailable` (a
+  delivery error: nothing was sent) within a few seconds (connect and socket timeouts of
+  :data:`REDIS_TIMEOUT`, one retry). There is no fallback to per-process counting: every
+  process would then burst at once, which is the 429 storm REDIS_URL exists to prevent.
+  Releasing a slot never raises (the request has already gone); a lost release is logged
+  and the lease expires.
+- **Time scale**: tests and demos shrink the windows (never the leases) with
+  ``window_scale`` (``InProcessLimits(settings, window_scale=0.001)`` makes 10 minutes
+  0.6 s), or for a whole process with the environment variable
+  ``MSGRAPH_MAIL_LIMITS_TIME_SCALE``, read by :func:`limits_for`. It is not a setting.
+- **Fork**: the Redis client is made lazily, once per process (redis-py also resets its pool
+  after a fork).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .conf import MSGraphMailSettings, mask_url
+from .exceptions import ConfigurationError, LimitsUnavailable, MailboxBudgetExhausted
+
+if TYPE_CHECKING:
+    import redis
+
+logger = logging.getLogger("msgraph_mail")
+
+__all__ = [
+    "BUDGETS",
+    "InProcessLimits",
+    "MailboxLimits",
+    "RedisLimits",
+    "limits_for",
+    "redis_client",
+]
+
+#: The budgets, as MAILBOX_LIMITS keys, and the length of each one's sliding window (s).
+BUDGETS: dict[str, float] = {
+    "REQUESTS_PER_10_MINUTES": 600.0,
+    "UPLOAD_MB_PER_5_MINUTES": 300.0,
+    "RECIPIENTS_PER_24_HOURS": 86_400.0,
+}
+#: The budgets priority "bulk" may not spend to the end (BULK_RESERVE).
+RESERVED = frozenset({"REQUESTS_PER_10_MINUTES", "RECIPIENTS_PER_24_HOURS"})
+#: Bytes in one MB of UPLOAD_MB_PER_5_MINUTES.
+MB = 1_000_000
+#: A slot's lease outlives the request's TIMEOUT by this much (seconds).
+LEASE_MARGIN = 5.0
+#: Connect and read timeout of the Redis client (seconds): an unreachable Redis fails fast.
+REDIS_TIMEOUT = 3.0
+#: Polling interval range while waiting for a slot in Redis (seconds).
+POLL = (0.010, 0.025)
+#: Environment variable that scales the windows of the whole process (tests, demos).
+TIME_SCALE_ENV = "MSGRAPH_MAIL_LIMITS_TIME_SCALE"
+
+PRIORITIES = ("normal", "bulk")
+
+
+class MailboxLimits(Protocol):
+    """May this request go now, and what does it spend? One instance per configuration."""
+
+    def hold(self, mailbox: str) -> AbstractContextManager[None]:
+        """Occupy one of the mailbox's CONCURRENT_REQUESTS slots while the block runs."""
+        ...
+
+    def spend(
+        self,
+        mailbox: str,
+        *,
+        requests: int,
+        recipients: int,
+        upload_bytes: int,
+        priority: str | None = None,
+        max_wait: float | None = None,
+    ) -> None:
+        """Spend on every budget at once, or on none: wait for room, or raise
+        MailboxBudgetExhausted. ``priority`` defaults to PRIORITY, ``max_wait`` to
+        MAX_RETRY_WAIT (pass what the message has left of it)."""
+        ...
+
+    def usage(self, mailbox: str) -> dict[str, dict[str, float]]:
+        """Each MAILBOX_LIMITS key -> ``{"used": ..., "limit": ...}`` (in flight for
+        CONCURRENT_REQUESTS, MB for uploads)."""
+        ...
+
+
+def limits_for(settings: MSGraphMailSettings) -> MailboxLimits:
+    """The limits of these settings: in Redis when REDIS_URL is set, else in this process.
+
+    Cached per configuration (REDIS_URL, the application, MAILBOX_LIMITS and the other values
+    that change the counting); the counts themselves are shared per application and mailbox
+    by every instance of a store.
+    """
+    scale = _env_scale()
+    key = (
+        settings.redis_url,
+        settings.graph_url,
+        settings.tenant_id,
+        settings.client_id,
+        settings.mailbox_limits,
+        settings.timeout,
+        settings.max_retry_wait,
+        settings.priority,
+        settings.bulk_reserve,
+        scale,
+    )
+    with _cache_lock:
+        limits = _cache.get(key)
+        if limits is None:
+            store = RedisLimits if settings.redis_url else InProcessLimits
+            limits = _cache[key] = store(settings, window_scale=scale)
+        return limits
+
+
+def clear() -> None:
+    """Forget every in-process count, cached instance and Redis client (tests)."""
+    with _cache_lock:
+        _cache.clear()
+    with _states_lock:
+        _states.clear()
+    with _clients_lock:
+        _clients.clear()
+
+
+_cache: dict[tuple[Any, ...], MailboxLimits] = {}
+_cache_lock = threading.Lock()
+
+
+def _env_scale() -> float:
+    value = os.environ.get(TIME_SCALE_ENV)
+    if not value:
+        return 1.0
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale <= 1:
+        raise ConfigurationError(f"{TIME_SCALE_ENV} must be a number in (0, 1], e.g. 0.001")
+    return scale
+
+
+def mailbox_key(settings: MSGraphMailSettings, mailbox: str) -> str:
+    """The hash that names one application's counts for one mailbox (no secret, no address)."""
+    identity = "\n".join(
+        (settings.graph_url, settings.tenant_id.lower(), settings.client_id, mailbox.lower())
+    )
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """What one request spends on one budget."""
+
+    budget: str
+    window: float  # seconds, scaled
+    limit: int  # in the budget's unit (bytes for uploads), after the bulk reserve
+    amount: int
+
+
+@dataclass(frozen=True)
+class _Short:
+    """Why a spend did not fit: the budget, and seconds until it fits (None: never)."""
+
+    budget: str
+    wait: float | None
+
+
+class _Limits:
+    """What both stores share: the asks of a request, pacing and the errors."""
+
+    def __init__(self, settings: MSGraphMailSettings, *, window_scale: float = 1.0) -> None:
+        if not 0 < window_scale <= 1:
+            raise ValueError("window_scale must be in (0, 1]")
+        self.settings = settings
+        self.window_scale = window_scale
+
+    def spend(
+        self,
+        mailbox: str,
+        *,
+        requests: int,
+        recipients: int,
+        upload_bytes: int,
+        priority: str | None = None,
+        max_wait: float | None = None,
+    ) -> None:
+        asks = self._asks(requests, recipients, upload_bytes, priority or self.settings.priority)
+        if not asks:
+            return
+        budget = self.settings.max_retry_wait if max_wait is None else max(0.0, max_wait)
+        deadline = time.monotonic() + budget
+        while True:
+            short = self._try_spend(mailbox, asks)
+            if short is None:
+                return
+            if short.wait is None:
+                ask = next(ask for ask in asks if ask.budget == short.budget)
+                raise MailboxBudgetExhausted(
+                    mailbox=mailbox,
+                    budget=short.budget,
+                    retry_at=None,
+                    needed=_in_unit(short.budget, ask.amount),
+                    limit=_in_unit(short.budget, ask.limit),
+                )
+            if time.monotonic() + short.wait > deadline:
+                raise MailboxBudgetExhausted(
+                    mailbox=mailbox,
+                    budget=short.budget,
+                    retry_at=datetime.now(timezone.utc) + timedelta(seconds=short.wait),
+                )
+            logger.info(
+                "Mailbox %s: waiting %.2f s for its %s budget", mailbox, short.wait, short.budget
+            )
+            time.sleep(short.wait + random.uniform(0, 0.005))  # noqa: S311
+
+    def usage(self, mailbox: str) -> dict[str, dict[str, float]]:
+        in_flight, used = self._usage(mailbox)
+        limits = self.settings.mailbox_limits.as_keys()
+        report = {"CONCURRENT_REQUESTS": {"used": in_flight, "limit": limits.pop(_SLOTS)}}
+        for budget in BUDGETS:
+            report[budget] = {"used": _in_unit(budget, used[budget]), "limit": limits[budget]}
+        return report
+
+    def _asks(self, requests: int, recipients: int, upload_bytes: int, priority: str) -> list[_Ask]:
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}")
+        amounts = {
+            "REQUESTS_PER_10_MINUTES": requests,
+            "UPLOAD_MB_PER_5_MINUTES": upload_bytes,
+            "RECIPIENTS_PER_24_HOURS": recipients,
+        }
+        if any(amount < 0 for amount in amounts.values()):
+            raise ValueError("requests, recipients and upload_bytes must not be negative")
+        limits = self.settings.mailbox_limits.as_keys()
+        asks = []
+        for budget, window in BUDGETS.items():
+            if not amounts[budget]:
+                continue
+            limit = limits[budget] * (MB if budget == "UPLOAD_MB_PER_5_MINUTES" else 1)
+            if priority == "bulk" and budget in RESERVED:
+                limit *= 1 - self.settings.bulk_reserve
+            asks.append(
+                _Ask(budget, window * self.window_scale, math.floor(limit), int(amounts[budget]))
+            )
+        return asks
+
+    def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | None:
+        raise NotImplementedError
+
+    def _usage(self, mailbox: str) -> tuple[int, dict[str, int]]:
+        raise NotImplementedError
+
+
+_SLOTS = "CONCURRENT_REQUESTS"
+
+
+def _in_unit(budget: str, amount: float) -> float:
+    return amount / MB if budget == "UPLOAD_MB_PER_5_MINUTES" else amount
+
+
+# -- in process --------------------------------------------------------------------------
+
+
+class _MailboxState:
+    """One application's counts for one mailbox, in this process."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.in_flight = 0
+        self.entries: dict[str, deque[tuple[float, int]]] = {name: deque() for name in BUDGETS}
+        self.totals: dict[str, int] = dict.fromkeys(BUDGETS, 0)
+
+    def prune(self, budget: str, window: float, now: float) -> int:
+        entries = self.entries[budget]
+        while entries and entries[0][0] <= now - window:
+            self.totals[budget] -= entries.popleft()[1]
+        return self.totals[budget]
+
+    def wait_for(self, budget: str, window: float, now: float, need: int) -> float:
+        """Seconds until ``need`` of the budget has expired (oldest entries first)."""
+        freed = 0
+        for at, amount in self.entries[budget]:
+            freed += amount
+            if freed >= need:
+                return at + window - now
+        return window
+
+
+_states: dict[str, _MailboxState] = {}
+_states_lock = threading.Lock()
+
+
+class InProcessLimits(_Limits):
+    """Slots and budgets counted in this process (no REDIS_URL).
+
+    The counts live at module level, per application and mailbox, so every backend object
+    and thread of the process shares them.
+    """
+
+    @contextmanager
+    def hold(self, mailbox: str) -> Iterator[None]:
+        state = self._state(mailbox)
+        limit = self.settings.mailbox_limits.concurrent_requests
+        with state.condition:
+            state.condition.wait_for(lambda: state.in_flight < limit)
+            state.in_flight += 1
+        try:
+            yield
+        finally:
+            with state.condition:
+                state.in_flight -= 1
+                state.condition.notify()
+
+    def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | None:
+        state = self._state(mailbox)
+        with state.condition:
+            now = time.monotonic()
+            worst: _Short | None = None
+            for ask in asks:
+                total = state.prune(ask.budget, ask.window, now)
+                if ask.amount > ask.limit:
+                    return _Short(ask.budget, None)
+                if total + ask.amount > ask.limit:
+                    wait = state.wait_for(
+                        ask.budget, ask.window, now, total + ask.amount - ask.limit
+                    )
+                    if worst is None or (worst.wait is not None and wait > worst.wait):
+                        worst = _Short(ask.budget, wait)
+            if worst is not None:
+                return worst
+            for ask in asks:
+                state.entries[ask.budget].append((now, ask.amount))
+                state.totals[ask.budget] += ask.amount
+            return None
+
+    def _usage(self, mailbox: str) -> tuple[int, dict[str, int]]:
+        state = self._state(mailbox)
+        with state.condition:
+            now = time.monotonic()
+            used = {
+                budget: state.prune(budget, window * self.window_scale, now)
+                for budget, window in BUDGETS.items()
+            }
+            return state.in_flight, used
+
+    def _state(self, mailbox: str) -> _MailboxState:
+        key = mailbox_key(self.settings, mailbox)
+        with _states_lock:
+            state = _states.get(key)
+            if state is None:
+                state = _states[key] = _MailboxState()
+            return state
+
+
+# -- Redis -------------------------------------------------------------------------------
+
+_LUA_COMMON = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- entries are 'token:amount' members scored by the time they were spent (ms)
+local function amount_of(member)
+  return tonumber(string.match(member, ':(%d+)$')) or 0
+end
+
+-- Drop the entries that left the window; return what is still spent. The running total
+-- lives in tkey; when it is missing (evicted) it is counted again from the entries.
+local function prune(zkey, tkey, now, window)
+  local cutoff = now - window
+  local total = tonumber(redis.call('GET', tkey))
+  if total == nil then
+    redis.call('ZREMRANGEBYSCORE', zkey, '-inf', cutoff)
+    total = 0
+    for _, member in ipairs(redis.call('ZRANGE', zkey, 0, -1)) do
+      total = total + amount_of(member)
+    end
+  else
+    local expired = redis.call('ZRANGEBYSCORE', zkey, '-inf', cutoff)
+    if #expired > 0 then
+      for _, member in ipairs(expired) do total = total - amount_of(member) end
+      redis.call('ZREMRANGEBYSCORE', zkey, '-inf', cutoff)
+    end
+  end
+  if redis.call('ZCARD', zkey) == 0 then
+    redis.call('DEL', tkey)
+    return 0
+  end
+  if total < 0 then total = 0 end
+  redis.call('SET', tkey, total)
+  local ttl = redis.call('PTTL', zkey)
+  if ttl > 0 then redis.call('PEXPIRE', tkey, ttl) end
+  return total
+end
+"""
+
+# KEYS: per budget, its ZSET and its total. ARGV: token, then per budget window_ms, limit,
+# amount. Returns {0} when spent, {1, i, wait_ms} when budget i is short, {2, i} when the
+# amount alone exceeds budget i. Spends on all budgets or on none.
+_SPEND = (
+    _LUA_COMMON
+    + """
+local now = now_ms()
+local token = ARGV[1]
+local n = #KEYS / 2
+local totals = {}
+local worst, worst_wait = 0, -1
+for i = 1, n do
+  local zkey, tkey = KEYS[2 * i - 1], KEYS[2 * i]
+  local window = tonumber(ARGV[3 * i - 1])
+  local limit = tonumber(ARGV[3 * i])
+  local amount = tonumber(ARGV[3 * i + 1])
+  local total = prune(zkey, tkey, now, window)
+  totals[i] = total
+  if amount > limit then return {2, i} end
+  if total + amount > limit then
+    local need = total + amount - limit
+    local freed, wait, start = 0, nil, 0
+    while wait == nil do
+      local batch = redis.call('ZRANGE', zkey, start, start + 99, 'WITHSCORES')
+      if #batch == 0 then break end
+      for j = 1, #batch, 2 do
+        freed = freed + amount_of(batch[j])
+        if freed >= need then
+          wait = tonumber(batch[j + 1]) + window - now
+          break
+        end
+      end
+      start = start + 100
+    end
+    if wait == nil then wait = window end
+    if wait > worst_wait then worst, worst_wait = i, wait end
+  end
+end
+if worst > 0 then return {1, worst, worst_wait} end
+for i = 1, n do
+  local zkey, tkey = KEYS[2 * i - 1], KEYS[2 * i]
+  local window = tonumber(ARGV[3 * i - 1])
+  redis.call('ZADD', zkey, now, token .. ':' .. ARGV[3 * i + 1])
+  redis.call('SET', tkey, totals[i] + tonumber(ARGV[3 * i + 1]), 'PX', window)
+  redis.call('PEXPIRE', zkey, window)
+end
+return {0}
+"""
+)
+
+# KEYS[1]: the slots ZSET (holder token -> lease expiry, ms). ARGV: token, limit, lease_ms.
+# Returns {1} when taken, else {0, ms until the first lease runs out}.
+_ACQUIRE = (
+    _LUA_COMMON
+    + """
+local now = now_ms()
+local key, token = KEYS[1], ARGV[1]
+local limit, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+if redis.call('ZCARD', key) < limit then
+  redis.call('ZADD', key, now + lease, token)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', key, math.max(1, tonumber(last[2]) - now))
+  return {1}
+end
+local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+return {0, tonumber(first[2]) - now}
+"""
+)
+
+# KEYS[1]: the slots ZSET. ARGV: token, lease_ms. 1: renewed; 0: the lease was lost.
+_RENEW = (
+    _LUA_COMMON
+    + """
+local now = now_ms()
+local key, token, lease = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local expiry = tonumber(redis.call('ZSCORE', key, token))
+if expiry == nil then return 0 end
+if expiry <= now then
+  redis.call('ZREM', key, token)
+  return 0
+end
+redis.call('ZADD', key, 'XX', now + lease, token)
+local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', key, math.max(1, tonumber(last[2]) - now))
+return 1
+"""
+)
+
+# KEYS: the slots ZSET, then per budget its ZSET and total. ARGV: per budget window_ms.
+# Returns {in flight, spent on budget 1, ...}.
+_USAGE = (
+    _LUA_COMMON
+    + """
+local now = now_ms()
+local result = {redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')}
+for i = 1, (#KEYS - 1) / 2 do
+  result[i + 1] = prune(KEYS[2 * i], KEYS[2 * i + 1], now, tonumber(ARGV[i]))
+end
+return result
+"""
+)
+
+
+@dataclass(frozen=True)
+class _Connection:
+    """A Redis client of this process and its scripts."""
+
+    client: redis.Redis
+    spend: Any
+    acquire: Any
+    renew: Any
+    usage: Any
+
+
+_clients: dict[str, tuple[int, _Connection]] = {}
+_clients_lock = threading.Lock()
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise ConfigurationError(
+            'msgraph_mail: REDIS_URL needs redis-py: pip install "django-msgraph-mailer[redis]"'
+        ) from None
+    return redis
+
+
+def _connection(url: str) -> _Connection:
+    """The client for ``url``, made on first use in each process (never shared by a fork)."""
+    pid = os.getpid()
+    with _clients_lock:
+        cached = _clients.get(url)
+        if cached is not None and cached[0] == pid:
+            return cached[1]
+        redis = _import_redis()
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            socket_timeout=REDIS_TIMEOUT,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+            health_check_interval=30,
+        )
+        connection = _Connection(
+            client,
+            client.register_script(_SPEND),
+            client.register_script(_ACQUIRE),
+            client.register_script(_RENEW),
+            client.register_script(_USAGE),
+        )
+        _clients[url] = (pid, connection)
+        return connection
+
+
+def redis_client(settings: MSGraphMailSettings) -> redis.Redis:
+    """The process's Redis client for REDIS_URL (also used by :mod:`msgraph_mail.shared_state`).
+
+    Raises ConfigurationError when REDIS_URL is not set or redis-py is not installed.
+    """
+    if not settings.redis_url:
+        raise ConfigurationError("msgraph_mail: REDIS_URL is not set")
+    return _connection(str(settings.redis_url)).client
+
+
+def unavailable(settings: MSGraphMailSettings, exc: Exception) -> LimitsUnavailable:
+    """The typed error for a Redis failure; the password of REDIS_URL never shows."""
+    url = str(settings.redis_url or "")
+    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        reason = reason.replace(password, "***")
+    return LimitsUnavailable(
+        f"msgraph_mail: cannot use REDIS_URL {mask_url(url)} for the mailbox limits "
+        f"({type(exc).__name__}: {reason}); nothing was sent. Start Redis or correct "
+        "REDIS_URL, or remove REDIS_URL to count the limits in each process"
+    )
+
+
+class RedisLimits(_Limits):
+    """Slots and budgets shared through Redis by every process (REDIS_URL set).
+
+    ``lease_margin`` (seconds) is added to TIMEOUT for the length of a slot's lease.
+    """
+
+    def __init__(
+        self,
+        settings: MSGraphMailSettings,
+        *,
+        window_scale: float = 1.0,
+        lease_margin: float = LEASE_MARGIN,
+    ) -> None:
+        if not settings.redis_url:
+            raise ConfigurationError("msgraph_mail: RedisLimits needs REDIS_URL")
+        super().__init__(settings, window_scale=window_scale)
+        self.lease = settings.timeout + lease_margin
+        self._redis_errors: tuple[type[Exception], ...] = (_import_redis().exceptions.RedisError,)
+
+    def keys(self, mailbox: str) -> dict[str, str]:
+        """The Redis keys of a mailbox: ``slots``, and per budget its entries and total."""
+        prefix = f"msgraph_mail:{{{mailbox_key(self.settings, mailbox)}}}"
+        keys = {"slots": f"{prefix}:slots"}
+        for budget in BUDGETS:
+            name = budget.lower()
+            keys[budget] = f"{prefix}:{name}"
+            keys[f"{budget}:total"] = f"{prefix}:{name}:total"
+        return keys
+
+    @contextmanager
+    def hold(self, mailbox: str) -> Iterator[None]:
+        key = self.keys(mailbox)["slots"]
+        token = uuid.uuid4().hex
+        lease_ms = max(1, round(self.lease * 1000))
+        limit = self.settings.mailbox_limits.concurrent_requests
+        deadline = time.monotonic() + max(self.settings.max_retry_wait, self.settings.timeout)
+        while True:
+            taken, *rest = self._call("acquire", keys=[key], args=[token, limit, lease_ms])
+            if taken:
+                break
+            if time.monotonic() >= deadline:
+                free_in = max(0, int(rest[0])) / 1000 if rest else self.lease
+                raise MailboxBudgetExhausted(
+                    mailbox=mailbox,
+                    budget=_SLOTS,
+                    retry_at=datetime.now(timezone.utc) + timedelta(seconds=free_in),
+                )
+            time.sleep(random.uniform(*POLL))  # noqa: S311
+        stop = threading.Event()
+        renewer = threading.Thread(
+            target=self._renew,
+            args=(key, token, lease_ms, stop),
+            name="msgraph_mail-lease",
+            daemon=True,
+        )
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            try:
+                self._connection().client.zrem(key, token)
+            except self._redis_errors as exc:
+                logger.warning(
+                    "Could not release a slot of mailbox %s in Redis (%s); it frees when its "
+                    "lease runs out",
+                    mailbox,
+                    type(exc).__name__,
+                )
+
+    def _renew(self, key: str, token: str, lease_ms: int, stop: threading.Event) -> None:
+        while not stop.wait(self.lease / 3):
+            try:
+                renewed = self._connection().renew(keys=[key], args=[token, lease_ms])
+            except self._redis_errors as exc:
+                logger.warning("Could not renew a slot's lease in Redis (%s)", type(exc).__name__)
+                continue
+            if not renewed and not stop.is_set():
+                logger.warning("A slot's lease in Redis ran out while the request was running")
+                return
+
+    def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | None:
+        keys = self.keys(mailbox)
+        script_keys: list[str] = []
+        args: list[Any] = [uuid.uuid4().hex]
+        for ask in asks:
+            script_keys += [keys[ask.budget], keys[f"{ask.budget}:total"]]
+            args += [max(1, round(ask.window * 1000)), ask.limit, ask.amount]
+        outcome = self._call("spend", keys=script_keys, args=args)
+        if outcome[0] == 0:
+            return None
+        budget = asks[int(outcome[1]) - 1].budget
+        if outcome[0] == 2:
+            return _Short(budget, None)
+        return _Short(budget, int(outcome[2]) / 1000)
+
+    def _usage(self, mailbox: str) -> tuple[int, dict[str, int]]:
+        keys = self.keys(mailbox)
+        script_keys = [keys["slots"]]
+        for budget in BUDGETS:
+            script_keys += [keys[budget], keys[f"{budget}:total"]]
+        windows = [max(1, round(window * self.window_scale * 1000)) for window in BUDGETS.values()]
+        result = self._call("usage", keys=script_keys, args=windows)
+        return int(result[0]), {
+            budget: int(value) for budget, value in zip(BUDGETS, result[1:], strict=True)
+        }
+
+    def _connection(self) -> _Connection:
+        assert self.settings.redis_url is not None
+        return _connection(str(self.settings.redis_url))
+
+    def _call(self, script: str, *, keys: list[str], args: list[Any]) -> list[Any]:
+        try:
+            return list(getattr(self._connection(), script)(keys=keys, args=args))
+        except self._redis_errors as exc:
+            raise unavailable(self.settings, exc) from exc
