@@ -161,7 +161,7 @@ class MailboxLimitsSettings(BaseModel):
     """MAILBOX_LIMITS: what Graph and Exchange allow one application per mailbox.
 
     Defaults are Microsoft's published figures (GRAPH_NOTES B.1, B.2); a partial dict
-    overrides only its keys. ``UPLOAD_MB_PER_5_MINUTES`` counts MB of 1,000,000 bytes.
+    overrides only its keys. ``UPLOAD_MB_PER_5_MINUTES`` counts MB of 2**20 bytes.
     """
 
     model_config = ConfigDict(

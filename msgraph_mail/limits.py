@@ -33,8 +33,9 @@ Details that matter:
 - **Keys** are per application and mailbox: (GRAPH_URL, TENANT_ID, CLIENT_ID, mailbox
   lower-cased), hashed. Redis keys look like ``msgraph_mail:{<hash>}:slots``; the hash tag
   keeps one mailbox's keys in one cluster slot, and no key holds a secret or an address.
-- **Upload MB** are 1,000,000 bytes (the lower reading of Microsoft's "150 MB", so we stay
-  under it either way).
+- **Upload MB** are 1,048,576 bytes (2**20), as everywhere else in the package (Graph's
+  4 MB request limit, the 150 MB message limit) and in the emulator, so the largest message
+  the draft path may send fits one UPLOAD_MB_PER_5_MINUTES budget.
 - **Priority** ``"bulk"`` may not spend the last ``BULK_RESERVE`` fraction of
   REQUESTS_PER_10_MINUTES and RECIPIENTS_PER_24_HOURS (its limit is
   ``floor(limit * (1 - BULK_RESERVE))``); ``"normal"`` may use all of them.
@@ -100,8 +101,8 @@ BUDGETS: dict[str, float] = {
 }
 #: The budgets priority "bulk" may not spend to the end (BULK_RESERVE).
 RESERVED = frozenset({"REQUESTS_PER_10_MINUTES", "RECIPIENTS_PER_24_HOURS"})
-#: Bytes in one MB of UPLOAD_MB_PER_5_MINUTES.
-MB = 1_000_000
+#: Bytes in one MB of UPLOAD_MB_PER_5_MINUTES (Graph's MB, like its 4 MB request limit).
+MB = 1024 * 1024
 #: A slot's lease outlives the request's TIMEOUT by this much (seconds).
 LEASE_MARGIN = 5.0
 #: Connect and read timeout of the Redis client (seconds): an unreachable Redis fails fast.
@@ -367,7 +368,7 @@ class InProcessLimits(_Limits):
         finally:
             with state.condition:
                 state.in_flight -= 1
-                state.condition.notify()
+                state.condition.notify_all()  # waiters may have different limits
 
     def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | None:
         state = self._state(mailbox)

@@ -331,13 +331,13 @@ def test_bulk_reserve_of_requests_and_priority_from_settings(make_limits: Factor
         mailbox_limits.spend(ALICE, requests=1, recipients=0, upload_bytes=0, priority="urgent")
 
 
-def test_upload_budget_counts_mb_of_a_million_bytes(make_limits: Factory) -> None:
+def test_upload_budget_counts_mb_of_2_to_the_20_bytes(make_limits: Factory) -> None:
     mailbox_limits = make_limits(mailbox_limits={"UPLOAD_MB_PER_5_MINUTES": 1})
     mailbox_limits.spend(ALICE, requests=1, recipients=0, upload_bytes=600_000)
     with pytest.raises(MailboxBudgetExhausted) as info:
-        mailbox_limits.spend(ALICE, requests=1, recipients=0, upload_bytes=400_001, max_wait=0)
+        mailbox_limits.spend(ALICE, requests=1, recipients=0, upload_bytes=448_577, max_wait=0)
     assert info.value.budget == "UPLOAD_MB_PER_5_MINUTES"
-    mailbox_limits.spend(ALICE, requests=1, recipients=0, upload_bytes=400_000)
+    mailbox_limits.spend(ALICE, requests=1, recipients=0, upload_bytes=448_576)
     assert mailbox_limits.usage(ALICE)["UPLOAD_MB_PER_5_MINUTES"] == {"used": 1.0, "limit": 1}
 
 
@@ -373,7 +373,7 @@ def test_concurrent_spends_never_exceed_a_budget(make_limits: Factory) -> None:
 
 def test_usage_reports_every_budget(make_limits: Factory) -> None:
     mailbox_limits = make_limits()
-    mailbox_limits.spend(ALICE, requests=2, recipients=3, upload_bytes=1_500_000)
+    mailbox_limits.spend(ALICE, requests=2, recipients=3, upload_bytes=3 * 2**19)
     with mailbox_limits.hold(ALICE):
         assert mailbox_limits.usage(ALICE) == {
             "CONCURRENT_REQUESTS": {"used": 1, "limit": 4},
