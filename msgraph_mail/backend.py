@@ -19,12 +19,12 @@ from typing import Any, Literal
 from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 
-from .concurrency import mailbox_slots
 from .conf import OPTION_NAMES, MSGraphMailSettings, load_settings
 from .exceptions import (
     BatchSendError,
     DeliveryUnknown,
     InvalidMessage,
+    MailboxBudgetExhausted,
     MessageTooLarge,
     MSGraphMailError,
 )
@@ -127,8 +127,8 @@ class EmailBackend(BaseEmailBackend):
     def _send_all(self, messages: list[EmailMessage]) -> list[MessageStatus]:
         """Send concurrently, up to MAX_CONCURRENCY threads; one message needs no thread.
 
-        How many requests reach one mailbox at once is bounded separately, process-wide,
-        by Graph's own limit (:mod:`msgraph_mail.concurrency`).
+        How many requests reach one mailbox at once is bounded separately, by Graph's own
+        limit, for the process or (REDIS_URL) for every process (:mod:`msgraph_mail.limits`).
         """
         workers = min(self.settings.max_concurrency, len(messages))
         if workers <= 1:
@@ -153,11 +153,14 @@ class EmailBackend(BaseEmailBackend):
                 response = self._send_draft(message, mailbox, payload)
             else:
                 try:
-                    with mailbox_slots.hold(self.settings, mailbox.id):
-                        response = self.client.send_mime(mailbox.id, payload)
+                    response = self.client.send_mime(
+                        mailbox.id, payload, recipients=len(message.recipients())
+                    )
                 except MSGraphMailError as exc:
                     raise self.resolver.explain(exc, mailbox, sender_address(message)) from exc
         except MSGraphMailError as exc:
+            if isinstance(exc, MailboxBudgetExhausted) and status.mailbox:
+                exc = exc.naming(status.mailbox)  # the address, not the id the counts use
             if exc.email_message is None:
                 exc.email_message = message
             status.status = "unknown" if isinstance(exc, DeliveryUnknown) else "failed"
@@ -200,13 +203,13 @@ class EmailBackend(BaseEmailBackend):
         assert self.client is not None
         assert self.resolver is not None
         resolver, sender = self.resolver, sender_address(message)
-        with mailbox_slots.hold(self.settings, mailbox.id):
-            return send_draft(
-                self.client,
-                mailbox.id,
-                plan,
-                lambda error: resolver.explain(error, mailbox, sender),
-            )
+        return send_draft(
+            self.client,
+            mailbox.id,
+            plan,
+            lambda error: resolver.explain(error, mailbox, sender),
+            recipients=len(message.recipients()),
+        )
 
 
 def _message_id(raw: bytes) -> str | None:

@@ -194,6 +194,19 @@ class MailboxBudgetExhausted(MSGraphMailError):
         self.needed = needed
         self.limit = limit
 
+    def naming(self, mailbox: str) -> MailboxBudgetExhausted:
+        """The same error, naming the mailbox by ``mailbox`` (its address, not its id)."""
+        if mailbox.lower() == str(self.mailbox).lower():
+            return self
+        return MailboxBudgetExhausted(
+            mailbox=mailbox,
+            budget=self.budget,
+            retry_at=self.retry_at,
+            needed=self.needed,
+            limit=self.limit,
+            email_message=self.email_message,
+        )
+
 
 def _budget_message(
     mailbox: str,

@@ -9,14 +9,18 @@ and users can stub Graph in their own tests with ``responses`` or ``requests-moc
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
+import re
 import ssl
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -31,6 +35,7 @@ from .exceptions import (
     GraphConnectionError,
     MSGraphMailError,
 )
+from .limits import MailboxLimits, limits_for
 from .retry import RetryBudget, parse_retry_after
 
 logger = logging.getLogger("msgraph_mail")
@@ -44,6 +49,9 @@ AMBIGUOUS_STATUSES = frozenset({504})
 AUTH_EXPIRED = "InvalidAuthenticationToken"
 #: How many rejected tokens one request may replace.
 MAX_TOKEN_RENEWALS = 3
+
+#: A mailbox's mail endpoints: what Graph's per-mailbox limits count.
+_MAIL_PATH = re.compile(r"^/users/([^/?]+)/(?:sendMail|messages)(?:[/?]|$)")
 
 #: The user properties a lookup needs; nothing more is asked of the directory.
 USER_FIELDS = "id,mail,userPrincipalName"
@@ -80,6 +88,7 @@ class GraphClient:
         )
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
+        self.limits: MailboxLimits = limits_for(settings)
 
     def __repr__(self) -> str:
         return f"<GraphClient {self.settings.graph_url} tenant={self.settings.tenant_id}>"
@@ -110,16 +119,17 @@ class GraphClient:
         found = body.get("value") or []
         return found[0] if found else None
 
-    def send_mime(self, mailbox: str, mime_base64: bytes) -> Response:
+    def send_mime(self, mailbox: str, mime_base64: bytes, recipients: int = 0) -> Response:
         """POST a base64 MIME message to the mailbox's sendMail (Graph answers 202)."""
         return self.request(
             "POST",
             f"/users/{quote(mailbox, safe='@')}/sendMail",
+            recipients=recipients,
             data=mime_base64,
             headers={"Content-Type": "text/plain"},
         )
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Response:
+    def request(self, method: str, path: str, *, recipients: int = 0, **kwargs: Any) -> Response:
         """Send one Graph request with Graph's retry rules; ``kwargs`` go to ``requests``.
 
         Retried: 429 and 503 (Graph refused before doing any work), connections that failed
@@ -128,15 +138,25 @@ class GraphClient:
         Not retried, since the work may have been done: 504, timeouts and broken connections
         after the request left (DeliveryUnknown) -- unless the request is a read (GET) or
         RETRY_AMBIGUOUS is on.
+
+        A request to a mailbox's mail endpoints (``/users/{mailbox}/sendMail``,
+        ``.../messages...``) spends from its MAILBOX_LIMITS budgets and holds one of its
+        concurrent slots while it is in flight (not while it waits to be retried);
+        ``recipients`` (To + Cc + Bcc) are spent once, by the request that sends the message.
         """
         budget = RetryBudget(self.settings.max_retries, self.settings.max_retry_wait)
         safe_to_repeat = method == "GET" or self.settings.retry_ambiguous
         rejected: set[str] = set()
+        mailbox = mailbox_of(path)
         while True:
             token = tokens.get(self.settings, self.session)
             client_request_id = str(uuid.uuid4())
             try:
-                response = self._send(method, path, token, client_request_id, kwargs)
+                with self.metered(
+                    mailbox, budget, recipients=recipients, upload_bytes=_body_size(method, kwargs)
+                ):
+                    response = self._send(method, path, token, client_request_id, kwargs)
+                recipients = 0  # spent by the first attempt, whatever became of it
             except GraphConnectionError as exc:
                 unknown = isinstance(exc, DeliveryUnknown)
                 wait = None if unknown and not safe_to_repeat else budget.next_wait(None)
@@ -161,6 +181,32 @@ class GraphClient:
                     self._pause(wait, f"{method} {path}: HTTP {status} {_error_code(response)}")
                     continue
             return self._result(response, client_request_id, method, path, budget)
+
+    @contextmanager
+    def metered(
+        self,
+        mailbox: str | None,
+        budget: RetryBudget,
+        *,
+        recipients: int = 0,
+        upload_bytes: int = 0,
+    ) -> Iterator[None]:
+        """Spend one request (and its recipients and bytes) of the mailbox's budgets, waiting
+        for room within what is left of MAX_RETRY_WAIT, then hold one of its slots."""
+        if mailbox is None:
+            yield
+            return
+        started = time.monotonic()
+        self.limits.spend(
+            mailbox,
+            requests=1,
+            recipients=recipients,
+            upload_bytes=upload_bytes,
+            max_wait=budget.max_wait - budget.waited,
+        )
+        budget.waited += time.monotonic() - started
+        with self.limits.hold(mailbox):
+            yield
 
     def _result(
         self,
@@ -257,6 +303,22 @@ class BearerAuth(requests.auth.AuthBase):
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = f"Bearer {self.token}"
         return request
+
+
+def mailbox_of(path: str) -> str | None:
+    """The mailbox whose mail endpoints ``path`` is on, or None (tokens, directory lookups)."""
+    found = _MAIL_PATH.match(path)
+    return unquote(found.group(1)).lower() if found else None
+
+
+def _body_size(method: str, kwargs: dict[str, Any]) -> int:
+    """The bytes a request uploads: Graph counts POST, PUT and PATCH bodies (GRAPH_NOTES B.1)."""
+    if method not in ("POST", "PUT", "PATCH"):
+        return 0
+    if kwargs.get("json") is not None:
+        return len(json.dumps(kwargs["json"]))
+    data = kwargs.get("data")
+    return len(data) if isinstance(data, (bytes, bytearray, memoryview, str)) else 0
 
 
 def _renew(token: str, rejected: set[str]) -> bool:

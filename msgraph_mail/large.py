@@ -44,6 +44,7 @@ from .graph import (
     Response,
     before_sending,
     graph_error,
+    mailbox_of,
 )
 from .mime import MAX_REQUEST_BYTES, build_mime
 from .retry import RetryBudget, parse_retry_after
@@ -188,6 +189,7 @@ def send_draft(
     mailbox: str,
     plan: DraftPlan,
     explain: Callable[[MSGraphMailError], MSGraphMailError],
+    recipients: int = 0,
 ) -> Response:
     """Create the draft, attach and upload, send; delete the draft if anything fails first.
 
@@ -225,7 +227,9 @@ def send_draft(
         _delete(client, messages, draft)
         raise
     try:
-        response = client.request("POST", f"{path}/send", headers={"Content-Length": "0"})
+        response = client.request(
+            "POST", f"{path}/send", recipients=recipients, headers={"Content-Length": "0"}
+        )
     except DeliveryUnknown as exc:
         exc.message += (
             f"; the draft was kept: if it is still in the Drafts folder of {mailbox}, the "
@@ -272,7 +276,7 @@ def upload(client: GraphClient, message_path: str, part: Part) -> None:
     stalls = 0
     while True:
         end = min(offset + CHUNK_BYTES, size)
-        response = _put_chunk(client, url, view[offset:end], offset, size)
+        response = _put_chunk(client, mailbox_of(message_path), url, view[offset:end], offset, size)
         if response.status_code == 201:
             return
         if end >= size:
@@ -290,26 +294,31 @@ def upload(client: GraphClient, message_path: str, part: Part) -> None:
 
 
 def _put_chunk(
-    client: GraphClient, url: str, chunk: memoryview, start: int, size: int
+    client: GraphClient, mailbox: str | None, url: str, chunk: memoryview, start: int, size: int
 ) -> requests.Response:
-    """PUT one chunk (a memoryview: sent without a copy), with no Authorization header."""
+    """PUT one chunk (a memoryview: sent without a copy), with no Authorization header.
+
+    The PUT goes to the upload URL, not to Graph's host, but Graph counts it against the
+    mailbox's upload volume and requests all the same.
+    """
     settings = client.settings
     budget = RetryBudget(settings.max_retries, settings.max_retry_wait)
     end = start + chunk.nbytes - 1
     while True:
         request_id = str(uuid.uuid4())
         try:
-            response = client.session.put(
-                url,
-                data=cast(Any, chunk),  # a memoryview: urllib3 writes it without a copy
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Range": f"bytes {start}-{end}/{size}",
-                    "client-request-id": request_id,
-                },
-                timeout=settings.timeout,
-                auth=_no_authorization,
-            )
+            with client.metered(mailbox, budget, upload_bytes=chunk.nbytes):
+                response = client.session.put(
+                    url,
+                    data=cast(Any, chunk),  # a memoryview: urllib3 writes it without a copy
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"bytes {start}-{end}/{size}",
+                        "client-request-id": request_id,
+                    },
+                    timeout=settings.timeout,
+                    auth=_no_authorization,
+                )
         except requests.RequestException as exc:
             sent = not (isinstance(exc, requests.ConnectionError) and before_sending(exc))
             wait = None if sent else budget.next_wait(None)

@@ -23,7 +23,6 @@ from django.test import override_settings
 
 from msgraph_mail import limits, shared_state
 from msgraph_mail.auth import AccessToken
-from msgraph_mail.concurrency import mailbox_slots
 from msgraph_mail.conf import MSGraphMailSettings, load_settings
 from msgraph_mail.exceptions import (
     ConfigurationError,
@@ -381,13 +380,6 @@ def test_usage_reports_every_budget(make_limits: Factory) -> None:
             "UPLOAD_MB_PER_5_MINUTES": {"used": 1.5, "limit": 150},
             "RECIPIENTS_PER_24_HOURS": {"used": 3, "limit": 10_000},
         }
-
-
-def test_the_old_mailbox_slots_still_hold(make_limits: Factory) -> None:
-    settings = make_limits(mailbox_limits={"CONCURRENT_REQUESTS": 1}).settings  # type: ignore[attr-defined]
-    with mailbox_slots.hold(settings, ALICE):
-        assert limits_for(settings).usage(ALICE)["CONCURRENT_REQUESTS"]["used"] == 1
-    assert limits_for(settings).usage(ALICE)["CONCURRENT_REQUESTS"]["used"] == 0
 
 
 # -- Redis only --------------------------------------------------------------------------
