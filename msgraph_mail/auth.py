@@ -24,6 +24,7 @@ from typing import Any
 import requests
 from django.utils.module_loading import import_string
 
+from . import shared_state
 from .conf import MSGraphMailSettings
 from .exceptions import AuthenticationError, GraphConnectionError
 from .retry import RetryBudget, parse_retry_after
@@ -86,7 +87,11 @@ class TokenCache:
         with self._lock_for(key):
             token = self._tokens.get(key)
             if token is None or not token.fresh:
-                token = fetch_token(settings, session)
+                # SHARE_TOKEN: another process's token first; ours shared for the others.
+                token = shared_state.get_token(settings)
+                if token is None:
+                    token = fetch_token(settings, session)
+                    shared_state.put_token(settings, token)
                 self._tokens[key] = token
             return token.value
 
@@ -97,6 +102,8 @@ class TokenCache:
             token = self._tokens.get(key)
             if token is not None and (value is None or token.value == value):
                 del self._tokens[key]
+            if value is not None:
+                shared_state.drop_token(settings, value)
 
     def clear(self) -> None:
         """Forget every token (tests use this to start from a cold process)."""

@@ -22,6 +22,7 @@ from typing import Any
 from cachetools import TTLCache
 from django.core.mail import EmailMessage
 
+from . import shared_state
 from .conf import MSGraphMailSettings
 from .exceptions import (
     MailboxNotEnabled,
@@ -108,6 +109,10 @@ class DirectoryResolver(SenderResolver):
             return cached
         with sender_cache.lock_for(key):  # concurrent senders: one lookup per address
             cached = sender_cache.get(key, self.settings.sender_cache_ttl)
+            if cached is None:  # REDIS_URL: another process may have looked it up
+                cached = shared_state.get_sender(self.settings, wanted)
+                if cached is not None:
+                    sender_cache.put(key, cached, self.settings.sender_cache_ttl)
             return cached or self._fetch(key, wanted)
 
     def _fetch(self, key: tuple[str, ...], wanted: str) -> Mailbox:
@@ -121,6 +126,7 @@ class DirectoryResolver(SenderResolver):
             )
         mailbox = Mailbox(id=user["id"], address=user.get("mail") or user["userPrincipalName"])
         sender_cache.put(key, mailbox, self.settings.sender_cache_ttl)
+        shared_state.put_sender(self.settings, wanted, mailbox)
         return mailbox
 
 

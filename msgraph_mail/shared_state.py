@@ -38,7 +38,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("msgraph_mail")
 
-__all__ = ["get_sender", "get_token", "put_sender", "put_token", "sender_key", "token_key"]
+__all__ = [
+    "drop_token",
+    "get_sender",
+    "get_token",
+    "put_sender",
+    "put_token",
+    "sender_key",
+    "token_key",
+]
 
 
 def sender_key(settings: MSGraphMailSettings, wanted: str) -> str:
@@ -123,6 +131,19 @@ def put_token(settings: MSGraphMailSettings, token: AccessToken) -> None:
         redis_client(settings).set(key, token.value, px=ttl_ms)
     except Exception as exc:
         _miss("store the shared token", exc)
+
+
+def drop_token(settings: MSGraphMailSettings, value: str) -> None:
+    """Forget the shared token if it is ``value`` (Graph rejected it: revoked or expired)."""
+    key = _token_key_if_shared(settings)
+    if key is None:
+        return
+    try:
+        client = redis_client(settings)
+        if client.get(key) == value.encode():
+            client.delete(key)  # a race with a new token only costs one more token request
+    except Exception as exc:
+        _miss("drop the shared token", exc)
 
 
 def _token_key_if_shared(settings: MSGraphMailSettings) -> str | None:
