@@ -197,7 +197,7 @@ class GraphClient:
             yield
             return
         started = time.monotonic()
-        self.limits.spend(
+        receipt = self.limits.spend(
             mailbox,
             requests=1,
             recipients=recipients,
@@ -205,8 +205,11 @@ class GraphClient:
             max_wait=budget.max_wait - budget.waited,
         )
         budget.waited += time.monotonic() - started
-        with self.limits.hold(mailbox):
-            yield
+        try:
+            with self.limits.hold(mailbox):
+                yield
+        finally:
+            self.limits.settle(mailbox, receipt)  # counted from the answer, as Graph's windows
 
     def _result(
         self,

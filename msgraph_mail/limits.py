@@ -131,10 +131,20 @@ class MailboxLimits(Protocol):
         upload_bytes: int,
         priority: str | None = None,
         max_wait: float | None = None,
-    ) -> None:
+    ) -> Receipt | None:
         """Spend on every budget at once, or on none: wait for room, or raise
         MailboxBudgetExhausted. ``priority`` defaults to PRIORITY, ``max_wait`` to
-        MAX_RETRY_WAIT (pass what the message has left of it)."""
+        MAX_RETRY_WAIT (pass what the message has left of it). Returns what was spent, for
+        :meth:`settle`, or None when nothing was."""
+        ...
+
+    def settle(self, mailbox: str, receipt: Receipt | None) -> None:
+        """Date what ``receipt`` spent from now, when the request has been answered.
+
+        Graph counts a request when it arrives, which is after we spent it; counted from the
+        answer, our windows free no earlier than Graph's, so pacing never meets a 429 at a
+        window's edge.
+        """
         ...
 
     def usage(self, mailbox: str) -> dict[str, dict[str, float]]:
@@ -224,6 +234,14 @@ class _Short:
     wait: float | None
 
 
+@dataclass(frozen=True, eq=False)
+class Receipt:
+    """What one spend took: its entry in each budget's window."""
+
+    token: str
+    entries: tuple[tuple[_Ask, Any], ...]  # (ask, the store's handle of its entry)
+
+
 class _Limits:
     """What both stores share: the asks of a request, pacing and the errors."""
 
@@ -242,16 +260,16 @@ class _Limits:
         upload_bytes: int,
         priority: str | None = None,
         max_wait: float | None = None,
-    ) -> None:
+    ) -> Receipt | None:
         asks = self._asks(requests, recipients, upload_bytes, priority or self.settings.priority)
         if not asks:
-            return
+            return None
         budget = self.settings.max_retry_wait if max_wait is None else max(0.0, max_wait)
         deadline = time.monotonic() + budget
         while True:
             short = self._try_spend(mailbox, asks)
-            if short is None:
-                return
+            if isinstance(short, Receipt):
+                return short
             if short.wait is None:
                 ask = next(ask for ask in asks if ask.budget == short.budget)
                 raise MailboxBudgetExhausted(
@@ -303,7 +321,14 @@ class _Limits:
             )
         return asks
 
-    def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | None:
+    def settle(self, mailbox: str, receipt: Receipt | None) -> None:
+        if receipt is not None:
+            self._restamp(mailbox, receipt)
+
+    def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | Receipt:
+        raise NotImplementedError
+
+    def _restamp(self, mailbox: str, receipt: Receipt) -> None:
         raise NotImplementedError
 
     def _usage(self, mailbox: str) -> tuple[int, dict[str, int]]:
@@ -320,28 +345,36 @@ def _in_unit(budget: str, amount: float) -> float:
 # -- in process --------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
+class _Entry:
+    """One spend in one budget's window: when (monotonic seconds) and how much."""
+
+    at: float
+    amount: int
+
+
 class _MailboxState:
     """One application's counts for one mailbox, in this process."""
 
     def __init__(self) -> None:
         self.condition = threading.Condition()
         self.in_flight = 0
-        self.entries: dict[str, deque[tuple[float, int]]] = {name: deque() for name in BUDGETS}
+        self.entries: dict[str, deque[_Entry]] = {name: deque() for name in BUDGETS}
         self.totals: dict[str, int] = dict.fromkeys(BUDGETS, 0)
 
     def prune(self, budget: str, window: float, now: float) -> int:
         entries = self.entries[budget]
-        while entries and entries[0][0] <= now - window:
-            self.totals[budget] -= entries.popleft()[1]
+        while entries and entries[0].at <= now - window:
+            self.totals[budget] -= entries.popleft().amount
         return self.totals[budget]
 
     def wait_for(self, budget: str, window: float, now: float, need: int) -> float:
         """Seconds until ``need`` of the budget has expired (oldest entries first)."""
         freed = 0
-        for at, amount in self.entries[budget]:
-            freed += amount
+        for entry in self.entries[budget]:
+            freed += entry.amount
             if freed >= need:
-                return at + window - now
+                return entry.at + window - now
         return window
 
 
@@ -370,7 +403,7 @@ class InProcessLimits(_Limits):
                 state.in_flight -= 1
                 state.condition.notify_all()  # waiters may have different limits
 
-    def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | None:
+    def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | Receipt:
         state = self._state(mailbox)
         with state.condition:
             now = time.monotonic()
@@ -387,10 +420,26 @@ class InProcessLimits(_Limits):
                         worst = _Short(ask.budget, wait)
             if worst is not None:
                 return worst
+            spent = []
             for ask in asks:
-                state.entries[ask.budget].append((now, ask.amount))
+                entry = _Entry(now, ask.amount)
+                state.entries[ask.budget].append(entry)
                 state.totals[ask.budget] += ask.amount
-            return None
+                spent.append((ask, entry))
+            return Receipt(uuid.uuid4().hex, tuple(spent))
+
+    def _restamp(self, mailbox: str, receipt: Receipt) -> None:
+        state = self._state(mailbox)
+        with state.condition:
+            now = time.monotonic()
+            for ask, entry in receipt.entries:
+                entries = state.entries[ask.budget]
+                for index, candidate in enumerate(entries):  # newest last: the window's order
+                    if candidate is entry:
+                        del entries[index]
+                        entry.at = now
+                        entries.append(entry)
+                        break
 
     def _usage(self, mailbox: str) -> tuple[int, dict[str, int]]:
         state = self._state(mailbox)
@@ -504,6 +553,25 @@ return {0}
 """
 )
 
+# KEYS: per budget its ZSET and total. ARGV: per budget the member spent and window_ms.
+# Dates the members from now (the answer came), if they are still in their windows.
+_SETTLE = (
+    _LUA_COMMON
+    + """
+local now = now_ms()
+for i = 1, #KEYS / 2 do
+  local zkey, tkey = KEYS[2 * i - 1], KEYS[2 * i]
+  local member, window = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
+  if redis.call('ZSCORE', zkey, member) then
+    redis.call('ZADD', zkey, 'XX', now, member)
+    redis.call('PEXPIRE', zkey, window)
+    if redis.call('EXISTS', tkey) == 1 then redis.call('PEXPIRE', tkey, window) end
+  end
+end
+return 1
+"""
+)
+
 # KEYS[1]: the slots ZSET (holder token -> lease expiry, ms). ARGV: token, limit, lease_ms.
 # Returns {1} when taken, else {0, ms until the first lease runs out}.
 _ACQUIRE = (
@@ -567,6 +635,7 @@ class _Connection:
     acquire: Any
     renew: Any
     usage: Any
+    settle: Any
 
 
 _clients: dict[str, tuple[int, _Connection]] = {}
@@ -607,6 +676,7 @@ def _connection(url: str) -> _Connection:
             client.register_script(_ACQUIRE),
             client.register_script(_RENEW),
             client.register_script(_USAGE),
+            client.register_script(_SETTLE),
         )
         _clients[url] = (pid, connection)
         return connection
@@ -722,20 +792,34 @@ class RedisLimits(_Limits):
                 logger.warning("A slot's lease in Redis ran out while the request was running")
                 return
 
-    def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | None:
+    def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | Receipt:
         keys = self.keys(mailbox)
         script_keys: list[str] = []
-        args: list[Any] = [uuid.uuid4().hex]
+        token = uuid.uuid4().hex
+        args: list[Any] = [token]
         for ask in asks:
             script_keys += [keys[ask.budget], keys[f"{ask.budget}:total"]]
             args += [max(1, round(ask.window * 1000)), ask.limit, ask.amount]
         outcome = self._call("spend", keys=script_keys, args=args)
         if outcome[0] == 0:
-            return None
+            members = tuple((ask, f"{token}:{ask.amount}") for ask in asks)
+            return Receipt(token, members)
         budget = asks[int(outcome[1]) - 1].budget
         if outcome[0] == 2:
             return _Short(budget, None)
         return _Short(budget, int(outcome[2]) / 1000)
+
+    def _restamp(self, mailbox: str, receipt: Receipt) -> None:
+        keys = self.keys(mailbox)
+        script_keys: list[str] = []
+        args: list[Any] = []
+        for ask, member in receipt.entries:
+            script_keys += [keys[ask.budget], keys[f"{ask.budget}:total"]]
+            args += [member, max(1, round(ask.window * 1000))]
+        try:
+            self._connection().settle(keys=script_keys, args=args)
+        except self._redis_errors as exc:  # the request has gone: the entry keeps its time
+            logger.warning("Could not settle a spend in Redis (%s)", type(exc).__name__)
 
     def _usage(self, mailbox: str) -> tuple[int, dict[str, int]]:
         keys = self.keys(mailbox)

@@ -266,6 +266,20 @@ def test_spend_paces_when_the_wait_fits(make_limits: Factory) -> None:
     assert time.monotonic() - started >= 0.6
 
 
+def test_a_settled_spend_counts_from_the_answer(make_limits: Factory) -> None:
+    # 10 minutes scaled to 0.3 s. The first request's answer comes 0.2 s after it was spent:
+    # its entry leaves the window 0.3 s after the answer, not after the spend, as in Graph.
+    mailbox_limits = make_limits(window_scale=0.0005, mailbox_limits={"REQUESTS_PER_10_MINUTES": 1})
+    receipt = mailbox_limits.spend(ALICE, requests=1, recipients=0, upload_bytes=0)
+    assert receipt is not None
+    time.sleep(0.2)
+    answered = time.monotonic()
+    mailbox_limits.settle(ALICE, receipt)
+    mailbox_limits.spend(ALICE, requests=1, recipients=0, upload_bytes=0, max_wait=30)
+    assert time.monotonic() - answered >= 0.25
+    assert mailbox_limits.spend(ALICE, requests=0, recipients=0, upload_bytes=0) is None
+
+
 def test_spend_raises_before_sending_when_the_wait_does_not_fit(make_limits: Factory) -> None:
     mailbox_limits = make_limits(mailbox_limits={"RECIPIENTS_PER_24_HOURS": 10})
     mailbox_limits.spend(ALICE, requests=1, recipients=8, upload_bytes=0, priority="normal")
