@@ -48,8 +48,12 @@ def docs(session: nox.Session) -> None:
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 
-@nox.session(python="3.11")
-def bench(session: nox.Session) -> None:
-    """Throughput against Graph's limit and django-msgraphbackend (not part of ``nox``)."""
-    session.install("-e", ".", "django~=5.2.0", "django-msgraphbackend==5.2.0")
+@nox.session
+@nox.parametrize(("python", "django"), [("3.11", "5.2"), ("3.13", "6.1")], ids=["5.2", "6.1"])
+def bench(session: nox.Session, django: str) -> None:
+    """Throughput against Graph's limit and django-msgraphbackend (not part of ``nox``).
+
+    ``nox -s bench`` runs both Django releases; ``nox -s "bench(6.1)" -- --runs 5`` one.
+    """
+    session.install(f"django~={django}.0", "-e", ".", "django-msgraphbackend==5.2.0")
     session.run("python", "benchmarks/throughput.py", *session.posargs)
