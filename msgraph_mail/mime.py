@@ -33,7 +33,13 @@ MAILBOX_HEADER = "X-MSGraph-Mailbox"
 #: Graph refuses requests larger than 4 MB (GRAPH_NOTES A.1).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
+#: Headers whose value is a list of addresses; each entry is checked like to=/cc= entries.
+ADDRESS_HEADERS = frozenset({"from", "to", "cc", "reply-to"})
+
 _MODERN_EMAIL = django.VERSION >= (6, 0)
+# RFC 5322 specials a display name may not hold unquoted ("." is allowed: obs-phrase).
+_SPECIALS = frozenset("()<>[]:;@\\,")
+_ADDRESS_SPECIALS = _SPECIALS - {"@"}
 _BARE_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]\\]+@[^@\s<>(),;:\"\[\]\\]+$")
 # RFC 5322: a field name is printable ASCII without the colon.
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")
@@ -62,11 +68,16 @@ def sender_address(message: EmailMessage) -> str:
         return raw
     if "\n" in raw or "\r" in raw:
         raise InvalidMessage("The From address contains a line break", email_message=message)
-    addresses = getaddresses([raw])
-    if len(addresses) != 1 or not _BARE_ADDRESS.match(addresses[0][1]):
+    flaw, written = _shape(raw)
+    addresses = getaddresses([raw]) if not flaw else []
+    if not flaw and (len(addresses) != 1 or addresses[0][1] != written):
+        flaw = "the parser reads another address than written"
+    if flaw or not _BARE_ADDRESS.match(addresses[0][1]):
         raise InvalidMessage(
-            f"The From address {raw!r} is not one valid address; set from_email or "
-            "DEFAULT_FROM_EMAIL to an address of your tenant",
+            f"The From address {raw[:100]!r} is not one valid address"
+            + (f" ({flaw})" if flaw else "")
+            + "; set from_email or DEFAULT_FROM_EMAIL to an address of your tenant, written "
+            "as 'addr@domain' or 'Name <addr@domain>'",
             email_message=message,
         )
     return addresses[0][1]
@@ -165,36 +176,143 @@ def check_message(message: EmailMessage) -> None:
             raise InvalidMessage(
                 f"Header {name} contains a line break or control character", email_message=message
             )
+    if message.from_email:
+        _check_address(message, "from_email= (the From address)", str(message.from_email))
     for field in ("to", "cc", "bcc", "reply_to"):
         for entry in getattr(message, field):
-            _check_address(message, field, str(entry))
+            _check_address(message, f"{field}=", str(entry))
+    for name, value in message.extra_headers.items():
+        if str(name).lower() in ADDRESS_HEADERS:
+            for entry in _header_entries(str(value)):
+                _check_address(message, f"extra_headers[{name!r}]", entry)
     _check_envelope(message)
 
 
 def _check_address(message: EmailMessage, field: str, entry: str) -> None:
-    """One list entry must be exactly one deliverable address (display name allowed)."""
+    """One entry must be exactly one deliverable address (display name allowed).
+
+    ``field`` names where the entry is (``"to="``, ``"extra_headers['Cc']"``).
+    """
     if _is_bare_address(entry):
         return  # nothing to parse
     if _CONTROL.search(entry):
         raise InvalidMessage(
-            f"An address in {field}= contains a line break or control character",
+            f"An address in {field} contains a line break or control character",
+            email_message=message,
+        )
+    flaw, written = _shape(entry)
+    if flaw:
+        raise InvalidMessage(
+            f"{entry[:100]!r} in {field} is not one valid address ({flaw}); it is refused, not "
+            "guessed at. Put each address in its own list entry, written as 'addr@domain' or "
+            "'Name <addr@domain>'; quote display names with commas: '\"Doe, Jo\" <jo@x.com>'",
             email_message=message,
         )
     parsed = getaddresses([entry])
-    address = parsed[0][1] if len(parsed) == 1 else ""
+    address = parsed[0][1] if len(parsed) == 1 and parsed[0][1] == written else ""
     local, _, domain = address.rpartition("@")
     if not (_LOCAL_PART.match(local) and _valid_domain(domain)):
+        local = written.rpartition("@")[0]
         if local and not local.isascii():
             raise InvalidMessage(
-                f"{entry!r} in {field}= has a non-ASCII local part; Graph's MIME route has no "
+                f"{entry!r} in {field} has a non-ASCII local part; Graph's MIME route has no "
                 "SMTPUTF8, so the address would be mangled. Use the recipient's ASCII address",
                 email_message=message,
             )
         raise InvalidMessage(
-            f"{entry[:100]!r} in {field}= is not one valid address (put each address in its "
+            f"{entry[:100]!r} in {field} is not one valid address (put each address in its "
             "own list entry; quote display names with commas: '\"Doe, Jo\" <jo@x.com>')",
             email_message=message,
         )
+
+
+def _shape(entry: str) -> tuple[str, str]:
+    """What keeps ``entry`` from being one address written plainly or as ``Name <address>``
+    (``""`` if nothing), and the address as written.
+
+    The standard library's parser (``getaddresses``) forgives broken entries and how much
+    depends on the Python release: before the CVE-2023-27043 fix, and even after it,
+    ``'Victim <victim@example.com'`` parses as ``victim@example.com``. Here the entry must be
+    what one parsed address re-formats to: balanced quotes, at most one ``<...>`` with
+    nothing after it, a display name without unquoted specials (groups, a second address;
+    comments ``(...)`` are allowed there only). This looks at the entry alone, so every
+    release gives the same answer; the caller then requires the parser to read exactly the
+    address as written.
+    """
+    text = entry.strip()
+    outside: list[str] = []  # the entry with quoted strings and comments emptied
+    in_quotes = escaped = False
+    depth = 0  # of nested comments
+    for char in text:
+        if escaped:
+            escaped = False
+        elif (in_quotes or depth) and char == "\\":
+            escaped = True
+        elif in_quotes:
+            in_quotes = char != '"'
+            if not in_quotes:
+                outside.append(char)
+        elif char == "," and depth:
+            # Python's strict parser (3.13, patched releases) refuses it; older ones take it
+            return "a comma inside a comment (put the name in double quotes instead)", ""
+        elif char == "(":
+            depth += 1
+            if depth == 1:
+                outside.append(char)
+        elif char == ")":
+            if depth == 0:
+                return "an unbalanced parenthesis", ""
+            depth -= 1
+            if depth == 0:
+                outside.append(char)
+        elif depth == 0:
+            in_quotes = char == '"'
+            outside.append(char)
+    if in_quotes:
+        return "an unbalanced double quote", ""
+    if depth:
+        return "an unbalanced parenthesis", ""
+    bare = "".join(outside)
+    if "<" not in bare and ">" not in bare:
+        if bare != text or any(char.isspace() or char in _ADDRESS_SPECIALS for char in text):
+            return "text around the address: a name, comment or second address?", ""
+        return "", text
+    if bare.count("<") != 1 or bare.count(">") != 1 or bare.index("<") > bare.index(">"):
+        return "unbalanced angle brackets", ""
+    if not bare.endswith(">"):
+        return "text after the closing '>'", ""
+    written = text.rpartition("<")[2][:-1].strip()
+    if not written or any(char.isspace() or char in _ADDRESS_SPECIALS for char in written):
+        return "more than one address between '<' and '>'", ""
+    if any(char in _SPECIALS for char in bare.partition("<")[0].replace("()", "")):
+        return "an unquoted special character in the display name (quote it)", ""
+    return "", written
+
+
+def _header_entries(value: str) -> list[str]:
+    """An address header's value, split at the commas outside quoted strings and comments."""
+    entries: list[str] = []
+    current: list[str] = []
+    in_quotes = escaped = False
+    depth = 0
+    for char in value:
+        if escaped:
+            escaped = False
+        elif (in_quotes or depth) and char == "\\":
+            escaped = True
+        elif in_quotes:
+            in_quotes = char != '"'
+        elif char == '"' and not depth:
+            in_quotes = True
+        elif char in "()":
+            depth = max(depth + (1 if char == "(" else -1), 0)
+        elif char == "," and not depth:
+            entries.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    entries.append("".join(current))
+    return entries
 
 
 def _is_bare_address(text: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.core.mail import EmailMessage, EmailMultiAlternatives, get_connection
+from django.core.mail import EmailMessage, EmailMultiAlternatives, get_connection, send_mail
 
 from msgraph_mail.emulator import GraphEmulator
 from msgraph_mail.exceptions import (
@@ -142,6 +142,119 @@ CORPUS: list[tuple[str, Any, type[MSGraphMailError], str]] = [
         InvalidMessage,
         "X-MSGraph-Mailbox",
     ),
+    # Entries Python's strict parser rejects, or that older releases' forgiving parser reads
+    # as another address than written: refused on every Python release, never guessed.
+    (
+        "unclosed-angle-to",
+        lambda: message(to=["Victim <victim@example.com"]),
+        InvalidMessage,
+        "'Victim <victim@example.com' in to=",
+    ),
+    (
+        "unclosed-angle-cc",
+        lambda: message(cc=["Victim <victim@example.com"]),
+        InvalidMessage,
+        "in cc= is not one valid address (unbalanced angle brackets)",
+    ),
+    (
+        "unclosed-angle-bcc",
+        lambda: message(bcc=["<victim@example.com"]),
+        InvalidMessage,
+        "'<victim@example.com' in bcc=",
+    ),
+    (
+        "unclosed-angle-reply-to",
+        lambda: message(reply_to=["Desk <desk@example.com"]),
+        InvalidMessage,
+        "'Desk <desk@example.com' in reply_to=",
+    ),
+    (
+        "unclosed-angle-from",
+        lambda: message(from_email="Shop <noreply@contoso.com"),
+        InvalidMessage,
+        "'Shop <noreply@contoso.com' in from_email= (the From address)",
+    ),
+    (
+        "unopened-angle",
+        lambda: message(to=["victim@example.com>"]),
+        InvalidMessage,
+        "unbalanced angle brackets",
+    ),
+    (
+        "text-after-angle",
+        lambda: message(to=["Victim <victim@example.com> junk"]),
+        InvalidMessage,
+        "text after the closing '>'",
+    ),
+    (
+        "doubled-angle",
+        lambda: message(to=["Victim <victim@example.com>>"]),
+        InvalidMessage,
+        "unbalanced angle brackets",
+    ),
+    (
+        "unclosed-quote",
+        lambda: message(to=['"Victim <victim@example.com>']),
+        InvalidMessage,
+        "in to= is not one valid address",
+    ),
+    (
+        "stray-quote",
+        lambda: message(cc=['Vic"tim <victim@example.com>']),
+        InvalidMessage,
+        "unbalanced double quote",
+    ),
+    (
+        "unbalanced-comment",
+        lambda: message(to=["Victim (x <victim@example.com>"]),
+        InvalidMessage,
+        "unbalanced parenthesis",
+    ),
+    (
+        "group-syntax",
+        lambda: message(to=["Friends: <victim@example.com>"]),
+        InvalidMessage,
+        "special character in the display name",
+    ),
+    (
+        "trailing-semicolon",
+        lambda: message(to=["Victim <victim@example.com>;"]),
+        InvalidMessage,
+        "text after the closing '>'",
+    ),
+    (
+        "address-then-comment",
+        lambda: message(to=["victim@example.com (Victim)"]),
+        InvalidMessage,
+        "text around the address",
+    ),
+    (
+        "unclosed-angle-to-header",
+        lambda: message(to=["victim@example.com"], headers={"To": "Victim <victim@example.com"}),
+        InvalidMessage,
+        "'Victim <victim@example.com' in extra_headers['To']",
+    ),
+    (
+        "unclosed-angle-cc-header",
+        lambda: message(
+            cc=["a@example.com", "victim@example.com"],
+            headers={"Cc": "a@example.com, Victim <victim@example.com"},
+        ),
+        InvalidMessage,
+        "in extra_headers['Cc']",
+    ),
+    (
+        "unclosed-angle-reply-to-header",
+        lambda: message(headers={"Reply-To": "Desk <desk@example.com"}),
+        InvalidMessage,
+        "'Desk <desk@example.com' in extra_headers['Reply-To']",
+    ),
+    (
+        "unclosed-angle-from-header",
+        lambda: message(headers={"From": "Shop <noreply@contoso.com"}),
+        InvalidMessage,
+        "'Shop <noreply@contoso.com' in extra_headers['From']",
+    ),
     ("oversized", big, MessageTooLarge, "4,194,304"),
     (
         "unknown-sender",
@@ -198,6 +311,109 @@ def test_idn_domains_are_delivered_in_ascii(emulator: GraphEmulator) -> None:
     assert sent.to == ["mueller@xn--bcher-kva.example"]
     assert sent.cc == ["x@xn--r8jz45g.jp"]
     assert sent.bcc == ["y@xn--bcher-kva.example"]
+
+
+@pytest.mark.parametrize(
+    "field", ["from_email", "to", "cc", "bcc", "reply_to", "From", "To", "Cc", "Reply-To"]
+)
+def test_unbalanced_angle_bracket_is_refused_through_send_mail(
+    emulator: GraphEmulator, field: str
+) -> None:
+    """django.core.mail end to end: no request at all, the field and the entry named."""
+    entry = "Victim <victim@example.com"
+    kwargs: dict[str, Any] = {}
+    if field == "from_email":
+        kwargs["from_email"] = entry
+    elif field.islower():
+        kwargs[field] = [entry]
+    else:
+        lists = {"To": "to", "Cc": "cc"}
+        if field in lists:
+            kwargs[lists[field]] = ["victim@example.com"]  # the envelope agrees with the header
+        kwargs["headers"] = {field: entry}
+    mail = message(**kwargs)
+    with pytest.raises(InvalidMessage) as info:
+        get_connection().send_messages([mail])
+    label = f"extra_headers[{field!r}]" if field[0].isupper() else f"{field}="
+    assert f"{entry!r} in {label}" in str(info.value)
+    assert emulator.count() == 0  # not even a token or a directory lookup
+    with pytest.raises(InvalidMessage):
+        send_mail("s", "b", entry if field == "from_email" else FROM, [entry])
+    assert emulator.count() == 0
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "victim@example.com",
+        "<victim@example.com>",
+        "Victim <victim@example.com>",
+        '"Victim, The" <victim@example.com>',
+        '"Vic \\"the\\" tim" <victim@example.com>',
+        '"<victim@example.com>" <victim@example.com>',
+        "J. R. Victim <victim@example.com>",
+        "Victim (work) <victim@example.com>",
+        "=?utf-8?q?V=C3=ADctim?= <victim@example.com>",
+        "Víctim <victim@example.com>",
+    ],
+)
+def test_well_formed_entries_still_send(emulator: GraphEmulator, entry: str) -> None:
+    assert message(to=[entry], cc=[entry], reply_to=[entry]).send() == 1
+    [sent] = emulator.sent
+    assert sent.to == ["victim@example.com"]
+
+
+#: Entries whose verdict must not depend on the Python release (3.10 to 3.13: before and
+#: after the CVE-2023-27043 fix to email.utils), with the address sent for those accepted.
+SAME_ON_EVERY_PYTHON = [
+    ("Victim <victim@example.com", None),
+    ("victim@example.com>", None),
+    ("Victim <victim@example.com> junk", None),
+    ('"Victim <victim@example.com', None),
+    ('Vic"tim <victim@example.com>', None),
+    ("victim@example.com (comment)", None),
+    ("(comment) victim@example.com", None),
+    ("Vic <victim@example.com> <b@example.com>", None),
+    ("alice@example.com <victim@example.com>", None),
+    ("<victim@example.com", None),
+    ("Name <<victim@example.com>>", None),
+    ("Name <victim@example.com>x", None),
+    ("victim@example.com)", None),
+    ("(victim@example.com", None),
+    ('Name "<victim@example.com>"', None),
+    ("Name <victim@example.com> (c)", None),
+    ("<victim@example.com>:", None),
+    ("Name: <victim@example.com>", None),
+    ("Group: victim@example.com;", None),
+    ("victim@example.com; b@example.com", None),
+    ("Nam\\e <victim@example.com>", None),
+    ("victim@[192.0.2.1]", None),
+    ("Name <victim@example.com>;", None),
+    ("Name (a, b) <victim@example.com>", None),
+    ("Name <victim@example.com (c)>", None),
+    ("<>", None),
+    ("Name <>", None),
+    ("victim@example.com,", None),
+    ("<victim@example.com>", "victim@example.com"),
+    ("Name < victim@example.com >", "victim@example.com"),
+    ('"" <victim@example.com>', "victim@example.com"),
+    ('"victim@example.com" <victim@example.com>', "victim@example.com"),
+    ("Name (a b) <victim@example.com>", "victim@example.com"),
+    ("x@例え.jp", "x@xn--r8jz45g.jp"),
+]
+
+
+@pytest.mark.parametrize(("entry", "delivered"), SAME_ON_EVERY_PYTHON)
+def test_verdict_is_the_same_on_every_python(
+    emulator: GraphEmulator, entry: str, delivered: str | None
+) -> None:
+    if delivered is None:
+        with pytest.raises(InvalidMessage, match="in to= is not one valid address"):
+            message(to=[entry]).send()
+        assert emulator.count() == 0
+    else:
+        assert message(to=[entry]).send() == 1
+        assert emulator.sent[0].to == [delivered]
 
 
 def test_quoted_display_name_with_comma_is_one_recipient(emulator: GraphEmulator) -> None:
