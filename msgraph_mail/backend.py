@@ -30,7 +30,7 @@ from .exceptions import (
 )
 from .graph import GraphClient, Response
 from .large import DraftPlan, beyond_send_mail, prepare, send_draft
-from .mime import build_mime, encode, sender_address
+from .mime import MAILBOX_HEADER, build_mime, encode, header, sender_address
 from .resolvers import Mailbox, SenderResolver, resolver_for
 
 logger = logging.getLogger("msgraph_mail")
@@ -131,6 +131,13 @@ class EmailBackend(BaseEmailBackend):
         limit, for the process or (REDIS_URL) for every process (:mod:`msgraph_mail.limits`).
         """
         workers = min(self.settings.max_concurrency, len(messages))
+        if not self.settings.redis_url:
+            # In one process a freed slot passes to a waiting thread at once; threads beyond
+            # the slots would only wait. With Redis a slot may free in another process, and a
+            # thread waiting with its message built takes it sooner than one building it.
+            workers = min(
+                workers, self.settings.mailbox_limits.concurrent_requests * _senders(messages)
+            )
         if workers <= 1:
             return [self._send(message) for message in messages]
         with ThreadPoolExecutor(workers, thread_name_prefix="msgraph_mail") as pool:
@@ -210,6 +217,19 @@ class EmailBackend(BaseEmailBackend):
             lambda error: resolver.explain(error, mailbox, sender),
             recipients=len(message.recipients()),
         )
+
+
+def _senders(messages: list[EmailMessage]) -> int:
+    """How many mailboxes the batch may go through, at most: its distinct From addresses
+    and mailbox overrides (a message whose From is invalid fails without a request)."""
+    found = set()
+    for message in messages:
+        found.add(
+            str(
+                header(message, MAILBOX_HEADER) or header(message, "From") or message.from_email
+            ).lower()
+        )
+    return len(found)
 
 
 def _message_id(raw: bytes) -> str | None:

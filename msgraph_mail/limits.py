@@ -107,8 +107,9 @@ MB = 1024 * 1024
 LEASE_MARGIN = 5.0
 #: Connect and read timeout of the Redis client (seconds): an unreachable Redis fails fast.
 REDIS_TIMEOUT = 3.0
-#: Polling interval range while waiting for a slot in Redis (seconds).
-POLL = (0.010, 0.025)
+#: The longest a waiter for a slot in Redis sleeps before trying again (seconds); a release
+#: wakes one waiter at once, this only bounds the wait for a lease that ran out.
+POLL = 0.1
 #: Environment variable that scales the windows of the whole process (tests, demos).
 TIME_SCALE_ENV = "MSGRAPH_MAIL_LIMITS_TIME_SCALE"
 
@@ -592,6 +593,16 @@ return {0, tonumber(first[2]) - now}
 """
 )
 
+# KEYS: the slots ZSET, the list that wakes waiters. ARGV: token, limit, lease_ms.
+# Frees the slot and wakes one waiter (the list never holds more than ``limit`` wake-ups).
+_RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[2], 1)
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
 # KEYS[1]: the slots ZSET. ARGV: token, lease_ms. 1: renewed; 0: the lease was lost.
 _RENEW = (
     _LUA_COMMON
@@ -636,6 +647,7 @@ class _Connection:
     renew: Any
     usage: Any
     settle: Any
+    release: Any
 
 
 _clients: dict[str, tuple[int, _Connection]] = {}
@@ -677,6 +689,7 @@ def _connection(url: str) -> _Connection:
             client.register_script(_RENEW),
             client.register_script(_USAGE),
             client.register_script(_SETTLE),
+            client.register_script(_RELEASE),
         )
         _clients[url] = (pid, connection)
         return connection
@@ -711,6 +724,59 @@ def unavailable(settings: MSGraphMailSettings, exc: Exception) -> LimitsUnavaila
     )
 
 
+class _Renewer:
+    """One thread per process renews the leases of every slot held longer than a third of
+    its lease (a request slower than about TIMEOUT / 3); most requests end long before."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[RedisLimits, str, int, float]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, limits: RedisLimits, key: str, token: str, lease_ms: int) -> None:
+        with self._lock:
+            self._held[token] = (limits, key, lease_ms, time.monotonic())
+            if self._thread is None or self._pid != os.getpid():  # none yet, or forked
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="msgraph_mail-leases", daemon=True
+                )
+                self._thread.start()
+
+    def remove(self, token: str) -> None:
+        with self._lock:
+            self._held.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(RENEW_EVERY)
+            now = time.monotonic()
+            with self._lock:
+                due = [
+                    (token, held)
+                    for token, held in self._held.items()
+                    if now - held[3] >= held[2] / 3000
+                ]
+            for token, (limits, key, lease_ms, _) in due:
+                renewed = limits.renew(key, token, lease_ms)
+                with self._lock:
+                    if token in self._held:
+                        if renewed:
+                            self._held[token] = (limits, key, lease_ms, time.monotonic())
+                        else:
+                            del self._held[token]
+                            logger.warning(
+                                "A slot's lease in Redis ran out while the request was running"
+                            )
+
+
+#: How often the lease renewer looks at the held slots (seconds).
+RENEW_EVERY = 0.5
+
+_renewer = _Renewer()
+
+
 class RedisLimits(_Limits):
     """Slots and budgets shared through Redis by every process (REDIS_URL set).
 
@@ -733,7 +799,7 @@ class RedisLimits(_Limits):
     def keys(self, mailbox: str) -> dict[str, str]:
         """The Redis keys of a mailbox: ``slots``, and per budget its entries and total."""
         prefix = f"msgraph_mail:{{{mailbox_key(self.settings, mailbox)}}}"
-        keys = {"slots": f"{prefix}:slots"}
+        keys = {"slots": f"{prefix}:slots", "freed": f"{prefix}:freed"}
         for budget in BUDGETS:
             name = budget.lower()
             keys[budget] = f"{prefix}:{name}"
@@ -742,7 +808,8 @@ class RedisLimits(_Limits):
 
     @contextmanager
     def hold(self, mailbox: str) -> Iterator[None]:
-        key = self.keys(mailbox)["slots"]
+        keys = self.keys(mailbox)
+        key, freed = keys["slots"], keys["freed"]
         token = uuid.uuid4().hex
         lease_ms = max(1, round(self.lease * 1000))
         limit = self.settings.mailbox_limits.concurrent_requests
@@ -751,28 +818,22 @@ class RedisLimits(_Limits):
             taken, *rest = self._call("acquire", keys=[key], args=[token, limit, lease_ms])
             if taken:
                 break
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 free_in = max(0, int(rest[0])) / 1000 if rest else self.lease
                 raise MailboxBudgetExhausted(
                     mailbox=mailbox,
                     budget=_SLOTS,
                     retry_at=datetime.now(timezone.utc) + timedelta(seconds=free_in),
                 )
-            time.sleep(random.uniform(*POLL))  # noqa: S311
-        stop = threading.Event()
-        renewer = threading.Thread(
-            target=self._renew,
-            args=(key, token, lease_ms, stop),
-            name="msgraph_mail-lease",
-            daemon=True,
-        )
-        renewer.start()
+            self._await_release(freed, min(POLL, left))
+        _renewer.add(self, key, token, lease_ms)
         try:
             yield
         finally:
-            stop.set()
+            _renewer.remove(token)
             try:
-                self._connection().client.zrem(key, token)
+                self._connection().release(keys=[key, freed], args=[token, limit, lease_ms])
             except self._redis_errors as exc:
                 logger.warning(
                     "Could not release a slot of mailbox %s in Redis (%s); it frees when its "
@@ -781,16 +842,20 @@ class RedisLimits(_Limits):
                     type(exc).__name__,
                 )
 
-    def _renew(self, key: str, token: str, lease_ms: int, stop: threading.Event) -> None:
-        while not stop.wait(self.lease / 3):
-            try:
-                renewed = self._connection().renew(keys=[key], args=[token, lease_ms])
-            except self._redis_errors as exc:
-                logger.warning("Could not renew a slot's lease in Redis (%s)", type(exc).__name__)
-                continue
-            if not renewed and not stop.is_set():
-                logger.warning("A slot's lease in Redis ran out while the request was running")
-                return
+    def _await_release(self, freed: str, seconds: float) -> None:
+        """Block until a holder releases a slot (one waiter per release) or ``seconds``."""
+        try:
+            self._connection().client.blpop([freed], timeout=max(seconds, 0.01))
+        except self._redis_errors as exc:
+            raise unavailable(self.settings, exc) from exc
+
+    def renew(self, key: str, token: str, lease_ms: int) -> bool:
+        """Extend a held lease; False when it was lost (it ran out first)."""
+        try:
+            return bool(self._connection().renew(keys=[key], args=[token, lease_ms]))
+        except self._redis_errors as exc:
+            logger.warning("Could not renew a slot's lease in Redis (%s)", type(exc).__name__)
+            return True  # try again next round
 
     def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | Receipt:
         keys = self.keys(mailbox)
