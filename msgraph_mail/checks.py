@@ -107,6 +107,11 @@ E014 = Error(
     hint=f"Install it with: {INSTALL_COMMAND}",
     id="msgraph_mail.E014",
 )
+E015 = Error(
+    "REDIS_URL needs redis-py, which is not installed.",
+    hint='Install it with: pip install "django-msgraph-mailer[redis]"',
+    id="msgraph_mail.E015",
+)
 W001 = Warning(
     "DEFAULT_FROM_EMAIL is Django's default, webmaster@localhost.",
     hint="No mailbox owns that address, so every mail sent without an explicit From would "
@@ -151,6 +156,12 @@ W007 = Warning(
     id="msgraph_mail.W007",
 )
 
+W008 = Warning(
+    "SHARE_TOKEN is set without REDIS_URL: there is nothing to share the token through.",
+    hint="Set REDIS_URL to the Redis every process uses, or remove SHARE_TOKEN.",
+    id="msgraph_mail.W008",
+)
+
 #: Problems of the settings model, by (key, pydantic error type), and the check reporting it.
 BY_PROBLEM: dict[tuple[str, str], CheckMessage] = {
     ("TENANT_ID", "missing"): E001,
@@ -161,6 +172,7 @@ BY_PROBLEM: dict[tuple[str, str], CheckMessage] = {
     ("CLIENT_SECRET", "missing"): E005,
     ("CLIENT_SECRET", "empty_secret"): E005,
     ("CLIENT_CERTIFICATE", "cryptography_missing"): E014,
+    ("REDIS_URL", "redis_missing"): E015,
     ("MODE", "literal_error"): E006,
     ("MAILBOX", "mailbox_required"): E007,
     ("GRAPH_URL", "insecure_url"): E010,
@@ -182,6 +194,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             mixture = cloud_mixture(config)
             if mixture is not None:
                 messages.append(at(_format(E013, mixture=mixture), where))
+            if config.share_token and not config.redis_url:
+                messages.append(at(W008, where))
         messages += [at(message, where) for message in _legacy_overlap()]
     return _unique(messages)
 

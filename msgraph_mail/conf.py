@@ -15,6 +15,7 @@ and ``django.setup()`` needs no ``MSGRAPH_MAIL``.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 import uuid
@@ -386,6 +387,11 @@ class MSGraphMailSettings(BaseModel):
         elif parts.path not in {"", "/"} and not re.fullmatch(r"/\d+", parts.path):
             raise PydanticCustomError(
                 "redis_url", "the path must be a database number, e.g. redis://localhost:6379/0"
+            )
+        if importlib.util.find_spec("redis") is None:
+            raise PydanticCustomError(
+                "redis_missing",
+                'needs redis-py: pip install "django-msgraph-mailer[redis]"',
             )
         return RedisURL(value)
 

@@ -19,9 +19,10 @@ import requests
 from django.conf import settings as django_settings
 
 from .auth import AADSTS_HINTS, fetch_token, token_credential
-from .conf import MSGraphMailSettings
+from .conf import MSGraphMailSettings, mask_url
 from .exceptions import AuthenticationError, MSGraphMailError
 from .graph import GraphClient
+from .limits import limits_for, redis_client
 
 Level = Literal["ok", "info", "warning", "error"]
 
@@ -69,7 +70,9 @@ def diagnose(
         if token is None:
             return findings
         findings += list(judge_roles(config, token_roles(token)))
-        findings += list(check_senders(config, client, senders, roles))
+        found: dict[str, dict[str, Any]] = {}
+        findings += list(check_senders(config, client, senders, roles, found))
+        findings += list(check_limits(config, found))
         if send_test:
             findings.append(send_test_message(config, send_test, next(iter(senders), None)))
     finally:
@@ -276,10 +279,12 @@ def check_senders(
     client: GraphClient,
     senders: Iterable[str],
     roles: Mapping[str, str] | None = None,
+    found: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[Finding]:
-    """Can each sender address be sent from, in this mode?"""
+    """Can each sender address be sent from, in this mode? ``found`` collects the users
+    the lookups found, by address."""
     by_address = {address.lower(): role for address, role in (roles or {}).items()}
-    for finding in _check_senders(config, client, senders):
+    for finding in _check_senders(config, client, senders, {} if found is None else found):
         role = by_address.get(finding.topic.removeprefix("sender ").lower())
         if role and finding.level == "error" and finding.topic.startswith("sender "):
             fix = f"{finding.fix} " if finding.fix else ""
@@ -288,7 +293,10 @@ def check_senders(
 
 
 def _check_senders(
-    config: MSGraphMailSettings, client: GraphClient, senders: Iterable[str]
+    config: MSGraphMailSettings,
+    client: GraphClient,
+    senders: Iterable[str],
+    found: dict[str, dict[str, Any]],
 ) -> Iterator[Finding]:
     if config.mode == "rbac" and not config.allowed_senders:
         yield Finding(
@@ -314,7 +322,7 @@ def _check_senders(
                 "Exchange RBAC scope.",
             )
             continue
-        yield _lookup(client, address, topic)
+        yield _lookup(client, address, topic, found)
 
 
 def _single_mailbox_sender(config: MSGraphMailSettings, address: str, topic: str) -> Finding:
@@ -330,7 +338,9 @@ def _single_mailbox_sender(config: MSGraphMailSettings, address: str, topic: str
     )
 
 
-def _lookup(client: GraphClient, address: str, topic: str) -> Finding:
+def _lookup(
+    client: GraphClient, address: str, topic: str, found: dict[str, dict[str, Any]]
+) -> Finding:
     try:
         user = client.find_user(address, select="id,mail,userPrincipalName,userType")
     except MSGraphMailError as exc:
@@ -357,9 +367,85 @@ def _lookup(client: GraphClient, address: str, topic: str) -> Finding:
             "Online mailbox (MailboxNotEnabledForRESTAPI)",
             "Send from a licensed user or a shared mailbox of the tenant.",
         )
+    found[address] = user
     return Finding(
         "ok", topic, f"resolves to mailbox {user.get('userPrincipalName')} ({user['id']})"
     )
+
+
+def check_limits(
+    config: MSGraphMailSettings, found: Mapping[str, dict[str, Any]]
+) -> Iterator[Finding]:
+    """Where Graph's per-mailbox limits are counted, and each sending mailbox's use of them
+    (``found``: the senders' users, by address, as the lookups found them)."""
+    if not config.redis_url:
+        yield Finding(
+            "info",
+            "limits",
+            "counted in each process (no REDIS_URL): with several processes or hosts sending "
+            "through one mailbox, Graph answers 429 and a mailbox's daily budget is not shared",
+            "For several workers, set REDIS_URL (see Running many workers in the documentation).",
+        )
+    else:
+        url = mask_url(str(config.redis_url))
+        try:
+            redis_client(config).ping()
+        except Exception as exc:  # any failure of the store is the finding
+            yield Finding(
+                "error",
+                "limits",
+                f"Redis at {url} does not answer ({type(exc).__name__}): nothing can be sent",
+                "Start Redis, or correct REDIS_URL (host, port, password, rediss:// for TLS).",
+            )
+            return
+        yield Finding("ok", "limits", f"shared through Redis at {url}")
+    limits = limits_for(config)
+    for address, mailbox in _mailboxes(config, found):
+        try:
+            use = limits.usage(mailbox)
+        except MSGraphMailError as exc:
+            yield Finding("error", f"budget {address}", str(exc))
+            continue
+        fullest = max(use.values(), key=lambda u: u["used"] / u["limit"] if u["limit"] else 0)
+        high = fullest["limit"] and fullest["used"] >= 0.9 * fullest["limit"]
+        yield Finding(
+            "warning" if high else "info",
+            f"budget {address}",
+            ", ".join(
+                f"{_BUDGET_NAMES[key]} {_amount(u['used'])}/{_amount(u['limit'])}"
+                for key, u in use.items()
+            ),
+            "A spent budget frees as its window slides; mail waits for it within "
+            "MAX_RETRY_WAIT, or fails with MailboxBudgetExhausted."
+            if high
+            else "",
+        )
+
+
+_BUDGET_NAMES = {
+    "CONCURRENT_REQUESTS": "in flight",
+    "REQUESTS_PER_10_MINUTES": "requests per 10 min",
+    "UPLOAD_MB_PER_5_MINUTES": "upload MB per 5 min",
+    "RECIPIENTS_PER_24_HOURS": "recipients per 24 h",
+}
+
+
+def _amount(value: float) -> str:
+    return f"{value:g}" if value == int(value) else f"{value:.1f}"
+
+
+def _mailboxes(
+    config: MSGraphMailSettings, found: Mapping[str, dict[str, Any]]
+) -> Iterator[tuple[str, str]]:
+    """(address, the key the limits count it by): the id in the mailbox's Graph paths."""
+    if config.mode == "single_mailbox":
+        yield str(config.mailbox), str(config.mailbox).lower()
+        return
+    seen = set()
+    for address, user in found.items():
+        if user["id"] not in seen:
+            seen.add(user["id"])
+            yield str(user.get("mail") or address), str(user["id"]).lower()
 
 
 def send_test_message(config: MSGraphMailSettings, to: str, sender: str | None) -> Finding:
