@@ -42,9 +42,9 @@ AADSTS_HINTS = {
     7000215: "the client secret is wrong: use the secret's Value, not its Secret ID",
     7000222: "the client secret has expired: create a new one in the app registration",
     7000218: "no credential was sent: set CLIENT_SECRET, CLIENT_CERTIFICATE or TOKEN_CREDENTIAL",
-    700027: "the client assertion was refused: upload CLIENT_CERTIFICATE's certificate (the "
-    ".cer/.pem, never the key) to the app registration under Certificates & secrets, check "
-    "that it has not expired and that PRIVATE_KEY belongs to it",
+    700027: "the client assertion's signature was not validated against a certificate of the "
+    "app registration: upload CLIENT_CERTIFICATE's certificate (the .cer/.pem, never the key) "
+    "under Certificates & secrets, and check that PRIVATE_KEY belongs to it",
     700024: "the client assertion is outside its valid time range: check the server's clock",
     700016: "the application (CLIENT_ID) is not known in this tenant: check CLIENT_ID and "
     "TENANT_ID, and that admin consent was granted there",

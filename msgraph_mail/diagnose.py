@@ -213,9 +213,10 @@ def judge_roles(config: MSGraphMailSettings, roles: list[str] | None) -> Iterato
             "permissions",
             "the app holds Entra Mail.Send: Entra and Exchange grants add up, so it can send as "
             "any mailbox and the RBAC scope restricts nothing",
-            "In the app's API permissions, Revoke admin consent for Mail.Send, then Remove "
-            "permission (or Remove-MgServicePrincipalAppRoleAssignment); keep the Exchange "
-            "role assignment 'Application Mail.Send'.",
+            "Revoke Mail.Send in Entra: Enterprise applications > the app > Permissions > "
+            "Admin consent (or Remove-MgServicePrincipalAppRoleAssignment), then remove it from "
+            "the app registration's API permissions; keep the Exchange role assignment "
+            "'Application Mail.Send'.",
         )
     if config.mode == "single_mailbox":
         if sends:
