@@ -39,7 +39,9 @@ COUNTS = (1, 2, 4, 8)
 BATCH = 24
 
 
-def _sender(url: str, redis_url: str | None, count: int, start: Any, pipe: Connection) -> None:
+def _sender(
+    url: str, redis_url: str | None, count: int, threads: int, start: Any, pipe: Connection
+) -> None:
     """One sending process: warm up (token), wait for the others, send, report."""
     import logging
 
@@ -60,6 +62,7 @@ def _sender(url: str, redis_url: str | None, count: int, start: Any, pipe: Conne
         "MAILBOX": "noreply@contoso.com",
         "MAX_RETRY_WAIT": 300,
         "MAX_RETRIES": 20,
+        "MAX_CONCURRENCY": threads,
     }
     if redis_url:
         config["REDIS_URL"] = redis_url
@@ -106,7 +109,7 @@ class Run:
     max_in_flight: int
 
 
-def run(emulator: Emulator, processes: int, redis_url: str | None) -> Run:
+def run(emulator: Emulator, processes: int, redis_url: str | None, threads: int) -> Run:
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     share, rest = divmod(MESSAGES, processes)
@@ -115,7 +118,7 @@ def run(emulator: Emulator, processes: int, redis_url: str | None) -> Run:
         parent, child = context.Pipe()
         count = share + (1 if n < rest else 0)
         worker = context.Process(
-            target=_sender, args=(emulator.url, redis_url, count, start, child)
+            target=_sender, args=(emulator.url, redis_url, count, threads, start, child)
         )
         worker.start()
         pipes.append(parent)
@@ -187,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1, help="runs; the table shows medians")
     parser.add_argument("--latency", type=float, default=LATENCY, help="seconds per request")
+    parser.add_argument(
+        "--processes", type=int, nargs="*", default=list(COUNTS), help="process counts to run"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=8, help="MAX_CONCURRENCY of each process (default 8)"
+    )
     args = parser.parse_args(argv)
     emulator = Emulator(args.latency)
     runs = []
@@ -194,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         with RedisServer() as redis:
             for _ in range(args.runs):
                 one = []
-                for processes in COUNTS:
-                    one.append(run(emulator, processes, None))
-                    one.append(run(emulator, processes, redis.url))
+                for processes in args.processes:
+                    one.append(run(emulator, processes, None, args.threads))
+                    one.append(run(emulator, processes, redis.url, args.threads))
                 runs.append(one)
     finally:
         emulator.stop()

@@ -61,6 +61,7 @@ Details that matter:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -107,8 +108,8 @@ MB = 1024 * 1024
 LEASE_MARGIN = 5.0
 #: Connect and read timeout of the Redis client (seconds): an unreachable Redis fails fast.
 REDIS_TIMEOUT = 3.0
-#: The longest a waiter for a slot in Redis sleeps before trying again (seconds); a release
-#: wakes one waiter at once, this only bounds the wait for a lease that ran out.
+#: The longest a waiter for a slot in Redis blocks before trying again (seconds); a release
+#: hands its slot to a waiter at once, this bounds the wait for a lease that ran out.
 POLL = 0.1
 #: Environment variable that scales the windows of the whole process (tests, demos).
 TIME_SCALE_ENV = "MSGRAPH_MAIL_LIMITS_TIME_SCALE"
@@ -573,35 +574,70 @@ return 1
 """
 )
 
-# KEYS[1]: the slots ZSET (holder token -> lease expiry, ms). ARGV: token, limit, lease_ms.
-# Returns {1} when taken, else {0, ms until the first lease runs out}.
+# Slots are handed over, not fought for: a holder that releases while others wait passes its
+# slot on as a new lease (a grant, pushed to a list) that one waiter takes with BLPOP and
+# holds at once, without another round trip. Waiters register with a short deadline, which
+# they renew each time they try again, so a waiter that died is soon no longer served.
+
+# KEYS: slots ZSET (holder token -> lease expiry, ms), grants LIST, waiters ZSET (token ->
+# deadline). ARGV: token, limit, lease_ms, waiter_ms. Returns {1} when taken (a grant left
+# unclaimed first, else a free slot), else {0, ms until the first lease runs out} after
+# registering the caller as a waiter.
 _ACQUIRE = (
     _LUA_COMMON
     + """
 local now = now_ms()
-local key, token = KEYS[1], ARGV[1]
-local limit, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-if redis.call('ZCARD', key) < limit then
-  redis.call('ZADD', key, now + lease, token)
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  redis.call('PEXPIRE', key, math.max(1, tonumber(last[2]) - now))
+local slots, grants, waiters = KEYS[1], KEYS[2], KEYS[3]
+local token, limit = ARGV[1], tonumber(ARGV[2])
+local lease, waiting = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+local function take()
+  redis.call('ZADD', slots, now + lease, token)
+  redis.call('ZREM', waiters, token)
+  local last = redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', slots, math.max(1, tonumber(last[2]) - now))
   return {1}
 end
-local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+while true do
+  local grant = redis.call('LPOP', grants)
+  if not grant then break end
+  if redis.call('ZSCORE', slots, grant) then
+    redis.call('ZREM', slots, grant)
+    return take()
+  end
+end
+if redis.call('ZCARD', slots) < limit then
+  return take()
+end
+redis.call('ZADD', waiters, now + waiting, token)
+redis.call('PEXPIRE', waiters, waiting)
+local first = redis.call('ZRANGE', slots, 0, 0, 'WITHSCORES')
 return {0, tonumber(first[2]) - now}
 """
 )
 
-# KEYS: the slots ZSET, the list that wakes waiters. ARGV: token, limit, lease_ms.
-# Frees the slot and wakes one waiter (the list never holds more than ``limit`` wake-ups).
-_RELEASE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('LPUSH', KEYS[2], 1)
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+# KEYS: slots, grants, waiters. ARGV: the holder's token, the token of the lease to hand
+# over, lease_ms, the token the holder waited under (or ''). Frees the slot, or hands it to
+# a waiter when more wait than grants are pending.
+_RELEASE = (
+    _LUA_COMMON
+    + """
+local now = now_ms()
+local slots, grants, waiters = KEYS[1], KEYS[2], KEYS[3]
+local token, handed, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if ARGV[4] ~= '' then redis.call('ZREM', waiters, ARGV[4]) end
+redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
+local held = redis.call('ZREM', slots, token)
+if held == 1 and redis.call('ZCARD', waiters) > redis.call('LLEN', grants) then
+  redis.call('ZADD', slots, now + lease, handed)
+  redis.call('RPUSH', grants, handed)
+  redis.call('PEXPIRE', grants, lease)
+  local last = redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', slots, math.max(1, tonumber(last[2]) - now))
+end
 return 1
 """
+)
 
 # KEYS[1]: the slots ZSET. ARGV: token, lease_ms. 1: renewed; 0: the lease was lost.
 _RENEW = (
@@ -622,14 +658,17 @@ return 1
 """
 )
 
-# KEYS: the slots ZSET, then per budget its ZSET and total. ARGV: per budget window_ms.
+# KEYS: the slots ZSET, per budget its ZSET and total, the grants LIST. ARGV: per budget
+# window_ms.
 # Returns {in flight, spent on budget 1, ...}.
 _USAGE = (
     _LUA_COMMON
     + """
 local now = now_ms()
-local result = {redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')}
-for i = 1, (#KEYS - 1) / 2 do
+-- in flight: the live leases, less the grants no waiter has taken yet
+local leases = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+local result = {math.max(0, leases - redis.call('LLEN', KEYS[#KEYS]))}
+for i = 1, (#KEYS - 2) / 2 do
   result[i + 1] = prune(KEYS[2 * i], KEYS[2 * i + 1], now, tonumber(ARGV[i]))
 end
 return result
@@ -799,7 +838,11 @@ class RedisLimits(_Limits):
     def keys(self, mailbox: str) -> dict[str, str]:
         """The Redis keys of a mailbox: ``slots``, and per budget its entries and total."""
         prefix = f"msgraph_mail:{{{mailbox_key(self.settings, mailbox)}}}"
-        keys = {"slots": f"{prefix}:slots", "freed": f"{prefix}:freed"}
+        keys = {
+            "slots": f"{prefix}:slots",
+            "grants": f"{prefix}:grants",
+            "waiters": f"{prefix}:waiters",
+        }
         for budget in BUDGETS:
             name = budget.lower()
             keys[budget] = f"{prefix}:{name}"
@@ -809,14 +852,18 @@ class RedisLimits(_Limits):
     @contextmanager
     def hold(self, mailbox: str) -> Iterator[None]:
         keys = self.keys(mailbox)
-        key, freed = keys["slots"], keys["freed"]
-        token = uuid.uuid4().hex
+        slots = [keys["slots"], keys["grants"], keys["waiters"]]
+        token = waited_as = uuid.uuid4().hex
         lease_ms = max(1, round(self.lease * 1000))
+        waiter_ms = round(POLL * 3000)
         limit = self.settings.mailbox_limits.concurrent_requests
         deadline = time.monotonic() + max(self.settings.max_retry_wait, self.settings.timeout)
         while True:
-            taken, *rest = self._call("acquire", keys=[key], args=[token, limit, lease_ms])
+            taken, *rest = self._call(
+                "acquire", keys=slots, args=[waited_as, limit, lease_ms, waiter_ms]
+            )
             if taken:
+                token = waited_as
                 break
             left = deadline - time.monotonic()
             if left <= 0:
@@ -826,14 +873,26 @@ class RedisLimits(_Limits):
                     budget=_SLOTS,
                     retry_at=datetime.now(timezone.utc) + timedelta(seconds=free_in),
                 )
-            self._await_release(freed, min(POLL, left))
-        _renewer.add(self, key, token, lease_ms)
+            granted = self._await_grant(keys["grants"], min(POLL, left))
+            if granted is not None:
+                token = granted  # a released slot, handed over as this lease
+                self._leave_queue(keys["waiters"], waited_as)
+                break
+        _renewer.add(self, keys["slots"], token, lease_ms)
         try:
             yield
         finally:
             _renewer.remove(token)
             try:
-                self._connection().release(keys=[key, freed], args=[token, limit, lease_ms])
+                self._connection().release(
+                    keys=slots,
+                    args=[
+                        token,
+                        uuid.uuid4().hex,
+                        lease_ms,
+                        "" if token == waited_as else waited_as,
+                    ],
+                )
             except self._redis_errors as exc:
                 logger.warning(
                     "Could not release a slot of mailbox %s in Redis (%s); it frees when its "
@@ -842,12 +901,21 @@ class RedisLimits(_Limits):
                     type(exc).__name__,
                 )
 
-    def _await_release(self, freed: str, seconds: float) -> None:
-        """Block until a holder releases a slot (one waiter per release) or ``seconds``."""
+    def _leave_queue(self, waiters: str, token: str) -> None:
+        """No longer wait (a grant was taken), so releases stop handing slots to this waiter."""
+        with contextlib.suppress(*self._redis_errors):  # else it runs out within POLL * 3
+            self._connection().client.zrem(waiters, token)
+
+    def _await_grant(self, grants: str, seconds: float) -> str | None:
+        """Block until a holder hands a slot over (the lease's token) or ``seconds`` pass."""
         try:
-            self._connection().client.blpop([freed], timeout=max(seconds, 0.01))
+            popped = self._connection().client.blpop([grants], timeout=max(seconds, 0.01))
         except self._redis_errors as exc:
             raise unavailable(self.settings, exc) from exc
+        if popped is None:
+            return None
+        value = popped[1]
+        return value.decode() if isinstance(value, bytes) else str(value)
 
     def renew(self, key: str, token: str, lease_ms: int) -> bool:
         """Extend a held lease; False when it was lost (it ran out first)."""
@@ -891,6 +959,7 @@ class RedisLimits(_Limits):
         script_keys = [keys["slots"]]
         for budget in BUDGETS:
             script_keys += [keys[budget], keys[f"{budget}:total"]]
+        script_keys.append(keys["grants"])
         windows = [max(1, round(window * self.window_scale * 1000)) for window in BUDGETS.values()]
         result = self._call("usage", keys=script_keys, args=windows)
         return int(result[0]), {
