@@ -205,11 +205,10 @@ class GraphClient:
             max_wait=budget.max_wait - budget.waited,
         )
         budget.waited += time.monotonic() - started
-        try:
-            with self.limits.hold(mailbox):
-                yield
-        finally:
-            self.limits.settle(mailbox, receipt)  # counted from the answer, as Graph's windows
+        # Released and settled in one step: the spend counts from the answer, as Graph's
+        # windows count a request from its arrival.
+        with self.limits.hold(mailbox, settle=receipt):
+            yield
 
     def _result(
         self,

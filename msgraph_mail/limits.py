@@ -61,7 +61,6 @@ Details that matter:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -120,8 +119,9 @@ PRIORITIES = ("normal", "bulk")
 class MailboxLimits(Protocol):
     """May this request go now, and what does it spend? One instance per configuration."""
 
-    def hold(self, mailbox: str) -> AbstractContextManager[None]:
-        """Occupy one of the mailbox's CONCURRENT_REQUESTS slots while the block runs."""
+    def hold(self, mailbox: str, settle: Receipt | None = None) -> AbstractContextManager[None]:
+        """Occupy one of the mailbox's CONCURRENT_REQUESTS slots while the block runs; then
+        :meth:`settle` ``settle``, in the same step as the release."""
         ...
 
     def spend(
@@ -392,7 +392,7 @@ class InProcessLimits(_Limits):
     """
 
     @contextmanager
-    def hold(self, mailbox: str) -> Iterator[None]:
+    def hold(self, mailbox: str, settle: Receipt | None = None) -> Iterator[None]:
         state = self._state(mailbox)
         limit = self.settings.mailbox_limits.concurrent_requests
         with state.condition:
@@ -404,6 +404,7 @@ class InProcessLimits(_Limits):
             with state.condition:
                 state.in_flight -= 1
                 state.condition.notify_all()  # waiters may have different limits
+            self.settle(mailbox, settle)
 
     def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | Receipt:
         state = self._state(mailbox)
@@ -557,19 +558,27 @@ return {0}
 
 # KEYS: per budget its ZSET and total. ARGV: per budget the member spent and window_ms.
 # Dates the members from now (the answer came), if they are still in their windows.
-_SETTLE = (
-    _LUA_COMMON
-    + """
-local now = now_ms()
-for i = 1, #KEYS / 2 do
-  local zkey, tkey = KEYS[2 * i - 1], KEYS[2 * i]
-  local member, window = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
-  if redis.call('ZSCORE', zkey, member) then
-    redis.call('ZADD', zkey, 'XX', now, member)
-    redis.call('PEXPIRE', zkey, window)
-    if redis.call('EXISTS', tkey) == 1 then redis.call('PEXPIRE', tkey, window) end
+_SETTLE_FUNCTION = """
+-- KEYS[first..] are (budget ZSET, total) pairs, ARGV[first..] (member, window_ms) pairs.
+local function settle(now, first_key, first_arg)
+  for i = 0, (#KEYS - first_key + 1) / 2 - 1 do
+    local zkey, tkey = KEYS[first_key + 2 * i], KEYS[first_key + 2 * i + 1]
+    local member = ARGV[first_arg + 2 * i]
+    local window = tonumber(ARGV[first_arg + 2 * i + 1])
+    if redis.call('ZSCORE', zkey, member) then
+      redis.call('ZADD', zkey, 'XX', now, member)
+      redis.call('PEXPIRE', zkey, window)
+      if redis.call('EXISTS', tkey) == 1 then redis.call('PEXPIRE', tkey, window) end
+    end
   end
 end
+"""
+
+_SETTLE = (
+    _LUA_COMMON
+    + _SETTLE_FUNCTION
+    + """
+settle(now_ms(), 1, 1)
 return 1
 """
 )
@@ -616,11 +625,13 @@ return {0, tonumber(first[2]) - now}
 """
 )
 
-# KEYS: slots, grants, waiters. ARGV: the holder's token, the token of the lease to hand
-# over, lease_ms, the token the holder waited under (or ''). Frees the slot, or hands it to
-# a waiter when more wait than grants are pending.
+# KEYS: slots, grants, waiters, then the (ZSET, total) pairs to settle. ARGV: the holder's
+# token, the token of the lease to hand over, lease_ms, the token the holder waited under
+# (or ''), then the (member, window_ms) pairs to settle. Frees the slot, or hands it to a
+# waiter when more wait than grants are pending; dates the request's spends from now.
 _RELEASE = (
     _LUA_COMMON
+    + _SETTLE_FUNCTION
     + """
 local now = now_ms()
 local slots, grants, waiters = KEYS[1], KEYS[2], KEYS[3]
@@ -635,6 +646,7 @@ if held == 1 and redis.call('ZCARD', waiters) > redis.call('LLEN', grants) then
   local last = redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES')
   redis.call('PEXPIRE', slots, math.max(1, tonumber(last[2]) - now))
 end
+settle(now, 4, 5)
 return 1
 """
 )
@@ -789,7 +801,9 @@ class _Renewer:
 
     def _run(self) -> None:
         while True:
-            time.sleep(RENEW_EVERY)
+            with self._lock:  # every lease renewed within half its length
+                shortest = min((held[2] for held in self._held.values()), default=None)
+            time.sleep(RENEW_EVERY if shortest is None else min(RENEW_EVERY, shortest / 6000))
             now = time.monotonic()
             with self._lock:
                 due = [
@@ -850,7 +864,7 @@ class RedisLimits(_Limits):
         return keys
 
     @contextmanager
-    def hold(self, mailbox: str) -> Iterator[None]:
+    def hold(self, mailbox: str, settle: Receipt | None = None) -> Iterator[None]:
         keys = self.keys(mailbox)
         slots = [keys["slots"], keys["grants"], keys["waiters"]]
         token = waited_as = uuid.uuid4().hex
@@ -875,23 +889,20 @@ class RedisLimits(_Limits):
                 )
             granted = self._await_grant(keys["grants"], min(POLL, left))
             if granted is not None:
-                token = granted  # a released slot, handed over as this lease
-                self._leave_queue(keys["waiters"], waited_as)
+                # A released slot, handed over as this lease. The waiter's registration runs
+                # out by itself: a grant made for it meanwhile goes to the next caller.
+                token = granted
                 break
         _renewer.add(self, keys["slots"], token, lease_ms)
         try:
             yield
         finally:
             _renewer.remove(token)
+            settled_keys, settled_args = self._settle_args(mailbox, settle)
             try:
                 self._connection().release(
-                    keys=slots,
-                    args=[
-                        token,
-                        uuid.uuid4().hex,
-                        lease_ms,
-                        "" if token == waited_as else waited_as,
-                    ],
+                    keys=slots + settled_keys,
+                    args=[token, uuid.uuid4().hex, lease_ms, "", *settled_args],
                 )
             except self._redis_errors as exc:
                 logger.warning(
@@ -900,11 +911,6 @@ class RedisLimits(_Limits):
                     mailbox,
                     type(exc).__name__,
                 )
-
-    def _leave_queue(self, waiters: str, token: str) -> None:
-        """No longer wait (a grant was taken), so releases stop handing slots to this waiter."""
-        with contextlib.suppress(*self._redis_errors):  # else it runs out within POLL * 3
-            self._connection().client.zrem(waiters, token)
 
     def _await_grant(self, grants: str, seconds: float) -> str | None:
         """Block until a holder hands a slot over (the lease's token) or ``seconds`` pass."""
@@ -942,13 +948,18 @@ class RedisLimits(_Limits):
             return _Short(budget, None)
         return _Short(budget, int(outcome[2]) / 1000)
 
-    def _restamp(self, mailbox: str, receipt: Receipt) -> None:
+    def _settle_args(self, mailbox: str, receipt: Receipt | None) -> tuple[list[str], list[Any]]:
+        """The keys and arguments that date ``receipt``'s entries from now (_SETTLE)."""
         keys = self.keys(mailbox)
         script_keys: list[str] = []
         args: list[Any] = []
-        for ask, member in receipt.entries:
+        for ask, member in receipt.entries if receipt is not None else ():
             script_keys += [keys[ask.budget], keys[f"{ask.budget}:total"]]
             args += [member, max(1, round(ask.window * 1000))]
+        return script_keys, args
+
+    def _restamp(self, mailbox: str, receipt: Receipt) -> None:
+        script_keys, args = self._settle_args(mailbox, receipt)
         try:
             self._connection().settle(keys=script_keys, args=args)
         except self._redis_errors as exc:  # the request has gone: the entry keeps its time
