@@ -135,9 +135,8 @@ class EmailBackend(BaseEmailBackend):
             # In one process a freed slot passes to a waiting thread at once; threads beyond
             # the slots would only wait. With Redis a slot may free in another process, and a
             # thread waiting with its message built takes it sooner than one building it.
-            workers = min(
-                workers, self.settings.mailbox_limits.concurrent_requests * _senders(messages)
-            )
+            slots = self.settings.mailbox_limits.concurrent_requests * _senders(messages)
+            workers = min(workers, slots)
         if workers <= 1:
             return [self._send(message) for message in messages]
         with ThreadPoolExecutor(workers, thread_name_prefix="msgraph_mail") as pool:
