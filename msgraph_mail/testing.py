@@ -10,7 +10,9 @@ Installed with the package (``pytest11`` entry point), so a Django project's tes
 The fixture starts a fresh emulator on 127.0.0.1 for the test and points
 ``EMAIL_BACKEND`` and ``MSGRAPH_MAIL`` at it (permissive mode, the emulator's contoso
 directory); ``msgraph_emulator.settings(MODE=..., MAILBOX=...)`` gives other settings to use
-with ``override_settings``. Nothing here talks to a real tenant.
+with ``override_settings``. Nothing here talks to a real tenant. The emulator is strict
+(``GraphEmulator(strict=True)``, the default): only its own tenant, application and users,
+unlike the dev inbox of ``python -m msgraph_mail.emulator``, which takes any.
 
 Options of the emulator (Graph's per-mailbox ``limits`` and their ``time_scale``) come from a
 marker::

@@ -1,9 +1,12 @@
 """``python -m msgraph_mail.emulator``: the Graph emulator as a local dev inbox.
 
 Prints the settings to paste into a development settings file and the inbox URL, then
-serves until Ctrl-C. Messages are kept in memory, or with ``--store DIR`` also as ``.eml``
-files that are loaded again on the next start. ``--limit KEY=VALUE`` changes one of Graph's
-per-mailbox limits (``none`` lifts it) and ``--time-scale`` shrinks their windows.
+serves until Ctrl-C. By default it takes the developer's own settings (any tenant, client
+id, secret or certificate; any mailbox, created on first use), so only GRAPH_URL and
+AUTHORITY_URL change; ``--strict`` accepts the emulator's contoso tenant only. Messages are
+kept in memory, or with ``--store DIR`` also as ``.eml`` files that are loaded again on the
+next start. ``--limit KEY=VALUE`` changes one of Graph's per-mailbox limits (``none`` lifts
+it) and ``--time-scale`` shrinks their windows.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ def main(argv: list[str] | None = None) -> int:
         time_scale = checked_time_scale(args.time_scale)
     except ValueError as error:
         parser.error(str(error))
-    emulator = GraphEmulator(port=args.port, store=args.store, limits=limits, time_scale=time_scale)
+    emulator = GraphEmulator(
+        port=args.port,
+        store=args.store,
+        limits=limits,
+        time_scale=time_scale,
+        strict=args.strict,
+    )
     try:
         emulator.start()
     except OSError as error:
@@ -51,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
         "--store",
         metavar="DIR",
         help="also keep messages as .eml files in DIR, loaded again on the next start",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="accept only the emulator's own tenant, application, secret and mailboxes (as "
+        "the test fixture does); by default any tenant, client id, secret or certificate and "
+        "any mailbox address are accepted",
     )
     parser.add_argument(
         "--limit",
@@ -89,9 +105,21 @@ def _limit(text: str) -> tuple[str, float | None]:
 
 def _banner(emulator: GraphEmulator, store: str | None) -> None:
     print(f"Graph emulator listening on {emulator.url}\n")
-    print("Paste into your development settings:\n")
-    print(settings_snippet(emulator) + "\n")
-    print("Mailboxes: " + ", ".join(u.user_principal_name for u in emulator.users))
+    if emulator.strict:
+        print("Strict: only the emulator's contoso tenant, application and mailboxes.")
+        print("Paste into your development settings:\n")
+        print(settings_snippet(emulator) + "\n")
+        print("Mailboxes: " + ", ".join(u.user_principal_name for u in emulator.users))
+    else:
+        print("Permissive (--strict: only the emulator's own contoso tenant):")
+        print("  any tenant (id or domain), any client id with any secret or certificate,")
+        print("  any From or MAILBOX address: its mailbox is created on first use.")
+        print(f"  Tokens carry the roles {', '.join(emulator.roles)}, so every MODE works")
+        print("  (permissive, rbac, single_mailbox), large messages included.\n")
+        print("Keep your settings; point GRAPH_URL and AUTHORITY_URL here:\n")
+        print(settings_snippet(emulator) + "\n")
+        known = ", ".join(u.user_principal_name for u in emulator.users if u.mailbox_enabled)
+        print(f"Mailboxes: any address; already there: {known}")
     print(f"Inbox: {emulator.url}/  (JSON: {emulator.url}/api/messages)")
     if emulator.limits != DEFAULT_LIMITS or emulator.time_scale != 1.0:
         limits = ", ".join(f"{key}={value}" for key, value in emulator.limits.items())

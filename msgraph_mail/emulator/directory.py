@@ -6,6 +6,7 @@ Exchange RBAC for Applications (checked per mailbox). ``Tenant`` holds both, nex
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Iterable
@@ -25,6 +26,11 @@ BOB_ID = "2f5b8c4d-9e3a-4dab-b17c-5a4e3d2c1fa3"
 GUEST_ID = "3a6c9d5e-af4b-4ebc-82d8-6b5f4e3d2ab4"
 
 DEFAULT_ROLES = ("Mail.Send", "User.Read.All")
+#: What the permissive dev inbox grants every application: enough for every MODE
+#: (single_mailbox, rbac, permissive) and for the draft path of large messages.
+PERMISSIVE_ROLES = ("Mail.Send", "User.Read.All", "Mail.ReadWrite")
+#: An address the permissive dev inbox turns into a mailbox on first use.
+_ADDRESS = re.compile(r"[^@\s'\"<>(),;:\\/]+@[^@\s'\"<>(),;:\\/]+")
 DIRECTORY_READ_ROLES = frozenset(
     {"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}
 )
@@ -151,11 +157,14 @@ def default_users() -> list[User]:
 class Tenant:
     """Users plus the app's grants; all access goes through one lock (handler threads)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, permissive: bool = False) -> None:
         self.lock = threading.RLock()
         self._users: list[User] = default_users()
-        self._roles: list[str] = list(DEFAULT_ROLES)
+        self._roles: list[str] = list(PERMISSIVE_ROLES if permissive else DEFAULT_ROLES)
         self._rbac_scope: set[str] | None = None
+        #: The dev inbox's mode: any address becomes a mailbox on first use, and a mailbox
+        #: may send as any address (the developer's tenant's Send As grants are unknown here).
+        self.permissive = permissive
 
     @property
     def roles(self) -> list[str]:
@@ -226,6 +235,23 @@ class Tenant:
                 if user.id == key or user.user_principal_name.lower() == key.lower():
                     return user
         return None
+
+    def adopt(self, address: str) -> User | None:
+        """Permissive mode: the mailbox for ``address``, created on first use.
+
+        None in strict mode, for what is not an address (an object id), and for an address
+        another user already has (an alias is not a UPN: Graph's ``/users/{alias}`` is 404).
+        """
+        if not self.permissive or not _ADDRESS.fullmatch(address):
+            return None
+        with self.lock:
+            if self.user(address) is not None:
+                return None
+            return self.add_user(address.lower())
+
+    def may_send_as(self, mailbox: User, address: str) -> bool:
+        """Exchange's From check; permissive mode lets any mailbox send as any address."""
+        return self.permissive or mailbox.may_send_as(address)
 
     def may_read_directory(self, roles: Iterable[str]) -> bool:
         return bool(DIRECTORY_READ_ROLES & set(roles))

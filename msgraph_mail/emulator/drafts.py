@@ -261,7 +261,7 @@ class DraftStore:
             raise access_denied()
         draft = self._draft(mailbox, draft_id)
         parsed = from_mime(draft.raw, mailbox, request.request_id)
-        if not mailbox.may_send_as(parsed.from_):
+        if not self.tenant.may_send_as(mailbox, parsed.from_):
             raise send_as_denied()
         if not parsed.recipients:
             raise GraphError(400, "ErrorInvalidRecipients", NO_RECIPIENTS)

@@ -137,8 +137,9 @@ def accepted_scopes(graph_url: str) -> dict[str, str]:
     }
 
 
-def check_tenant(tenant: str) -> None:
-    """Only this tenant, by id or verified domain; multi-tenant aliases can't do app-only."""
+def check_tenant(tenant: str, *, strict: bool = True) -> None:
+    """Only this tenant, by id or verified domain (``strict=False``: any tenant, the dev
+    inbox's mode); multi-tenant aliases can't do app-only either way."""
     if tenant.lower() in (TENANT_ID, TENANT_DOMAIN):
         return
     if tenant.lower() in MULTI_TENANT_ALIASES:
@@ -149,6 +150,8 @@ def check_tenant(tenant: str) -> None:
             "No tenant-identifying information found in either the request or implied by "
             "any provided credentials.",
         )
+    if not strict and tenant.strip():
+        return
     raise EntraError(
         400,
         "invalid_request",
@@ -197,10 +200,13 @@ def grant_token(
     certificates: Sequence[RegisteredCertificate] = (),
     audiences: Iterable[str] = (),
     applications: Mapping[str, str] | None = None,
+    strict: bool = True,
 ) -> dict[str, object]:
     """Validate a client-credentials request the way Entra does, in Entra's order.
 
     ``applications`` maps the client ids of further app registrations to their secrets.
+    ``strict=False`` (the dev inbox): any client id, with any secret or any well-formed
+    signed assertion (no registered certificate needed).
     """
     grant_type = form.get("grant_type")
     if not grant_type:
@@ -216,7 +222,7 @@ def grant_token(
     if not client_id:
         raise _missing("client_id")
     known = {CLIENT_ID: CLIENT_SECRET, **(applications or {})}
-    if client_id.lower() not in known:
+    if client_id.lower() not in known and strict:
         raise EntraError(
             400,
             "unauthorized_client",
@@ -229,10 +235,12 @@ def grant_token(
     client_auth = "1"
     if not secret and form.get("client_assertion"):
         registered = certificates if client_id.lower() == CLIENT_ID else ()
-        check_assertion(form, client_id, registered, frozenset(audiences))
+        check_assertion(form, client_id, registered, frozenset(audiences), verify=strict)
         client_auth = "2"
-    else:
+    elif strict or client_id.lower() in known:
         _check_secret(secret, known[client_id.lower()], client_id.lower(), expired=secret_expired)
+    elif not secret:
+        _check_secret(secret, "", client_id.lower(), expired=False)  # AADSTS7000218
     scope = form.get("scope")
     if not scope:
         raise _missing("scope")
@@ -347,8 +355,13 @@ def check_assertion(
     client_id: str,
     certificates: Sequence[RegisteredCertificate],
     audiences: frozenset[str],
+    *,
+    verify: bool = True,
 ) -> None:
     """Verify a client assertion the way Entra does, raising Entra's error for each fault.
+
+    ``verify=False`` (the dev inbox): a well-formed, signed assertion for this client id,
+    within its time range, is enough; no certificate, signature or audience is checked.
 
     Codes: 50027 malformed JWT, 700021 issuer/subject is not the client id, 700027 unknown
     certificate, bad signature, expired certificate or wrong audience (the audience's code is
@@ -365,18 +378,14 @@ def check_assertion(
             f"Invalid client_assertion_type '{assertion_type}'; expected '{ASSERTION_TYPE}'.",
         )
     try:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding
-    except ImportError:
-        raise EntraError(500, "server_error", 50000, CRYPTOGRAPHY_MISSING) from None
-    try:
         head, body, signature_text = form["client_assertion"].split(".")
         header = json.loads(_segment(head))
         claims = json.loads(_segment(body))
         signature = _segment(signature_text)
         if not isinstance(header, dict) or not isinstance(claims, dict):
             raise ValueError("not a JSON object")
+        if not verify and (not signature or header.get("alg") in (None, "", "none")):
+            raise ValueError("not signed")
     except (ValueError, binascii.Error):
         raise _invalid_assertion(50027, "JWT token is invalid or malformed.", 400) from None
     if (
@@ -389,6 +398,15 @@ def check_assertion(
             "Review the documentation at https://aka.ms/certCreds.",
             400,
         )
+    if not verify:
+        _check_time_range(claims)
+        return
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+    except ImportError:
+        raise EntraError(500, "server_error", 50000, CRYPTOGRAPHY_MISSING) from None
     used = next(
         (
             c
@@ -436,6 +454,18 @@ def check_assertion(
             "Client assertion contains an invalid signature. [Reason - The key used is "
             f"expired., Thumbprint of key used by client: '{used.thumbprint}']",
         )
+    _check_time_range(claims)
+    if str(claims.get("aud", "")).rstrip("/") not in audiences:
+        raise _invalid_assertion(
+            700027,
+            "Client assertion audience claim does not match Realm issuer. The audience must "
+            "be the token endpoint the assertion is sent to.",
+        )
+
+
+def _check_time_range(claims: Mapping[str, Any]) -> None:
+    """AADSTS700024 outside the assertion's nbf/exp (with ``ASSERTION_SKEW``)."""
+    now = time.time()
     try:
         not_before = float(claims.get("nbf", 0))
         expires = float(claims["exp"])
@@ -449,12 +479,6 @@ def check_assertion(
             f"assertion {_stamp(expires)}. Review the documentation at "
             "https://aka.ms/certCreds.",
             400,
-        )
-    if str(claims.get("aud", "")).rstrip("/") not in audiences:
-        raise _invalid_assertion(
-            700027,
-            "Client assertion audience claim does not match Realm issuer. The audience must "
-            "be the token endpoint the assertion is sent to.",
         )
 
 

@@ -45,9 +45,23 @@ Handler = Callable[[Request, "re.Match[str]"], Response]
 
 
 def settings_snippet(emulator: GraphEmulator) -> str:
-    """What to paste into a development settings file to send mail to ``emulator``."""
-    graph = pprint.pformat(emulator.settings(), sort_dicts=False)
-    return f'EMAIL_BACKEND = "msgraph_mail.backend.EmailBackend"\nMSGRAPH_MAIL = {graph}'
+    """What to paste into a development settings file to send mail to ``emulator``.
+
+    Strict: the emulator's own tenant and application. Permissive (the CLI's default): the
+    developer's own settings, with only GRAPH_URL and AUTHORITY_URL pointed here.
+    """
+    backend = 'EMAIL_BACKEND = "msgraph_mail.backend.EmailBackend"'
+    if emulator.strict:
+        graph = pprint.pformat(emulator.settings(), sort_dicts=False)
+        return f"{backend}\nMSGRAPH_MAIL = {graph}"
+    return (
+        f"{backend}\n"
+        "MSGRAPH_MAIL = {\n"
+        "    **MSGRAPH_MAIL,  # your TENANT_ID, CLIENT_ID, secret or certificate, MODE, MAILBOX\n"
+        f'    "GRAPH_URL": "{emulator.url}",\n'
+        f'    "AUTHORITY_URL": "{emulator.url}",\n'
+        "}"
+    )
 
 
 def serves(path: str) -> bool:

@@ -126,6 +126,18 @@ def parse_filter(text: str) -> Callable[[User], bool]:
     return lambda user: any(clause.matches(user) for clause in clauses)
 
 
+def filter_addresses(text: str) -> list[str]:
+    """The addresses a ``$filter`` asks for, in order (``smtp:`` prefixes removed)."""
+    addresses: list[str] = []
+    for clause in _Parser(text).parse():
+        value = clause.value
+        if clause.field == "proxyAddresses" and value[:5].lower() == "smtp:":
+            value = value[5:]
+        if value.lower() not in (a.lower() for a in addresses):
+            addresses.append(value)
+    return addresses
+
+
 def parse_select(text: str) -> list[str]:
     """Canonical property names from ``$select`` (case-insensitive, like Graph)."""
     canonical = {name.lower(): name for name in SELECTABLE_PROPERTIES}

@@ -24,7 +24,7 @@ from .mail import (
     from_json,
     screen_mime,
 )
-from .query import parse_filter, parse_select, unsupported
+from .query import filter_addresses, parse_filter, parse_select, unsupported
 
 ODATA_JSON = "application/json;odata.metadata=minimal;odata.streaming=true;charset=utf-8"
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -213,7 +213,7 @@ class GraphApi:
 
     def get_user(self, request: Request, key: str) -> Response:
         options = _options(request, ("$select",))
-        user = self.tenant.by_id_or_upn(key)
+        user = self.tenant.by_id_or_upn(key) or self.tenant.adopt(key)
         if user is None:
             raise GraphError(
                 404,
@@ -232,6 +232,8 @@ class GraphApi:
         if "$filter" in options:
             predicate = parse_filter(options["$filter"])
             users = [u for u in users if predicate(u)]
+            if not users:  # permissive mode: the address asked for becomes a mailbox
+                users = self._adopt(filter_addresses(options["$filter"]), predicate)
         if "$top" in options:
             users = users[: _top(options["$top"])]
         body = {
@@ -239,6 +241,14 @@ class GraphApi:
             "value": [u.to_graph(select) for u in users],
         }
         return _json(200, body)
+
+    def _adopt(self, addresses: list[str], predicate: Callable[[User], bool]) -> list[User]:
+        """Permissive mode: the first address that becomes a mailbox, if it matches."""
+        for address in addresses:
+            user = self.tenant.adopt(address)
+            if user is not None:
+                return [user] if predicate(user) else []
+        return []
 
     def _context(self, select: list[str] | None, *, entity: bool) -> str:
         selected = f"({','.join(select)})" if select is not None else ""
@@ -253,7 +263,7 @@ class GraphApi:
         if not self.tenant.may_send_from(mailbox, token.roles):
             raise access_denied()
         message = self._parse(request, mailbox)
-        if not mailbox.may_send_as(message.from_):
+        if not self.tenant.may_send_as(mailbox, message.from_):
             raise send_as_denied()
         if not message.recipients:
             raise GraphError(400, "ErrorInvalidRecipients", NO_RECIPIENTS)
@@ -262,7 +272,7 @@ class GraphApi:
         return Response(202)
 
     def _mailbox(self, key: str) -> User:
-        mailbox = self.tenant.by_id_or_upn(key)
+        mailbox = self.tenant.by_id_or_upn(key) or self.tenant.adopt(key)
         if mailbox is None:
             raise GraphError(404, "ErrorInvalidUser", f"The requested user '{key}' is invalid.")
         if not mailbox.mailbox_enabled:

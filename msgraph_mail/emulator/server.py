@@ -305,6 +305,13 @@ class GraphEmulator:
     per-mailbox budgets, see ``set_limits``);
     ``slow_seconds`` (the ``"slow"`` fault's wait); ``secret_expired`` (Entra refuses the right
     secret with AADSTS7000222).
+
+    ``strict=False`` is the dev inbox's mode (``python -m msgraph_mail.emulator`` without
+    ``--strict``): any tenant (id or domain), any client id with any secret or any well-formed
+    signed client assertion, tokens with ``PERMISSIVE_ROLES`` (Mail.Send, User.Read.All,
+    Mail.ReadWrite: every MODE works), and any address becomes a mailbox on first use
+    (looked up, or sent through), allowed to send as any From. Tests keep the default,
+    ``strict=True``: the contoso tenant, its application and its users only.
     """
 
     def __init__(
@@ -314,9 +321,11 @@ class GraphEmulator:
         store: str | Path | None = None,
         limits: Mapping[str, float | None] | None = None,
         time_scale: float = 1.0,
+        strict: bool = True,
     ) -> None:
         self._port = port
-        self._tenant = Tenant()
+        self.strict = strict
+        self._tenant = Tenant(permissive=not strict)
         self._tokens = TokenStore()
         self._lock = threading.Lock()
         self._sent: list[SentMessage | Screened] = []
@@ -782,9 +791,11 @@ class GraphEmulator:
         key = mailbox_key(request.path)
         if key is None:
             return None
-        user = self._tenant.by_id_or_upn(key)
         issued = self._tokens.lookup(bearer_token(request))
         app = issued.app_id if issued is not None and issued.valid(time.time()) else ""
+        user = self._tenant.by_id_or_upn(key)
+        if user is None and app:  # permissive: the mailbox exists before its budgets count
+            user = self._tenant.adopt(key)
         return app, user.id if user is not None else key.lower()
 
     def _spend_recipients(self, mailbox: User, count: int) -> None:
@@ -877,7 +888,7 @@ class GraphEmulator:
                 raise EntraError(
                     405, "invalid_request", 900561, "The endpoint only accepts POST requests."
                 )
-            check_tenant(tenant)
+            check_tenant(tenant, strict=self.strict)
             form = dict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
             body = grant_token(
                 form,
@@ -893,6 +904,7 @@ class GraphEmulator:
                     for name in {tenant, TENANT_ID, TENANT_DOMAIN}
                 ],
                 applications=self._applications_now(),
+                strict=self.strict,
             )
         except EntraError as error:
             return _entra_error(request, error)
