@@ -42,9 +42,9 @@ def test_unknown_option_is_refused(emulator: GraphEmulator) -> None:
 def test_invalid_option_value_is_improperly_configured(emulator: GraphEmulator) -> None:
     from django.core.exceptions import ImproperlyConfigured
 
-    mailers = {"default": {"BACKEND": BACKEND, "OPTIONS": {"mode": "rbac"}}}
+    mailers = {"default": {"BACKEND": BACKEND, "OPTIONS": {"mode": "everyone"}}}
     with (
         override_settings(MAILERS=mailers),
-        pytest.raises(ImproperlyConfigured, match=r"backend option 'mode'|ALLOWED_SENDERS"),
+        pytest.raises(ImproperlyConfigured, match=r"backend option 'mode'"),
     ):
         mail.mailers.default  # noqa: B018
