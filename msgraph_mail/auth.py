@@ -272,15 +272,28 @@ def _pause(wait: float, reason: str) -> None:
 
 
 def _token_error(response: requests.Response) -> AuthenticationError:
-    """Explain Entra's error answer; its description is kept to the first sentence."""
+    """Explain Entra's error answer; its description is kept to the first sentence.
+
+    An answer that is not Entra's JSON (an HTML page from its front door, a proxy's text) is
+    described by its status and a short excerpt of its text instead.
+    """
+    from .graph import body_excerpt  # graph imports this module
+
     try:
         body = response.json()
     except ValueError:
         body = {}
+    if not isinstance(body, dict):
+        body = {}
     codes = body.get("error_codes") or []
     code = int(codes[0]) if codes else None
-    error = body.get("error") or f"HTTP {response.status_code}"
+    error = body.get("error") or f"HTTP {response.status_code} {response.reason or ''}".strip()
     description = str(body.get("error_description", "")).split("\r\n")[0].split("\n")[0]
+    if not body.get("error"):
+        media_type = (response.headers.get("Content-Type") or "").split(";")[0].lower()
+        kind = "an HTML page" if "html" in media_type else "an answer"
+        excerpt = body_excerpt(response)
+        description = f'{kind} instead of Entra\'s JSON error: "{excerpt}"' if excerpt else ""
     hint = AADSTS_HINTS.get(code or 0)
     message = f"Entra ID refused the token request: {error}"
     if description:

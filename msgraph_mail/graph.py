@@ -9,6 +9,7 @@ and users can stub Graph in their own tests with ``responses`` or ``requests-moc
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import platform
@@ -41,10 +42,16 @@ from .retry import RetryBudget, parse_retry_after
 logger = logging.getLogger("msgraph_mail")
 
 
-#: Refused before any work was done: always safe to send again (GRAPH_NOTES B.3).
+#: Refused before any work was done: always safe to send again (GRAPH_NOTES B.3), whatever
+#: the body (Graph's JSON error, or an HTML page from Exchange's front end).
 RETRIED_STATUSES = frozenset({429, 503})
-#: The gateway gave up; the work behind it may have been done.
-AMBIGUOUS_STATUSES = frozenset({504})
+#: A gateway answered instead of Graph: the work behind it may have been done (GRAPH_NOTES
+#: B.3: after a 5xx the message "may or may not have been accepted"). 504: the gateway gave
+#: up waiting. 502: the notes do not name it; a gateway that got a bad answer from upstream
+#: may well have forwarded the request, so a POST is not repeated either.
+AMBIGUOUS_STATUSES = frozenset({502, 504})
+#: How an ambiguous status is described in DeliveryUnknown's message.
+_GATEWAY_FAILURES = {502: "bad gateway", 504: "gateway timeout"}
 #: Graph's code for a token it no longer accepts (expired, revoked).
 AUTH_EXPIRED = "InvalidAuthenticationToken"
 #: How many rejected tokens one request may replace.
@@ -178,7 +185,8 @@ class GraphClient:
                     throttled=status == 429,
                 )
                 if wait is not None:
-                    self._pause(wait, f"{method} {path}: HTTP {status} {_error_code(response)}")
+                    why = _error_code(response) or response.reason
+                    self._pause(wait, f"{method} {path}: HTTP {status} {why}")
                     continue
             return self._result(response, client_request_id, method, path, budget)
 
@@ -220,9 +228,11 @@ class GraphClient:
     ) -> Response:
         if response.status_code in AMBIGUOUS_STATUSES:
             error = graph_error(response, client_request_id)
+            failure = _GATEWAY_FAILURES.get(response.status_code, "gateway error")
+            page = f"; {error.message}" if not _error_body(response) else ""
             raise DeliveryUnknown(
-                f"Graph answered {method} {path} with HTTP {response.status_code} (gateway "
-                "timeout): it may or may not have been processed, so it was not repeated",
+                f"Graph answered {method} {path} with HTTP {response.status_code} ({failure}): "
+                f"it may or may not have been processed, so it was not repeated{page}",
                 code=error.code,
                 status=error.status,
                 request_id=error.request_id,
@@ -334,9 +344,13 @@ def _renew(token: str, rejected: set[str]) -> bool:
 
 
 def graph_error(response: requests.Response, client_request_id: str) -> MSGraphMailError:
-    """Build a GraphAPIError from Graph's JSON error body; branch on code, never on message."""
+    """Build a GraphAPIError from Graph's JSON error body; branch on code, never on message.
+
+    An answer that is not Graph's JSON (an HTML error page from Exchange's front end, a
+    gateway's plain text) is described by its status and a short excerpt of its text.
+    """
     error = _error_body(response)
-    message = str(error.get("message") or response.reason or "Graph request failed")
+    message = str(error.get("message") or "") or _not_graph_error(response)
     return GraphAPIError(
         message,
         code=error.get("code"),
@@ -354,6 +368,43 @@ def _error_body(response: requests.Response) -> dict[str, Any]:
         return {}
     error = body.get("error") if isinstance(body, dict) else None
     return error if isinstance(error, dict) else {}
+
+
+#: The longest body excerpt an error message quotes.
+EXCERPT_LENGTH = 200
+_HIDDEN_ELEMENTS = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_MARKUP = re.compile(r"<!--.*?-->|<[^>]*>", re.DOTALL)
+#: What must never be quoted even if a page echoes it: bearer/basic credentials, JWTs, and
+#: ``name=value`` / ``name: value`` pairs of secret-looking names.
+_SECRETS = re.compile(
+    r"\b(?:Bearer|Basic)\s+\S+"
+    r"|\beyJ[\w-]+\.[\w-]+(?:\.[\w-]*)?"
+    r"|\b(?:access_token|client_secret|client_assertion|authorization|password|secret)"
+    r"\s*[=:]\s*(?:(?:Bearer|Basic)\s+)?\S+",
+    re.IGNORECASE,
+)
+
+
+def body_excerpt(response: requests.Response, limit: int = EXCERPT_LENGTH) -> str:
+    """The start of an error answer's text, for a message: markup, scripts and styles
+    removed, entities decoded, whitespace collapsed, credentials redacted, at most ``limit``
+    characters. Headers are never quoted."""
+    text = response.content[: 64 * 1024].decode(response.encoding or "utf-8", "replace")
+    text = _MARKUP.sub(" ", _HIDDEN_ELEMENTS.sub(" ", text))
+    text = " ".join(html.unescape(text).split())
+    text = _SECRETS.sub("[redacted]", text)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _not_graph_error(response: requests.Response) -> str:
+    """``HTTP 503 Service Unavailable, an HTML page: "…"``: an answer without Graph's error."""
+    reason = f"HTTP {response.status_code} {response.reason or ''}".strip()
+    media_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    kind = "an HTML page" if "html" in media_type else "a non-JSON answer"
+    excerpt = body_excerpt(response)
+    if not excerpt:
+        return f"{reason} (an empty answer, not Graph's JSON error)"
+    return f'{reason}, {kind} instead of Graph\'s JSON error: "{excerpt}"'
 
 
 def _error_code(response: requests.Response) -> str | None:

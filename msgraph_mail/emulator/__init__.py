@@ -21,7 +21,7 @@ from .directory import (
     TENANT_ID,
     User,
 )
-from .faults import FAULTS, InjectedFault
+from .faults import ALL_FAULTS, FAULTS, PAGE_FAULT_NAMES, InjectedFault
 from .limits import DEFAULT_LIMITS
 from .mail import Attachment, SentMessage
 from .routes import MAX_REQUEST_BYTES
@@ -29,6 +29,7 @@ from .server import GraphEmulator, RecordedRequest
 
 __all__ = [
     "ALICE_ID",
+    "ALL_FAULTS",
     "BOB_ID",
     "CLIENT_ID",
     "CLIENT_SECRET",
@@ -37,6 +38,7 @@ __all__ = [
     "GUEST_ID",
     "MAX_REQUEST_BYTES",
     "NOREPLY_ID",
+    "PAGE_FAULT_NAMES",
     "SERVICE_PRINCIPAL_ID",
     "TENANT_DOMAIN",
     "TENANT_ID",

@@ -2,9 +2,11 @@
 
 Graph throttles (429), has outages (503), and its gateway can time out (504) *after* the
 mailbox accepted the message, which is why 5xx and timeouts mean "maybe sent" (GRAPH_NOTES
-B.3). Connections also die with or without the work done. Tests queue such faults one by one
-(``fail_next``) or draw them at a rate from a seeded generator (``fault_rate``), so a run of a
-thousand sends with 10 % faults is the same run every time.
+B.3). Connections also die with or without the work done. And not every error is Graph's
+JSON: Exchange's front end can answer 503 with an HTML page and no Retry-After, a gateway 502
+with plain text (the ``html_unavailable`` and ``bad_gateway`` faults). Tests queue such faults
+one by one (``fail_next``) or draw them at a rate from a seeded generator (``fault_rate``), so
+a run of a thousand sends with 10 % faults is the same run every time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from .errors import EntraError, GraphError
 from .routes import unauthenticated
 
-#: Every fault name, in the order the documentation lists them.
+#: Faults answered as Graph answers (its JSON errors) or not at all, in the order the
+#: documentation lists them.
 FAULTS = (
     "throttle",
     "unavailable",
@@ -29,6 +32,13 @@ FAULTS = (
     "reset_after",
     "slow",
 )
+#: Faults answered with what a front end or gateway serves instead of Graph's JSON error:
+#: an HTML 503 without Retry-After, a plain-text 502 (after delivering: it may have been
+#: forwarded). Kept apart from ``FAULTS`` so that a ``fault_rate`` over ``FAULTS`` draws what
+#: it always drew.
+PAGE_FAULT_NAMES = ("html_unavailable", "bad_gateway")
+#: Every fault name.
+ALL_FAULTS = FAULTS + PAGE_FAULT_NAMES
 #: Request kinds (as ``emu.count()`` names them) a fault can be aimed at.
 FAULT_KINDS = (
     "sendMail",
@@ -43,7 +53,9 @@ FAULT_KINDS = (
     "draft_delete",
 )
 #: Faults that let the request be processed normally first (the work is done, then lost).
-PROCESSING_FAULTS = frozenset({"gateway_timeout", "reset_after", "slow"})
+PROCESSING_FAULTS = frozenset({"gateway_timeout", "reset_after", "slow", "bad_gateway"})
+#: Faults answered with a page that is not Graph's (or Entra's) JSON error.
+PAGE_FAULTS = frozenset(PAGE_FAULT_NAMES)
 #: Faults that answer no HTTP response at all: the connection is reset (RST).
 RESET_FAULTS = frozenset({"reset_before", "reset_after"})
 #: A token endpoint has no bearer token to expire.
@@ -87,8 +99,8 @@ def _check_kind(on: str, retry_after: float | None) -> None:
 
 
 def _check_fault(fault: str, on: str) -> None:
-    if fault not in FAULTS:
-        raise ValueError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
+    if fault not in ALL_FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; one of {', '.join(ALL_FAULTS)}")
     if on == "token" and fault in _NOT_ON_TOKEN:
         raise ValueError(f"fault {fault!r} needs a bearer token; it cannot apply to 'token'")
 
@@ -213,6 +225,30 @@ def entra_fault(fault: PlannedFault) -> tuple[EntraError, dict[str, str]]:
         error = EntraError(504, "temporarily_unavailable", 90012, "The request has timed out.")
         return error, {}
     raise ValueError(f"fault {fault.name!r} has no token-endpoint answer")
+
+
+#: What Exchange's front end (IIS) serves when the service is down: no Retry-After, no JSON.
+UNAVAILABLE_PAGE = """<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN" \
+"http://www.w3.org/TR/html4/strict.dtd">
+<HTML><HEAD><TITLE>Service Unavailable</TITLE>
+<META HTTP-EQUIV="Content-Type" Content="text/html; charset=us-ascii">
+<STYLE>body { font-family: Segoe UI, sans-serif; }</STYLE></HEAD>
+<BODY><h2>Service Unavailable</h2>
+<hr><p>HTTP Error 503. The service is unavailable.</p>
+</BODY></HTML>
+"""
+#: A gateway's answer when what stands behind it gave it no valid response.
+BAD_GATEWAY_TEXT = "502 Bad Gateway: the upstream server sent an invalid response.\n"
+
+
+def page_fault(fault: PlannedFault) -> tuple[int, bytes, dict[str, str]]:
+    """Status, body and headers of a fault answered without Graph's JSON (``PAGE_FAULTS``):
+    the same from Graph and from the token endpoint, since a front end answers for both."""
+    if fault.name == "html_unavailable":
+        return 503, UNAVAILABLE_PAGE.encode("ascii"), {"Content-Type": "text/html"}
+    if fault.name == "bad_gateway":
+        return 502, BAD_GATEWAY_TEXT.encode("ascii"), {"Content-Type": "text/plain"}
+    raise ValueError(f"fault {fault.name!r} is not a page")
 
 
 def application_throttled(retry_after: float | None) -> GraphError:

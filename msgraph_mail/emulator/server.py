@@ -39,12 +39,14 @@ from .entra import (
 )
 from .errors import EntraError, GraphError
 from .faults import (
+    PAGE_FAULTS,
     PROCESSING_FAULTS,
     FaultPlan,
     InjectedFault,
     PlannedFault,
     entra_fault,
     graph_fault,
+    page_fault,
 )
 from .inbox import Inbox, serves
 from .limits import (
@@ -518,8 +520,10 @@ class GraphEmulator:
         Faults: "throttle" (429), "unavailable" (503), "gateway_timeout" (delivers, then
         504), "gateway_timeout_lost" (504, nothing delivered), "expired_token" (401, the token
         is revoked), "reset_before" / "reset_after" (TCP reset without a response, before or
-        after processing), "slow" (delivers, then waits ``slow_seconds`` before the 202).
-        ``retry_after`` goes into the Retry-After header of 429 and 503 answers.
+        after processing), "slow" (delivers, then waits ``slow_seconds`` before the 202),
+        "html_unavailable" (503 with an HTML page, as Exchange's front end serves it, and no
+        Retry-After), "bad_gateway" (delivers, then a gateway's 502 in plain text).
+        ``retry_after`` goes into the Retry-After header of 429 and of Graph's JSON 503.
         """
         self._faults.fail_next(fault, times, on, retry_after)
 
@@ -835,6 +839,9 @@ class GraphEmulator:
         return _Outcome(self._fault_response(request, kind, fault))
 
     def _fault_response(self, request: Request, kind: str, fault: PlannedFault) -> Response:
+        if fault.name in PAGE_FAULTS:  # a front end's page: no Graph or Entra headers either
+            status, body, headers = page_fault(fault)
+            return Response(status, body, headers)
         if kind == "token":
             error, headers = entra_fault(fault)
             return _entra_error(request, error, headers)
