@@ -102,3 +102,18 @@ def redis_url() -> Iterator[str]:
         pytest.skip(reason)
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture
+def redis(redis_url: str) -> str:
+    """The session's Redis, emptied, and no limits cached in this process: every test starts
+    with no slot taken and no budget spent."""
+    import redis as redis_py
+
+    from msgraph_mail import limits
+
+    client = redis_py.Redis.from_url(redis_url)
+    client.flushall()
+    client.close()
+    limits.clear()
+    return redis_url

@@ -33,17 +33,6 @@ def about(found: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     return [f for f in found if f["topic"].startswith(prefix)]
 
 
-@pytest.fixture
-def redis(redis_url: str) -> str:
-    import redis as redis_py
-
-    client = redis_py.Redis.from_url(redis_url)
-    client.flushall()
-    client.close()
-    limits.clear()
-    return redis_url
-
-
 def test_without_redis_the_limits_are_per_process(emulator: GraphEmulator) -> None:
     limits.clear()
     with override_settings(MSGRAPH_MAIL=mode_settings(emulator, "single_mailbox")):

@@ -36,18 +36,6 @@ FAST = 3 / 86400
 
 
 @pytest.fixture
-def redis(redis_url: str) -> str:
-    """The session's Redis, emptied: every test starts with no slot and no budget spent."""
-    import redis as redis_py
-
-    client = redis_py.Redis.from_url(redis_url)
-    client.flushall()
-    client.close()
-    limits.clear()
-    return redis_url
-
-
-@pytest.fixture
 def graph(emulator: GraphEmulator) -> GraphEmulator:
     emulator.latency = 0.05
     emulator.roles = ["Mail.Send"]
