@@ -1,11 +1,13 @@
 """Messages above Graph's 4 MB request limit: a draft, upload sessions, then send.
 
 Opt-in with ``LARGE_MESSAGES``, since drafts need the application permission Mail.ReadWrite
-(GRAPH_NOTES A.3). The message's MIME, without its attachments of 3 MB or more, becomes a
-draft (headers, bodies, inline parts and every recipient, Bcc included, are kept); each large
-attachment is uploaded through ``createUploadSession`` in ordered chunks of 3,276,800 bytes
-(10 x 320 KiB, under the 4 MB limit), to a pre-authenticated URL that gets no Authorization
-header; then the draft is sent. Should the route fail before the send, the draft is deleted.
+(GRAPH_NOTES A.3). The message's MIME, without the attachments too large for one attachment
+request, becomes a draft (headers, bodies, inline parts and every recipient, Bcc included, are
+kept); each of those is uploaded through ``createUploadSession`` in ordered chunks of
+3,276,800 bytes (10 x 320 KiB, under the 4 MB limit), to a pre-authenticated URL that gets no
+Authorization header; then the draft is sent. Should the route fail before the send, the
+draft is deleted -- also one whose creation went unanswered, found by its Message-ID. A chunk
+whose connection broke after it left is sent again, from where the session says it stands.
 
 Memory: an attachment's bytes are never base64-encoded as a whole nor copied per chunk; each
 chunk is a ``memoryview`` slice of the bytes Django already holds, written to the socket as
@@ -29,6 +31,7 @@ from urllib.parse import quote, urlsplit
 import requests
 from django.core.mail import EmailMessage
 
+from . import retry
 from .conf import is_loopback
 from .exceptions import (
     DeliveryUnknown,
@@ -45,20 +48,28 @@ from .graph import (
     before_sending,
     graph_error,
     mailbox_of,
+    user_path,
 )
 from .mime import MAX_REQUEST_BYTES, build_mime
 from .retry import RetryBudget, parse_retry_after
 
 logger = logging.getLogger("msgraph_mail")
 
-#: Attachments this large go through an upload session (Graph refuses sessions below 3 MB).
-UPLOAD_SESSION_MIN_BYTES = 3 * 1024 * 1024
+#: What a fileAttachment JSON adds to the base64 of the content, generously.
+_JSON_OVERHEAD = 4096
+#: The largest attachment one attachment POST can carry: its base64 and JSON within 4 MB.
+#: Anything larger goes through an upload session (3,142,657 bytes and up).
+MAX_POSTED_BYTES = (MAX_REQUEST_BYTES - _JSON_OVERHEAD) // 4 * 3
+#: Graph's documented floor for upload sessions: "3 MB" (read as 3,000,000 bytes; a field
+#: report saw sessions open from 2 MiB). Attachments from MAX_POSTED_BYTES up are above it.
+UPLOAD_SESSION_MIN_BYTES = 3_000_000
 #: One PUT to the upload URL: 10 x 320 KiB, a multiple of 320 KiB below 4 MB.
 CHUNK_BYTES = 10 * 320 * 1024
 #: Exchange's largest message (the administrator's maximum; the default is 35 MB).
 MAX_MESSAGE_BYTES = 150 * 1024 * 1024
-#: What a fileAttachment JSON adds to the base64 of the content, generously.
-_JSON_OVERHEAD = 4096
+#: How long to look for a draft whose creation went unanswered, in units of the backoff
+#: base (1 s): it may take a moment to be listed. Bounded by MAX_RETRY_WAIT too.
+ORPHAN_SEARCH_WAITS = (0.25, 0.5, 1.0, 2.0)
 
 _FIX = (
     "LARGE_MESSAGES needs the application permission Mail.ReadWrite with admin consent, or "
@@ -136,18 +147,18 @@ def beyond_send_mail(message: EmailMessage) -> bool:
 def prepare(message: EmailMessage) -> DraftPlan:
     """Split the message: the draft's MIME, the attachments to upload and those to POST.
 
-    Attachments of 3 MB or more are uploaded. The rest stay in the draft's MIME, unless that
-    is then still too large for one request: then they are posted one by one. Refuses, before
-    any request, what Graph could not take (a draft body over 4 MB, a message over 150 MB).
+    Attachments too large for one attachment request (over MAX_POSTED_BYTES) are uploaded.
+    The rest stay in the draft's MIME, unless that is then still too large for one request:
+    then they are posted one by one. Refuses, before any request, what Graph could not take
+    (a draft body over 4 MB, a message over 150 MB).
     """
     parts = [(attachment, _part(attachment)) for attachment in message.attachments]
-    uploads = [p for _, p in parts if p is not None and p.size >= UPLOAD_SESSION_MIN_BYTES]
-    kept = [a for a, p in parts if p is None or p.size < UPLOAD_SESSION_MIN_BYTES]
+    uploads = [p for _, p in parts if p is not None and p.size > MAX_POSTED_BYTES]
+    small = [(a, p) for a, p in parts if p is None or p.size <= MAX_POSTED_BYTES]
     posts: list[Part] = []
-    raw = build_mime(_with_attachments(message, kept))
+    raw = build_mime(_with_attachments(message, [a for a, _ in small]))
     payload = base64.b64encode(raw)
     if len(payload) > MAX_REQUEST_BYTES:
-        small = [(a, p) for a, p in parts if p is None or p.size < UPLOAD_SESSION_MIN_BYTES]
         posts = [p for _, p in small if p is not None]
         raw = build_mime(_with_attachments(message, [a for a, p in small if p is None]))
         payload = base64.b64encode(raw)
@@ -160,17 +171,6 @@ def prepare(message: EmailMessage) -> DraftPlan:
             limit=MAX_REQUEST_BYTES,
             email_message=message,
         )
-    for part in posts:
-        encoded = (part.size + 2) // 3 * 4 + _JSON_OVERHEAD
-        if encoded > MAX_REQUEST_BYTES:
-            raise MessageTooLarge(
-                f"The attachment {part.name!r} is {part.size:,} bytes: too large for one "
-                f"attachment request ({MAX_REQUEST_BYTES:,} bytes once base64-encoded) and too "
-                f"small for an upload session (at least {UPLOAD_SESSION_MIN_BYTES:,} bytes)",
-                size=part.size,
-                limit=MAX_REQUEST_BYTES,
-                email_message=message,
-            )
     plan = DraftPlan(payload, len(raw), _message_id(raw), uploads, posts)
     if plan.size > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(
@@ -196,8 +196,9 @@ def send_draft(
     ``explain`` turns Graph's refusals of the mailbox (the draft creation and the send) into
     the resolver's typed errors. Before the send nothing can have been sent, so a gateway
     timeout there is a plain failure; only the send itself can leave the outcome unknown.
+    A draft created without an answer is looked up by the message's Message-ID and deleted.
     """
-    messages = f"/users/{quote(mailbox, safe='@')}/messages"
+    messages = f"{user_path(mailbox)}/messages"
     draft: str | None = None
     step = "creating the draft"
     try:
@@ -219,7 +220,11 @@ def send_draft(
             step = f"uploading {part.name!r} ({part.size:,} bytes)"
             upload(client, path, part)
     except MSGraphMailError as exc:
-        failed = _failed(exc, step, _delete(client, messages, draft))
+        if draft is None and isinstance(exc, DeliveryUnknown):
+            note = _delete_unanswered(client, messages, mailbox, plan.message_id)
+        else:
+            note = _delete(client, messages, draft)
+        failed = _failed(exc, step, note)
         if failed is exc:
             raise
         raise failed from exc
@@ -261,22 +266,60 @@ def upload(client: GraphClient, message_path: str, part: Part) -> None:
     """One attachment through an upload session, chunk by chunk, in order.
 
     Each chunk starts where Graph's ``nextExpectedRanges`` says; 429 and 503 are retried after
-    Retry-After (MAX_RETRIES, MAX_RETRY_WAIT per chunk).
+    Retry-After (MAX_RETRIES, MAX_RETRY_WAIT per chunk). A chunk whose connection broke or
+    timed out after it left is resumed rather than failing the message (at most MAX_RETRIES
+    times per attachment): the same chunk is sent again, as the bytes of a broken request are
+    dropped; if the session already holds them (416), its status (``GET`` on the upload URL)
+    says where to go on.
     """
-    session = client.request(
-        "POST",
-        f"{message_path}/attachments/createUploadSession",
-        json={"AttachmentItem": part.attachment_item()},
-    ).body
+    try:
+        session = client.request(
+            "POST",
+            f"{message_path}/attachments/createUploadSession",
+            json={"AttachmentItem": part.attachment_item()},
+        ).body
+    except MSGraphMailError as exc:
+        if exc.code == "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize":
+            exc.message += (
+                f" (the attachment is {part.size:,} bytes: too large for one attachment "
+                f"request, which takes at most {MAX_POSTED_BYTES:,}, and under this "
+                "service's minimum for an upload session, which Microsoft documents as 3 MB)"
+            )
+            exc.args = (exc.message,)
+        raise
     url = str(session.get("uploadUrl") or "") if isinstance(session, dict) else ""
     _check_upload_url(url)
+    mailbox = mailbox_of(message_path)
     view = memoryview(part.content).cast("B")
     size = view.nbytes
     offset = _next_offset(session, 0)
     stalls = 0
+    resumes = RetryBudget(client.settings.max_retries, client.settings.max_retry_wait)
     while True:
         end = min(offset + CHUNK_BYTES, size)
-        response = _put_chunk(client, mailbox_of(message_path), url, view[offset:end], offset, size)
+        response = _put_chunk(client, mailbox, url, view[offset:end], offset, size)
+        if response is not None and response.status_code == 404:
+            raise _refusal(
+                response,
+                " (the upload session is gone; after a chunk that broke off, the attachment "
+                "may have been complete, but that cannot be known)"
+                if resumes.retries
+                else "",
+            )
+        if response is not None and response.status_code == 416 and not resumes.retries:
+            raise _refusal(response)  # not after a broken chunk: a plain refusal
+        if response is None or response.status_code == 416:
+            wait = resumes.next_wait(None)
+            if wait is None:
+                raise GraphConnectionError(
+                    f"The upload of bytes {offset}-{end - 1}/{size} broke off and could not be "
+                    f"resumed ({resumes.retries} tries: MAX_RETRIES / MAX_RETRY_WAIT)"
+                )
+            if response is not None:  # the session has more than we thought: ask where
+                offset = _session_offset(client, mailbox, url, _json(response), size)
+            else:
+                _pause(wait, f"chunk {offset}-{end - 1}: broken off after it was sent")
+            continue
         if response.status_code == 201:
             return
         if end >= size:
@@ -295,48 +338,108 @@ def upload(client: GraphClient, message_path: str, part: Part) -> None:
 
 def _put_chunk(
     client: GraphClient, mailbox: str | None, url: str, chunk: memoryview, start: int, size: int
-) -> requests.Response:
+) -> requests.Response | None:
     """PUT one chunk (a memoryview: sent without a copy), with no Authorization header.
 
-    The PUT goes to the upload URL, not to Graph's host, but Graph counts it against the
-    mailbox's upload volume and requests all the same.
+    None: the connection broke or timed out after the chunk left (the caller resumes).
+    """
+    end = start + chunk.nbytes - 1
+    return _upload_request(
+        client,
+        mailbox,
+        "PUT",
+        url,
+        f"chunk {start}-{end}",
+        data=cast(Any, chunk),  # a memoryview: urllib3 writes it without a copy
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"bytes {start}-{end}/{size}",
+        },
+    )
+
+
+def _session_offset(
+    client: GraphClient, mailbox: str | None, url: str, refusal: Any, size: int
+) -> int:
+    """Where the session stands after a 416: from the refusal if it says, else from a GET on
+    the upload URL (documented for OneDrive's sessions; for Outlook's: UNCONFIRMED)."""
+    offset = _next_offset(refusal, -1)
+    if offset < 0:
+        response = None
+        while response is None:  # a GET may be repeated: it changes nothing
+            response = _upload_request(client, mailbox, "GET", url, "session status")
+        if response.status_code >= 400:
+            raise _refusal(response, " (asking the upload session where it stands)")
+        offset = _next_offset(_json(response), -1)
+    if not 0 <= offset < size:
+        raise GraphAPIError(
+            "After a broken chunk, the upload session's status gives no byte to go on from "
+            f"(nextExpectedRanges: {offset if offset >= 0 else 'none'} of {size:,})"
+        )
+    return offset
+
+
+def _upload_request(
+    client: GraphClient,
+    mailbox: str | None,
+    method: str,
+    url: str,
+    what: str,
+    **kwargs: Any,
+) -> requests.Response | None:
+    """One request to the upload URL, with no Authorization header; None when the
+    connection broke or timed out after it was sent.
+
+    The request goes to the upload URL, not to Graph's host, but Graph counts it against the
+    mailbox's upload volume and requests all the same. Connections that failed before the
+    request left, 429 and 503 are retried (MAX_RETRIES, MAX_RETRY_WAIT); other answers of 400
+    and up raise, but 404 and 416, which the caller reads.
     """
     settings = client.settings
     budget = RetryBudget(settings.max_retries, settings.max_retry_wait)
-    end = start + chunk.nbytes - 1
+    data = kwargs.get("data")
+    sent_bytes = memoryview(data).nbytes if data is not None else 0
     while True:
         request_id = str(uuid.uuid4())
         try:
-            with client.metered(mailbox, budget, upload_bytes=chunk.nbytes):
-                response = client.session.put(
+            with client.metered(mailbox, budget, upload_bytes=sent_bytes):
+                response = client.session.request(
+                    method,
                     url,
-                    data=cast(Any, chunk),  # a memoryview: urllib3 writes it without a copy
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Range": f"bytes {start}-{end}/{size}",
-                        "client-request-id": request_id,
-                    },
+                    data=data,
+                    headers={**kwargs.get("headers", {}), "client-request-id": request_id},
                     timeout=settings.timeout,
                     auth=_no_authorization,
                 )
         except requests.RequestException as exc:
-            sent = not (isinstance(exc, requests.ConnectionError) and before_sending(exc))
-            wait = None if sent else budget.next_wait(None)
+            if not (isinstance(exc, requests.ConnectionError) and before_sending(exc)):
+                logger.warning("The upload's %s broke off after it was sent: %s", what, exc)
+                return None
+            wait = budget.next_wait(None)
             if wait is None:
                 raise GraphConnectionError(
-                    f"The upload of bytes {start}-{end}/{size} broke off ({type(exc).__name__})",
+                    f"Cannot reach the upload URL for {what} ({type(exc).__name__})",
                     client_request_id=request_id,
                 ) from None
-            _pause(wait, f"chunk {start}-{end}: {type(exc).__name__}")
+            _pause(wait, f"{what}: {type(exc).__name__}")
             continue
         if response.status_code in RETRIED_STATUSES:
             wait = budget.next_wait(parse_retry_after(response.headers.get("Retry-After")))
             if wait is not None:
-                _pause(wait, f"chunk {start}-{end}: HTTP {response.status_code}")
+                _pause(wait, f"{what}: HTTP {response.status_code}")
                 continue
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.status_code not in (404, 416):
             raise graph_error(response, request_id)
         return response
+
+
+def _refusal(response: requests.Response, note: str = "") -> MSGraphMailError:
+    """Graph's error for an answer of the upload URL, with our ``client-request-id``."""
+    sent = response.request.headers.get("client-request-id") if response.request else None
+    error = graph_error(response, str(sent or ""))
+    error.message += note
+    error.args = (error.message,)
+    return error
 
 
 def _no_authorization(request: requests.PreparedRequest) -> requests.PreparedRequest:
@@ -441,6 +544,63 @@ def _delete(client: GraphClient, messages: str, draft: str | None) -> str:
         logger.error("Could not delete draft %s: %s", draft, exc)
         return f"the draft {draft} could not be deleted ({exc}): delete it from the Drafts folder"
     return "the draft was deleted"
+
+
+def _delete_unanswered(
+    client: GraphClient, messages: str, mailbox: str, message_id: str | None
+) -> str:
+    """Find the draft whose creation went unanswered by its Message-ID, and delete it.
+
+    ``GET .../messages?$filter=internetMessageId eq '<id>'`` (the value percent-encoded per
+    RFC 3986, its quotes doubled), polled a few times with a growing pause: a new draft may not
+    be listed at once. Only drafts are deleted; a sent copy with the same id is left alone.
+    """
+    if not message_id:
+        return (
+            f"Graph may have created the draft without answering; with no Message-ID to find "
+            f"it by, look for it in the Drafts folder of {mailbox}"
+        )
+    literal = message_id.replace("'", "''")
+    expression = f"internetMessageId eq '{literal}'"
+    query = f"{messages}?$filter={quote(expression, safe='')}&$select=id,isDraft"
+    deadline = client.settings.max_retry_wait
+    waited = 0.0
+    lookups = 0
+    for wait in (0.0, *(retry.BACKOFF_BASE * factor for factor in ORPHAN_SEARCH_WAITS)):
+        if waited + wait > deadline:
+            break
+        if wait:
+            logger.info("Looking for the draft of %s again in %.2f s", message_id, wait)
+            time.sleep(wait)
+            waited += wait
+        lookups += 1
+        try:
+            found = client.request("GET", query).body
+        except MSGraphMailError as exc:
+            logger.error("Could not look for the draft of %s: %s", message_id, exc)
+            return (
+                f"Graph may have created the draft without answering, and looking for it by "
+                f"its Message-ID {message_id} failed ({exc}): delete it from the Drafts folder "
+                f"of {mailbox} if it is there"
+            )
+        values = found.get("value") if isinstance(found, dict) else None
+        drafts = [
+            str(item["id"])
+            for item in values or []
+            if isinstance(item, dict) and item.get("id") and item.get("isDraft", True) is True
+        ]
+        if drafts:
+            notes = [_delete(client, messages, draft) for draft in drafts]
+            if all(note in ("the draft was deleted", "the draft is gone") for note in notes):
+                return (
+                    f"Graph had created the draft without answering; it was found by its "
+                    f"Message-ID {message_id} and deleted"
+                )
+            return "Graph had created the draft without answering; " + "; ".join(notes)
+    return (
+        f"no draft with the Message-ID {message_id} was found in {mailbox} ({lookups} "
+        f"lookups in {waited:.2f} s): if one appears in its Drafts folder, delete it"
+    )
 
 
 def _approx_size(attachment: Any) -> int:

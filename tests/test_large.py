@@ -20,8 +20,13 @@ from msgraph_mail.exceptions import (
     MailboxOutOfScope,
     MessageTooLarge,
 )
-from msgraph_mail.graph import GraphClient
-from msgraph_mail.large import CHUNK_BYTES, MAX_MESSAGE_BYTES, UPLOAD_SESSION_MIN_BYTES
+from msgraph_mail.graph import GraphClient, mailbox_of, user_path
+from msgraph_mail.large import (
+    CHUNK_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_POSTED_BYTES,
+    UPLOAD_SESSION_MIN_BYTES,
+)
 from tests.helpers import inline_image
 
 MB = 1024 * 1024
@@ -307,12 +312,63 @@ def test_messages_over_150_mb_are_refused_before_any_request(large: GraphEmulato
     assert large.requests == []
 
 
-def test_attachment_between_the_two_limits_is_refused_clearly(large: GraphEmulator) -> None:
+@pytest.mark.parametrize(
+    ("size", "route"),
+    [
+        (MAX_POSTED_BYTES, "attachment"),  # 3,142,656: the largest attachment POST
+        (MAX_POSTED_BYTES + 1, "upload_session"),  # 3,142,657: was refused before
+        (3 * MB - 1, "upload_session"),  # 3,145,727: was refused before
+        (3 * MB, "upload_session"),  # 3,145,728
+    ],
+)
+def test_every_attachment_size_goes_through(large: GraphEmulator, size: int, route: str) -> None:
+    assert MAX_POSTED_BYTES == 3_142_656
+    data = os.urandom(size)
     email = message()
-    email.attach("a.bin", os.urandom(UPLOAD_SESSION_MIN_BYTES - 100), "application/octet-stream")
-    with pytest.raises(MessageTooLarge, match="too small for an upload session"):
-        email.send()
-    assert large.requests == []
+    email.attach("a.bin", data, "application/octet-stream")
+    assert email.send() == 1
+
+    [sent] = large.sent
+    [attachment] = sent.attachments
+    assert (attachment.size, attachment.sha256) == (size, sha(data))
+    assert large.count(route) == 1
+    assert large.count("attachment") + large.count("upload_session") == 1
+    posts = [r for r in large.requests if r.kind == "attachment"]
+    assert all(int(r.headers["Content-Length"]) <= 4 * MB for r in posts)
+    assert large.drafts == []
+
+
+def test_mailbox_upn_starting_with_dollar_is_an_odata_key(emulator: GraphEmulator) -> None:
+    emulator.roles = ROLES
+    emulator.add_user("$svc@contoso.com")
+    assert user_path("$svc@contoso.com") == "/users('$svc@contoso.com')"
+    assert user_path("o'brien@contoso.com") == "/users/o%27brien@contoso.com"
+    assert user_path("$o'b@contoso.com") == "/users('$o''b@contoso.com')"
+    assert mailbox_of("/users('$Svc@Contoso.com')/sendMail") == "$svc@contoso.com"
+    assert mailbox_of("/users('$o''b@x.com')/messages?$select=id") == "$o'b@x.com"
+    assert mailbox_of("/users/Bob@Contoso.com/messages/AAMk=/send") == "bob@contoso.com"
+    assert mailbox_of("/users('$svc@contoso.com')") is None  # a directory read
+
+    settings = emulator.settings(
+        MODE="single_mailbox", MAILBOX="$svc@contoso.com", LARGE_MESSAGES=True
+    )
+    with override_settings(MSGRAPH_MAIL=settings):
+        small = message(from_email="$svc@contoso.com")
+        assert small.send() == 1
+        big = message(from_email="$svc@contoso.com")
+        big.attach("a.bin", os.urandom(4 * MB), "application/octet-stream")
+        assert big.send() == 1
+    assert [m.format for m in emulator.sent][-1] == "draft"
+    paths = [r.path for r in emulator.requests if r.kind in ("sendMail", "draft_create")]
+    assert paths
+    assert all(p.startswith("/v1.0/users('$svc@contoso.com')/") for p in paths)
+    assert emulator.usage("$svc@contoso.com")["requests"]["used"] >= 4
+
+
+def test_emulator_refuses_the_dollar_upn_as_a_path_segment(client: GraphClient) -> None:
+    with pytest.raises(GraphAPIError) as caught:
+        client.request("GET", "/users/$svc@contoso.com")
+    assert caught.value.status == 400
 
 
 # the emulator's rules ------------------------------------------------------------------------
@@ -353,10 +409,12 @@ def session_for(client: GraphClient, draft: str, size: int) -> dict[str, Any]:
 
 def test_emulator_refuses_upload_sessions_under_3_mb(client: GraphClient) -> None:
     draft = new_draft(client)
+    assert UPLOAD_SESSION_MIN_BYTES == 3_000_000 < MAX_POSTED_BYTES
     with pytest.raises(GraphAPIError) as caught:
-        session_for(client, draft, 3 * MB - 1)
+        session_for(client, draft, UPLOAD_SESSION_MIN_BYTES - 1)
     assert caught.value.code == "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize"
-    assert session_for(client, draft, 3 * MB)["nextExpectedRanges"] == ["0-"]
+    opened = session_for(client, draft, UPLOAD_SESSION_MIN_BYTES)
+    assert opened["nextExpectedRanges"] == ["0-"]
 
 
 def test_emulator_upload_url_rules(client: GraphClient, emulator: GraphEmulator) -> None:

@@ -11,7 +11,12 @@ Where Graph's documentation is silent the emulator picks an answer and says so: 
 lives on the emulator's own host under ``/upload/{session}?authtoken=...``; a PUT with an
 ``Authorization`` header is refused with 401 ``InvalidAudience``; a chunk that does not start
 at the next expected byte is refused with 416 ``InvalidRange``. Intermediate chunk answers use
-Outlook's PascalCase keys (``NextExpectedRanges``), as the upload-session page shows them.
+Outlook's PascalCase keys (``NextExpectedRanges``), as the upload-session page shows them. A
+``GET`` on the upload URL answers the session's status, as OneDrive's sessions document it
+(for Outlook's: unconfirmed). Sessions open from 3 MB, read as 3,000,000 bytes (Microsoft's
+"3 MB"; a field report saw them open from 2 MiB). Attachment POSTs are limited only by the
+4 MB request. The mailbox's message list answers ``$filter=internetMessageId eq '...'``
+with its drafts (the emulator keeps no other folder).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -49,8 +55,8 @@ from .routes import ODATA_JSON, Request, Response, Route
 if TYPE_CHECKING:
     from .entra import IssuedToken
 
-#: Graph refuses an upload session for an attachment smaller than this (3 MB).
-MIN_UPLOAD_SESSION_BYTES = 3 * 1024 * 1024
+#: Graph refuses an upload session for an attachment smaller than this ("3 MB").
+MIN_UPLOAD_SESSION_BYTES = 3_000_000
 #: Exchange's largest message, and so the largest attachment of an upload session (150 MB).
 MAX_ATTACHMENT_BYTES = 150 * 1024 * 1024
 #: Where upload URLs live on the emulator's host (Graph's are on outlook.office.com).
@@ -58,11 +64,20 @@ UPLOAD_PREFIX = "/upload/"
 #: How long an upload session stays valid, as advertised in ``expirationDateTime``.
 SESSION_LIFETIME = timedelta(minutes=15)
 #: Request kinds of the draft route under ``/v1.0`` (as ``emu.count()`` names them).
-DRAFT_KINDS = ("draft_create", "attachment", "upload_session", "draft_send", "draft_delete")
+DRAFT_KINDS = (
+    "draft_create",
+    "attachment",
+    "upload_session",
+    "draft_send",
+    "draft_delete",
+    "message_list",
+)
 #: Request kinds on the upload URL.
-UPLOAD_KINDS = ("upload_chunk", "upload_cancel")
+UPLOAD_KINDS = ("upload_chunk", "upload_cancel", "upload_status")
 READ_WRITE_ROLES = frozenset({"Mail.ReadWrite"})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_MESSAGE_ID_FILTER = re.compile(r"^\s*internetMessageId\s+eq\s+'((?:[^']|'')*)'\s*$", re.I)
+_MESSAGE_FIELDS = {"id": "id", "isdraft": "isDraft", "internetmessageid": "internetMessageId"}
 
 
 @dataclass
@@ -75,6 +90,7 @@ class Draft:
     subject: str
     attachments: list[Attachment] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    message_id: str | None = None  # the MIME's Message-ID: Graph's internetMessageId
 
 
 @dataclass
@@ -96,7 +112,9 @@ class UploadSession:
 
 def upload_kind(method: str) -> str:
     """The request kind of a request to an upload URL."""
-    return {"PUT": "upload_chunk", "DELETE": "upload_cancel"}.get(method, "other")
+    return {"PUT": "upload_chunk", "DELETE": "upload_cancel", "GET": "upload_status"}.get(
+        method, "other"
+    )
 
 
 class DraftStore:
@@ -115,6 +133,8 @@ class DraftStore:
         self._drafts: dict[str, Draft] = {}
         self._sessions: dict[str, UploadSession] = {}
         self._readwrite_scope: set[str] | None = None
+        #: How many bytes of each of the next chunk PUTs to store (see ``store_partial``).
+        self._partial: deque[int] = deque()
         #: Called as a draft is sent, with the mailbox and the number of recipients; raises
         #: the refusal when the mailbox is over its recipient rate limit.
         self.before_send: Callable[[User, int], None] = lambda mailbox, count: None
@@ -139,6 +159,16 @@ class DraftStore:
         with self._lock:
             self._drafts.clear()
             self._sessions.clear()
+            self._partial.clear()
+
+    def store_partial(self, *keep: int) -> None:
+        """The next chunk PUTs store only the first ``keep[i]`` bytes of their body and answer
+        for those: with ``fail_next("reset_after", on="upload_chunk")``, a connection that
+        broke with part of a chunk stored."""
+        if any(n < 0 for n in keep):
+            raise ValueError("keep counts bytes: >= 0")
+        with self._lock:
+            self._partial.extend(keep)
 
     def may_read_write(self, mailbox: User, roles: Iterable[str]) -> bool:
         """Entra ``Mail.ReadWrite`` or Exchange "Application Mail.ReadWrite" on the mailbox."""
@@ -159,6 +189,8 @@ class DraftStore:
             return self.send(request, mailbox, str(route.item), token)
         if not self.may_read_write(mailbox, token.roles):
             raise access_denied()
+        if route.name == "message_list":
+            return self.list_messages(request, mailbox)
         if route.name == "draft_create":
             return self.create(request, mailbox)
         draft = self._draft(mailbox, str(route.item))
@@ -179,7 +211,13 @@ class DraftStore:
             )
         raw = decode_base64_mime(request.body)
         parsed = from_mime(raw, mailbox, request.request_id)
-        draft = Draft(id=_message_id(), mailbox=mailbox, raw=raw, subject=parsed.subject)
+        draft = Draft(
+            id=_message_id(),
+            mailbox=mailbox,
+            raw=raw,
+            subject=parsed.subject,
+            message_id=parsed.header("Message-ID"),
+        )
         with self._lock:
             self._drafts[draft.id] = draft
         return _json(201, self._message_json(draft, parsed))
@@ -190,12 +228,6 @@ class DraftStore:
         except (ValueError, UnicodeDecodeError):
             raise body_read_error("Invalid JSON. A token was not recognized.") from None
         attachment = _json_attachment(payload)
-        if attachment.size >= MIN_UPLOAD_SESSION_BYTES:
-            raise GraphError(
-                400,
-                "ErrorAttachmentSizeShouldNotBeGreaterThanMaximumSize",
-                "Attachments of 3 MB or more must be uploaded with an upload session.",
-            )
         attachment_id = _attachment_id()
         with self._lock:
             if draft.id not in self._drafts:
@@ -211,6 +243,52 @@ class DraftStore:
             "contentId": attachment.content_id,
         }
         return _json(201, body)
+
+    def list_messages(self, request: Request, mailbox: User) -> Response:
+        """``GET /users/{id}/messages``: the mailbox's drafts, all of them or those whose
+        ``internetMessageId`` is the one of ``$filter=internetMessageId eq '<id>'``."""
+        options: dict[str, str] = {}
+        for name, value in request.query:
+            lowered = name.lower()
+            if lowered not in ("$filter", "$select"):
+                raise GraphError(400, "BadRequest", f"Query option '{name}' is not supported.")
+            if lowered in options:
+                raise GraphError(
+                    400,
+                    "BadRequest",
+                    f"Query option '{name}' was specified more than once, but it must be "
+                    "specified at most once.",
+                )
+            options[lowered] = value
+        wanted: str | None = None
+        if "$filter" in options:
+            match = _MESSAGE_ID_FILTER.match(options["$filter"])
+            if match is None:
+                raise GraphError(
+                    400, "ErrorInvalidUrlQueryFilter", "The emulator filters on internetMessageId."
+                )
+            wanted = match.group(1).replace("''", "'")
+        fields = list(_MESSAGE_FIELDS.values())
+        if "$select" in options:
+            names = [n.strip().lower() for n in options["$select"].split(",") if n.strip()]
+            if not names or any(n not in _MESSAGE_FIELDS for n in names):
+                raise GraphError(
+                    400, "RequestBroker--ParseUri", "Could not find a property named in $select."
+                )
+            fields = ["id", *(_MESSAGE_FIELDS[n] for n in names if n != "id")]
+        with self._lock:
+            drafts = [d for d in self._drafts.values() if d.mailbox.id == mailbox.id]
+        found = [d for d in drafts if wanted is None or d.message_id == wanted]
+        found.sort(key=lambda d: d.created)
+        values = [
+            {
+                field: {"id": d.id, "isDraft": True, "internetMessageId": d.message_id}[field]
+                for field in fields
+            }
+            for d in found
+        ]
+        context = f"{self.base_url()}/v1.0/$metadata#users('{quote(mailbox.id)}')/messages"
+        return _json(200, {"@odata.context": context, "value": values})
 
     def create_upload_session(self, request: Request, draft: Draft, app_id: str = "") -> Response:
         item = _attachment_item(request.body)
@@ -323,6 +401,10 @@ class DraftStore:
             with self._lock:
                 self._sessions.pop(session.id, None)
             return Response(204)
+        if request.method == "GET":
+            with self._lock:
+                expected = len(session.data)
+            return _json(200, self._session_status(session, expected))
         if request.method != "PUT":
             raise GraphError(
                 405,
@@ -358,7 +440,9 @@ class DraftStore:
                     "InvalidRange",
                     f"Bytes must be sent in order: the next expected range is {expected}-.",
                 )
-            session.data += request.body
+            stored = self._partial.popleft() if self._partial else len(request.body)
+            stored = min(stored, len(request.body))
+            session.data += request.body[:stored]
             done = len(session.data) == session.size
             if done:
                 del self._sessions[session.id]
@@ -380,15 +464,17 @@ class DraftStore:
                 f"/Attachments('{attachment_id}')"
             )
             return Response(201, b"", {"Location": location})
-        body = {
+        return _json(200, self._session_status(session, expected + stored))
+
+    def _session_status(self, session: UploadSession, expected: int) -> dict[str, Any]:
+        return {
             "@odata.context": (
                 f"{self.base_url()}/api/v2.0/$metadata#Users('{session.draft.mailbox.id}')"
                 f"/Messages('{session.draft.id}')/AttachmentSessions/$entity"
             ),
             "ExpirationDateTime": _iso(session.expires),
-            "NextExpectedRanges": [str(expected + len(request.body))],
+            "NextExpectedRanges": [str(expected)],
         }
-        return _json(200, body)
 
     # helpers ------------------------------------------------------------------------------
 

@@ -111,6 +111,8 @@ def resolve(path: str) -> Route:
     if found is None:
         return Route("other", bad=segments[0])
     key, rest = found
+    if key.startswith("$") and not _USERS_KEY.fullmatch(segments[0]):
+        return Route("other", bad=key)  # Graph: 400; a UPN starting with $ needs users('$x')
     if not rest:
         return Route("user_get", key=key, method="GET")
     if len(rest) == 1 and rest[0].lower() in _SEND_MAIL:
@@ -139,9 +141,16 @@ def _message_route(key: str, rest: list[str]) -> Route:
     return Route("other", bad=rest[-1])
 
 
+def _for_method(route: Route, method: str) -> Route:
+    """``GET .../messages`` lists the mailbox's messages where ``POST`` creates a draft."""
+    if route.name == "draft_create" and method == "GET":
+        return Route("message_list", key=route.key, method="GET")
+    return route
+
+
 def kind_of(method: str, path: str) -> str:
     """The request kind recorded for counting: a route only counts with its own method."""
-    route = resolve(path)
+    route = _for_method(resolve(path), method)
     return route.name if route.method == method else "other"
 
 
@@ -168,7 +177,7 @@ class GraphApi:
 
     def handle(self, request: Request) -> Response:
         token = self.authenticate(request)
-        route = resolve(request.path)
+        route = _for_method(resolve(request.path), request.method)
         if route.bad is not None:
             raise GraphError(
                 400, "BadRequest", f"Resource not found for the segment '{route.bad}'."
@@ -182,9 +191,10 @@ class GraphApi:
         if route.name == "sendMail":
             assert route.key is not None
             return self.send_mail(request, route.key, token)
-        if route.item is not None or route.name == "draft_create":
+        if route.item is not None or route.name in ("draft_create", "message_list"):
             assert route.key is not None
-            _options(request, ())
+            if route.name != "message_list":  # it takes $filter and $select
+                _options(request, ())
             return self.drafts.handle(route, request, self._mailbox(route.key), token)
         if not self.tenant.may_read_directory(token.roles):
             raise GraphError(
