@@ -19,6 +19,7 @@ from typing import Any, Literal
 from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 
+from . import signals
 from .conf import OPTION_NAMES, MSGraphMailSettings, load_settings
 from .exceptions import (
     BatchSendError,
@@ -143,6 +144,13 @@ class EmailBackend(BaseEmailBackend):
             return list(pool.map(self._send, messages))
 
     def _send(self, message: EmailMessage) -> MessageStatus:
+        """One message's pipeline, then its outcome announced (:mod:`msgraph_mail.signals`)."""
+        status = self._deliver(message)
+        if message.recipients():  # skipped without a request, as Django's SMTP backend does
+            signals.announce(type(self), message, status)
+        return status
+
+    def _deliver(self, message: EmailMessage) -> MessageStatus:
         """The per-message pipeline: payload -> mailbox -> sendMail -> status."""
         assert self.client is not None
         assert self.resolver is not None

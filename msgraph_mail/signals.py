@@ -1,0 +1,85 @@
+"""Signals for a project's own delivery log, sent by both backends in whatever process sends.
+
+Each is a plain :class:`django.dispatch.Signal`, sent with ``sender`` the backend class and
+the keyword arguments ``message`` (the ``EmailMessage``, or None in a queue worker, which
+only has the MIME), ``message_id`` (the Message-ID header), ``mailbox`` (the address it went
+through, when known), ``status`` (the :class:`~msgraph_mail.backend.MessageStatus`) and
+``request_id`` (Graph's, to quote to Microsoft support)::
+
+    from django.dispatch import receiver
+
+    from msgraph_mail.signals import message_failed
+
+
+    @receiver(message_failed)
+    def record_failure(sender, message_id, mailbox, status, request_id, **kwargs): ...
+
+- ``message_queued``: ``QueuedEmailBackend`` put the message in its outbox;
+- ``message_sent``: Graph accepted it (202);
+- ``message_failed``: it was not sent (``status.error`` says why);
+- ``message_unknown``: the request left and no answer came: it may have been sent.
+
+Receivers run after the outcome and cannot change it: an exception in one is logged and the
+others still run (``send_robust``), so a broken delivery log never fails or repeats a send.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from django.dispatch import Signal
+
+logger = logging.getLogger("msgraph_mail")
+
+message_queued = Signal()
+message_sent = Signal()
+message_failed = Signal()
+message_unknown = Signal()
+
+#: The signal for each outcome of ``MessageStatus.status``.
+BY_STATUS = {
+    "queued": message_queued,
+    "sent": message_sent,
+    "failed": message_failed,
+    "unknown": message_unknown,
+}
+
+
+_announcing = threading.local()
+
+
+def announce(sender: type, message: Any, status: Any) -> None:
+    """Send the signal of ``status.status``; log (never raise) what a receiver raised.
+
+    Not while a receiver of this thread runs: Django logs a receiver's exception to
+    ``django.dispatch``, whose default handler mails ADMINS when DEBUG is off; that mail's
+    own signal would meet the same broken receiver, and so on without end.
+    """
+    signal = BY_STATUS.get(status.status)
+    if signal is None or getattr(_announcing, "active", False):
+        return
+    if not signal.has_listeners(sender):
+        return
+    _announcing.active = True
+    try:
+        results = signal.send_robust(
+            sender,
+            message=message,
+            message_id=status.message_id,
+            mailbox=status.mailbox,
+            status=status,
+            request_id=status.request_id,
+        )
+    finally:
+        _announcing.active = False
+    for receiver, result in results:
+        if isinstance(result, Exception):
+            logger.error(
+                "A receiver of msgraph_mail's %s signal raised %s: %s",
+                status.status,
+                type(result).__name__,
+                result,
+            )
+            logger.debug("Receiver: %r", receiver)
