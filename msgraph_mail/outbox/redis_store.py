@@ -1,0 +1,341 @@
+"""The outbox's claim store in Redis, shared by every Celery worker (``QUEUE = "celery"``).
+
+Celery delivers a task at least once: a worker killed after Graph's 202 and before the
+acknowledgement runs it again. What makes that harmless is this store: each message has one
+record, and a worker *claims* it (``queued`` -> ``sending``) in one atomic step before it
+sends; a second run finds it claimed and never sends it again.
+
+Layout (every key starts with ``msgraph_mail:outbox:`` and carries the hash tag ``{outbox}``,
+so the scripts also run on Redis Cluster, where all their keys must share one slot):
+
+- ``msgraph_mail:outbox:{outbox}:message:<message id>``: a HASH per message: ``envelope``
+  (the envelope's JSON), ``status``, ``attempts`` (claims so far), ``next_try_at``,
+  ``last_error``, ``request_id``, ``created_at``, ``updated_at``, ``claimed_at``,
+  ``finished_at`` (times as Unix seconds, floats).
+- ``msgraph_mail:outbox:{outbox}:status:<status>``: a sorted set per status of message ids,
+  scored by time: ``queued`` by the next try, ``sending`` by the claim, ``sent``,
+  ``failed`` and ``unknown`` by the end.
+
+Every change of status is one Lua script (read the status, move the id between the sorted
+sets, write the fields), so the sets never disagree with the records.
+
+Finished messages (``sent``, ``failed``, ``unknown``) expire after :data:`FINISHED_TTL`
+(7 days, ``RedisStore(ttl=...)``); the sorted sets of finished statuses are trimmed to the
+same age whenever a message finishes, so Redis does not grow forever. ``queued`` and
+``sending`` records never expire: a message waiting for its next try, or claimed by a worker
+that died, stays visible until it is finished (``manage.py msgraph_outbox``). Contents: the
+MIME of each message (its recipients and body, never a secret) -- protect this Redis as you
+protect the mail itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import redis
+
+    from ..conf import MSGraphMailSettings
+    from .envelope import Envelope
+
+__all__ = [
+    "FINISHED",
+    "FINISHED_TTL",
+    "PREFIX",
+    "STATUSES",
+    "RedisRecord",
+    "RedisStore",
+]
+
+#: Every key of the store starts with this (the hash tag keeps them in one cluster slot).
+PREFIX = "msgraph_mail:outbox:{outbox}:"
+#: The statuses a message goes through, in order; the last three are final.
+STATUSES = ("queued", "sending", "sent", "failed", "unknown")
+FINISHED = frozenset({"sent", "failed", "unknown"})
+#: How long a finished message is kept (seconds): 7 days.
+FINISHED_TTL = 7 * 24 * 3600
+
+# KEYS[1]: the message's hash; KEYS[2..6]: the status sets, in the order of STATUSES.
+# ARGV[1]: message id; ARGV[2]: the new status; ARGV[3]: its score; ARGV[4]: TTL in seconds
+# (0: never expires); ARGV[5]: the statuses it may leave, comma-separated ("" = any, "-" =
+# none: the message must not exist yet); ARGV[6]: "1" to count an attempt; ARGV[7]: the
+# finished sets are trimmed of ids older than this (0: no trimming); ARGV[8..]: field, value.
+_MOVE = """
+local key = KEYS[1]
+local current = redis.call('HGET', key, 'status')
+local expect = ARGV[5]
+if expect == '-' then
+    if current then return 0 end
+elseif not current then
+    return 0
+elseif expect ~= '' then
+    local allowed = false
+    for status in string.gmatch(expect, '[^,]+') do
+        if status == current then allowed = true end
+    end
+    if not allowed then return 0 end
+end
+for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+local statuses = {'queued', 'sending', 'sent', 'failed', 'unknown'}
+for i, status in ipairs(statuses) do
+    if status == ARGV[2] then redis.call('ZADD', KEYS[i + 1], ARGV[3], ARGV[1]) end
+end
+redis.call('HSET', key, 'status', ARGV[2])
+for i = 8, #ARGV, 2 do
+    if ARGV[i + 1] == '' then
+        redis.call('HDEL', key, ARGV[i])
+    else
+        redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+    end
+end
+if ARGV[6] == '1' then redis.call('HINCRBY', key, 'attempts', 1) end
+if tonumber(ARGV[4]) > 0 then
+    redis.call('EXPIRE', key, ARGV[4])
+else
+    redis.call('PERSIST', key)
+end
+if tonumber(ARGV[7]) > 0 then
+    for i = 4, 6 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[7]) end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class RedisRecord:
+    """One message as the store holds it (times as aware UTC datetimes)."""
+
+    message_id: str
+    status: str
+    envelope: dict[str, Any]
+    attempts: int = 0
+    next_try_at: datetime | None = None
+    last_error: str | None = None
+    request_id: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    claimed_at: datetime | None = None
+    finished_at: datetime | None = None
+    extra: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def _epoch(value: datetime | float | None) -> float:
+    if value is None:
+        return time.time()
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    return float(value)
+
+
+def _datetime(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromtimestamp(float(value), tz=timezone.utc)
+
+
+class RedisStore:
+    """The :class:`~msgraph_mail.outbox.store.ClaimStore` of the Celery engine, in Redis.
+
+    ``RedisStore(client)`` with a redis-py client, or :meth:`for_settings` with the
+    package's client for ``REDIS_URL`` (made once per process, never shared by a fork).
+    """
+
+    def __init__(self, client: redis.Redis, *, ttl: int = FINISHED_TTL) -> None:
+        self.client = client
+        self.ttl = int(ttl)
+        self._move = client.register_script(_MOVE)
+
+    @classmethod
+    def for_settings(cls, settings: MSGraphMailSettings, *, ttl: int = FINISHED_TTL) -> RedisStore:
+        """The store in the Redis of ``settings.redis_url`` (ConfigurationError if unset)."""
+        from ..limits import redis_client
+
+        return cls(redis_client(settings), ttl=ttl)
+
+    # keys -------------------------------------------------------------------------------
+
+    @staticmethod
+    def message_key(message_id: str) -> str:
+        return f"{PREFIX}message:{message_id}"
+
+    @staticmethod
+    def status_key(status: str) -> str:
+        return f"{PREFIX}status:{status}"
+
+    def _keys(self, message_id: str) -> list[str]:
+        return [self.message_key(message_id), *(self.status_key(s) for s in STATUSES)]
+
+    def _run(
+        self,
+        message_id: str,
+        status: str,
+        *,
+        score: float,
+        expect: str,
+        fields: dict[str, Any],
+        attempt: bool = False,
+    ) -> bool:
+        if status not in STATUSES:
+            raise ValueError(f"unknown outbox status {status!r}; one of {', '.join(STATUSES)}")
+        final = status in FINISHED
+        pairs: list[str] = []
+        for name, value in fields.items():
+            pairs += [name, "" if value is None else str(value)]
+        args = [
+            message_id,
+            status,
+            repr(score),
+            self.ttl if final else 0,
+            expect,
+            "1" if attempt else "0",
+            repr(time.time() - self.ttl) if final else 0,
+            *pairs,
+        ]
+        return bool(self._move(keys=self._keys(message_id), args=args))
+
+    # the ClaimStore protocol ---------------------------------------------------------------
+
+    def add(self, envelope: Envelope, *, not_before: datetime | float | None = None) -> bool:
+        """Record a new message as ``queued`` (due at ``not_before``, default now).
+
+        Adding a message id that is already stored changes nothing and returns False.
+        """
+        now = time.time()
+        due = _epoch(not_before) if not_before is not None else now
+        return self._run(
+            envelope.message_id,
+            "queued",
+            score=due,
+            expect="-",
+            fields={
+                "envelope": json.dumps(envelope.to_dict(), separators=(",", ":")),
+                "attempts": 0,
+                "next_try_at": repr(due),
+                "created_at": repr(now),
+                "updated_at": repr(now),
+            },
+        )
+
+    def claim(self, message_id: str) -> bool:
+        """``queued`` -> ``sending``, atomically; False when it is not queued (or unknown)."""
+        now = repr(time.time())
+        return self._run(
+            message_id,
+            "sending",
+            score=float(now),
+            expect="queued",
+            fields={"claimed_at": now, "updated_at": now},
+            attempt=True,
+        )
+
+    def defer(self, message_id: str, until: datetime | float, error: str | None = None) -> bool:
+        """Back to ``queued``, next try at ``until`` (a claimed or queued message only)."""
+        due = _epoch(until)
+        fields: dict[str, Any] = {"next_try_at": repr(due), "updated_at": repr(time.time())}
+        if error is not None:
+            fields["last_error"] = error
+        return self._run(message_id, "queued", score=due, expect="queued,sending", fields=fields)
+
+    def finish(
+        self,
+        message_id: str,
+        status: str,
+        error: str | None = None,
+        request_id: str | None = None,
+    ) -> bool:
+        """``sent``, ``failed`` or ``unknown``, kept for the store's TTL."""
+        if status not in FINISHED:
+            raise ValueError(f"finish() takes sent, failed or unknown, not {status!r}")
+        now = time.time()
+        fields: dict[str, Any] = {
+            "finished_at": repr(now),
+            "updated_at": repr(now),
+            "next_try_at": None,
+        }
+        if error is not None:
+            fields["last_error"] = error
+        if request_id is not None:
+            fields["request_id"] = request_id
+        return self._run(message_id, status, score=now, expect="", fields=fields)
+
+    def requeue(self, message_id: str) -> bool:
+        """A finished message back to ``queued``, due now (a resend); False if not finished."""
+        now = time.time()
+        return self._run(
+            message_id,
+            "queued",
+            score=now,
+            expect=",".join(sorted(FINISHED)),
+            fields={"next_try_at": repr(now), "updated_at": repr(now), "finished_at": None},
+        )
+
+    def get(self, message_id: str) -> RedisRecord | None:
+        """The message's record, or None (never stored, or expired)."""
+        raw = self.client.hgetall(self.message_key(message_id))
+        return self._record(message_id, raw) if raw else None
+
+    def list(self, status: str | None = None) -> list[RedisRecord]:
+        """The stored messages of one status (all when None), oldest first in each status."""
+        statuses: Sequence[str] = STATUSES if status is None else (status,)
+        records = []
+        for name in statuses:
+            if name not in STATUSES:
+                raise ValueError(f"unknown outbox status {name!r}; one of {', '.join(STATUSES)}")
+            for message_id in self._ids(name):
+                record = self.get(message_id)
+                if record is not None and record.status == name:
+                    records.append(record)
+        return records
+
+    def counts(self) -> dict[str, int]:
+        """How many messages each status set holds."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in STATUSES:
+            pipe.zcard(self.status_key(name))
+        return dict(zip(STATUSES, (int(n) for n in pipe.execute()), strict=True))
+
+    def _ids(self, status: str) -> Iterator[str]:
+        for member in self.client.zrange(self.status_key(status), 0, -1):
+            yield member.decode() if isinstance(member, bytes) else str(member)
+
+    @staticmethod
+    def _record(message_id: str, raw: dict[Any, Any]) -> RedisRecord:
+        values = {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode() if isinstance(v, bytes) else str(v)
+            )
+            for k, v in raw.items()
+        }
+        known = {
+            "envelope",
+            "status",
+            "attempts",
+            "next_try_at",
+            "last_error",
+            "request_id",
+            "created_at",
+            "updated_at",
+            "claimed_at",
+            "finished_at",
+        }
+        return RedisRecord(
+            message_id=message_id,
+            status=values.get("status", ""),
+            envelope=json.loads(values["envelope"]) if values.get("envelope") else {},
+            attempts=int(values.get("attempts") or 0),
+            next_try_at=_datetime(values.get("next_try_at")),
+            last_error=values.get("last_error") or None,
+            request_id=values.get("request_id") or None,
+            created_at=_datetime(values.get("created_at")),
+            updated_at=_datetime(values.get("updated_at")),
+            claimed_at=_datetime(values.get("claimed_at")),
+            finished_at=_datetime(values.get("finished_at")),
+            extra={k: v for k, v in values.items() if k not in known},
+        )
