@@ -57,8 +57,12 @@ AUTH_EXPIRED = "InvalidAuthenticationToken"
 #: How many rejected tokens one request may replace.
 MAX_TOKEN_RENEWALS = 3
 
-#: A mailbox's mail endpoints: what Graph's per-mailbox limits count.
-_MAIL_PATH = re.compile(r"^/users/([^/?]+)/(?:sendMail|messages)(?:[/?]|$)")
+#: A mailbox's mail endpoints: what Graph's per-mailbox limits count. The mailbox is a path
+#: segment (``/users/{id}/...``) or an OData key (``/users('$x@y.com')/...``, see user_path).
+_MAIL_PATH = re.compile(
+    r"^/users(?:/(?P<segment>[^/?()']+)|\('(?P<key>(?:[^']|'')*)'\))"
+    r"/(?:sendMail|messages)(?:[/?]|$)"
+)
 
 #: The user properties a lookup needs; nothing more is asked of the directory.
 USER_FIELDS = "id,mail,userPrincipalName"
@@ -106,9 +110,7 @@ class GraphClient:
     def get_user(self, user: str) -> dict[str, Any] | None:
         """Look a user up by object id or user principal name; None when there is none."""
         try:
-            response = self.request(
-                "GET", f"/users/{quote(user, safe='@')}", params={"$select": USER_FIELDS}
-            )
+            response = self.request("GET", user_path(user), params={"$select": USER_FIELDS})
         except GraphAPIError as exc:
             if exc.status == 404:
                 return None
@@ -130,7 +132,7 @@ class GraphClient:
         """POST a base64 MIME message to the mailbox's sendMail (Graph answers 202)."""
         return self.request(
             "POST",
-            f"/users/{quote(mailbox, safe='@')}/sendMail",
+            f"{user_path(mailbox)}/sendMail",
             recipients=recipients,
             data=mime_base64,
             headers={"Content-Type": "text/plain"},
@@ -317,10 +319,27 @@ class BearerAuth(requests.auth.AuthBase):
         return request
 
 
+def user_path(user: str) -> str:
+    """``/users/{user}``: the path of a user (object id or UPN) and of its mailbox.
+
+    A user principal name starting with ``$`` goes in as an OData key,
+    ``/users('$x@y.com')``, since Graph takes ``/users/$x@y.com`` for a system query option
+    and answers 400 (user-get page, GRAPH_NOTES E). Every URL to a mailbox is built here.
+    """
+    if user.startswith("$"):
+        literal = quote(user.replace("'", "''"), safe="@$'")
+        return f"/users('{literal}')"
+    return f"/users/{quote(user, safe='@')}"
+
+
 def mailbox_of(path: str) -> str | None:
     """The mailbox whose mail endpoints ``path`` is on, or None (tokens, directory lookups)."""
     found = _MAIL_PATH.match(path)
-    return unquote(found.group(1)).lower() if found else None
+    if found is None:
+        return None
+    segment, key = found.group("segment", "key")
+    mailbox = unquote(segment) if segment is not None else unquote(key).replace("''", "'")
+    return mailbox.lower()
 
 
 def _body_size(method: str, kwargs: dict[str, Any]) -> int:

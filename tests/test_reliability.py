@@ -14,7 +14,7 @@ from django.core import mail
 from django.core.mail import EmailMessage, get_connection
 from django.test import override_settings
 
-from msgraph_mail.emulator import CLIENT_ID, CLIENT_SECRET, FAULTS, TENANT_ID, GraphEmulator
+from msgraph_mail.emulator import ALL_FAULTS, CLIENT_ID, CLIENT_SECRET, TENANT_ID, GraphEmulator
 from msgraph_mail.exceptions import (
     BatchSendError,
     DeliveryUnknown,
@@ -224,7 +224,7 @@ def test_one_info_line_per_message(
     assert status.request_id in line
 
 
-SOAK_FAULTS = list(FAULTS)  # every fault the emulator knows
+SOAK_FAULTS = list(ALL_FAULTS)  # every fault the emulator knows, error pages included
 
 
 def test_soak_with_injected_faults(emulator: GraphEmulator) -> None:
@@ -264,7 +264,7 @@ def test_soak_with_injected_faults(emulator: GraphEmulator) -> None:
         f.client_request_id
         for f in faults
         if f.fault in {"gateway_timeout_lost", "reset_before"}
-        or (f.fault in {"gateway_timeout", "reset_after", "slow"} and f.delivered)
+        or (f.fault in {"gateway_timeout", "bad_gateway", "reset_after", "slow"} and f.delivered)
     }
     unknown = {m.msgraph_status.client_request_id: m for m in by_status["unknown"]}
     assert ambiguous <= set(unknown)

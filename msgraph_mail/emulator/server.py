@@ -436,6 +436,11 @@ class GraphEmulator:
         """Drafts still in the mailboxes (created, not yet sent or deleted)."""
         return self._graph.drafts.drafts
 
+    def store_partial_chunks(self, *keep: int) -> None:
+        """The next upload chunks store only their first ``keep`` bytes; with
+        ``fail_next("reset_after", on="upload_chunk")``: a chunk broken off midway."""
+        self._graph.drafts.store_partial(*keep)
+
     @property
     def rbac_scope(self) -> set[str] | None:
         """Mailboxes (ids or addresses) the app holds Exchange "Application Mail.Send" on."""
