@@ -33,22 +33,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
+
+from .envelope import Envelope
+from .store import StoredMessage
 
 if TYPE_CHECKING:
     import redis
 
     from ..conf import MSGraphMailSettings
-    from .envelope import Envelope
 
 __all__ = [
     "FINISHED",
     "FINISHED_TTL",
     "PREFIX",
+    "STALE_CLAIM",
     "STATUSES",
-    "RedisRecord",
     "RedisStore",
 ]
 
@@ -59,6 +60,11 @@ STATUSES = ("queued", "sending", "sent", "failed", "unknown")
 FINISHED = frozenset({"sent", "failed", "unknown"})
 #: How long a finished message is kept (seconds): 7 days.
 FINISHED_TTL = 7 * 24 * 3600
+#: The error kept on a message whose claim went stale (see :meth:`RedisStore.reap`).
+STALE_CLAIM = (
+    "The worker that claimed this message stopped before it finished (killed, or lost): it "
+    "may or may not have been sent, so it is not sent again"
+)
 
 # KEYS[1]: the message's hash; KEYS[2..6]: the status sets, in the order of STATUSES.
 # ARGV[1]: message id; ARGV[2]: the new status; ARGV[3]: its score; ARGV[4]: TTL in seconds
@@ -104,24 +110,6 @@ if tonumber(ARGV[7]) > 0 then
 end
 return 1
 """
-
-
-@dataclass(frozen=True)
-class RedisRecord:
-    """One message as the store holds it (times as aware UTC datetimes)."""
-
-    message_id: str
-    status: str
-    envelope: dict[str, Any]
-    attempts: int = 0
-    next_try_at: datetime | None = None
-    last_error: str | None = None
-    request_id: str | None = None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-    claimed_at: datetime | None = None
-    finished_at: datetime | None = None
-    extra: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 def _epoch(value: datetime | float | None) -> float:
@@ -202,14 +190,15 @@ class RedisStore:
 
     # the ClaimStore protocol ---------------------------------------------------------------
 
-    def add(self, envelope: Envelope, *, not_before: datetime | float | None = None) -> bool:
-        """Record a new message as ``queued`` (due at ``not_before``, default now).
+    def add(self, envelope: Envelope, *, not_before: datetime | float | None = None) -> None:
+        """Record a new message as ``queued``, due at ``not_before`` (default: now).
 
-        Adding a message id that is already stored changes nothing and returns False.
+        Adding a message id that is already stored changes nothing (an enqueue that runs
+        twice does not reset a message that was claimed or finished meanwhile).
         """
         now = time.time()
         due = _epoch(not_before) if not_before is not None else now
-        return self._run(
+        self._run(
             envelope.message_id,
             "queued",
             score=due,
@@ -224,7 +213,8 @@ class RedisStore:
         )
 
     def claim(self, message_id: str) -> bool:
-        """``queued`` -> ``sending``, atomically; False when it is not queued (or unknown)."""
+        """``queued`` -> ``sending`` in one step; False when it is not queued (already
+        claimed, finished or not stored): then it must not be sent."""
         now = repr(time.time())
         return self._run(
             message_id,
@@ -235,13 +225,17 @@ class RedisStore:
             attempt=True,
         )
 
-    def defer(self, message_id: str, until: datetime | float, error: str | None = None) -> bool:
-        """Back to ``queued``, next try at ``until`` (a claimed or queued message only)."""
+    def defer(self, message_id: str, until: datetime | float) -> None:
+        """Back to ``queued``, next try at ``until`` (a claimed message only: nothing sent)."""
         due = _epoch(until)
-        fields: dict[str, Any] = {"next_try_at": repr(due), "updated_at": repr(time.time())}
-        if error is not None:
-            fields["last_error"] = error
-        return self._run(message_id, "queued", score=due, expect="queued,sending", fields=fields)
+        fields = {"next_try_at": repr(due), "updated_at": repr(time.time())}
+        self._run(message_id, "queued", score=due, expect="sending", fields=fields)
+
+    def note(self, message_id: str, error: str) -> None:
+        """Keep why the last attempt failed (a deferred message shows it)."""
+        key = self.message_key(message_id)
+        if self.client.exists(key):
+            self.client.hset(key, "last_error", error[:2000])
 
     def finish(
         self,
@@ -249,40 +243,18 @@ class RedisStore:
         status: str,
         error: str | None = None,
         request_id: str | None = None,
-    ) -> bool:
-        """``sent``, ``failed`` or ``unknown``, kept for the store's TTL."""
-        if status not in FINISHED:
-            raise ValueError(f"finish() takes sent, failed or unknown, not {status!r}")
-        now = time.time()
-        fields: dict[str, Any] = {
-            "finished_at": repr(now),
-            "updated_at": repr(now),
-            "next_try_at": None,
-        }
-        if error is not None:
-            fields["last_error"] = error
-        if request_id is not None:
-            fields["request_id"] = request_id
-        return self._run(message_id, status, score=now, expect="", fields=fields)
+    ) -> None:
+        """``sent``, ``failed`` or ``unknown``: kept for the store's TTL, then forgotten."""
+        self._finish(message_id, status, error, request_id, expect="")
 
-    def requeue(self, message_id: str) -> bool:
-        """A finished message back to ``queued``, due now (a resend); False if not finished."""
-        now = time.time()
-        return self._run(
-            message_id,
-            "queued",
-            score=now,
-            expect=",".join(sorted(FINISHED)),
-            fields={"next_try_at": repr(now), "updated_at": repr(now), "finished_at": None},
-        )
-
-    def get(self, message_id: str) -> RedisRecord | None:
-        """The message's record, or None (never stored, or expired)."""
+    def get(self, message_id: str) -> StoredMessage | None:
+        """The message as stored, or None (never stored, or expired)."""
         raw = self.client.hgetall(self.message_key(message_id))
         return self._record(message_id, raw) if raw else None
 
-    def list(self, status: str | None = None) -> list[RedisRecord]:
-        """The stored messages of one status (all when None), oldest first in each status."""
+    def list(self, status: str | None = None) -> list[StoredMessage]:
+        """The stored messages of one status (all when None), oldest first in each status;
+        queued ones in the order of their next try."""
         statuses: Sequence[str] = STATUSES if status is None else (status,)
         records = []
         for name in statuses:
@@ -294,48 +266,88 @@ class RedisStore:
                     records.append(record)
         return records
 
+    # beyond the protocol: what the outbox command and the worker use ------------------------
+
+    def requeue(self, message_id: str, *, force: bool = False) -> bool:
+        """A failed message (an unknown one too with ``force``) back to ``queued``, due now,
+        to be enqueued again (a manual resend); False when it is in no such state."""
+        now = time.time()
+        return self._run(
+            message_id,
+            "queued",
+            score=now,
+            expect="failed,unknown" if force else "failed",
+            fields={"next_try_at": repr(now), "updated_at": repr(now), "finished_at": None},
+        )
+
+    def reap(self, stale_after: float) -> int:
+        """Mark messages claimed longer than ``stale_after`` seconds ago as unknown.
+
+        A worker killed while sending leaves its message ``sending``: the request may have
+        reached Graph, so the message is unknown, never sent again.
+        """
+        cutoff = time.time() - stale_after
+        reaped = 0
+        for member in self.client.zrange(self.status_key("sending"), "-inf", cutoff, byscore=True):
+            message_id = member.decode() if isinstance(member, bytes) else str(member)
+            reaped += self._finish(message_id, "unknown", STALE_CLAIM, None, expect="sending")
+        return reaped
+
     def counts(self) -> dict[str, int]:
-        """How many messages each status set holds."""
+        """How many messages each status holds."""
         pipe = self.client.pipeline(transaction=False)
         for name in STATUSES:
             pipe.zcard(self.status_key(name))
         return dict(zip(STATUSES, (int(n) for n in pipe.execute()), strict=True))
+
+    def claimed_at(self, message_id: str) -> datetime | None:
+        """When the message was last claimed (None if never, or not stored)."""
+        value = self.client.hget(self.message_key(message_id), "claimed_at")
+        return _datetime(value.decode() if isinstance(value, bytes) else value)
+
+    def _finish(
+        self,
+        message_id: str,
+        status: str,
+        error: str | None,
+        request_id: str | None,
+        *,
+        expect: str,
+    ) -> bool:
+        if status not in FINISHED:
+            raise ValueError(f"finish() takes sent, failed or unknown, not {status!r}")
+        now = time.time()
+        fields: dict[str, Any] = {
+            "finished_at": repr(now),
+            "updated_at": repr(now),
+            "next_try_at": None,
+        }
+        if error is not None:
+            fields["last_error"] = error[:2000]
+        if request_id is not None:
+            fields["request_id"] = request_id
+        return self._run(message_id, status, score=now, expect=expect, fields=fields)
 
     def _ids(self, status: str) -> Iterator[str]:
         for member in self.client.zrange(self.status_key(status), 0, -1):
             yield member.decode() if isinstance(member, bytes) else str(member)
 
     @staticmethod
-    def _record(message_id: str, raw: dict[Any, Any]) -> RedisRecord:
+    def _record(message_id: str, raw: dict[Any, Any]) -> StoredMessage:
         values = {
             (k.decode() if isinstance(k, bytes) else str(k)): (
                 v.decode() if isinstance(v, bytes) else str(v)
             )
             for k, v in raw.items()
         }
-        known = {
-            "envelope",
-            "status",
-            "attempts",
-            "next_try_at",
-            "last_error",
-            "request_id",
-            "created_at",
-            "updated_at",
-            "claimed_at",
-            "finished_at",
-        }
-        return RedisRecord(
+        return StoredMessage(
             message_id=message_id,
+            envelope=Envelope.from_dict(json.loads(values.get("envelope") or "{}")),
             status=values.get("status", ""),
-            envelope=json.loads(values["envelope"]) if values.get("envelope") else {},
             attempts=int(values.get("attempts") or 0),
             next_try_at=_datetime(values.get("next_try_at")),
             last_error=values.get("last_error") or None,
             request_id=values.get("request_id") or None,
             created_at=_datetime(values.get("created_at")),
             updated_at=_datetime(values.get("updated_at")),
-            claimed_at=_datetime(values.get("claimed_at")),
-            finished_at=_datetime(values.get("finished_at")),
-            extra={k: v for k, v in values.items() if k not in known},
         )
