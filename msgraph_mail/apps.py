@@ -6,6 +6,7 @@ from django.apps import AppConfig
 class MSGraphMailConfig(AppConfig):
     name = "msgraph_mail"
     verbose_name = "Microsoft Graph mail"
+    default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the checks)

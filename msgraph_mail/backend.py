@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
+from django.db import transaction
 
 from . import signals
 from .conf import OPTION_NAMES, MSGraphMailSettings, load_settings
@@ -44,12 +45,13 @@ class MessageStatus:
     """What became of one message; set as ``message.msgraph_status`` by every send.
 
     ``status`` is ``"sent"`` (Graph accepted it: 202), ``"failed"`` (it was not sent) or
-    ``"unknown"`` (the request left but no answer came back: it may have been sent).
+    ``"unknown"`` (the request left but no answer came back: it may have been sent);
+    ``QueuedEmailBackend`` sets ``"queued"`` (in its outbox; the worker decides the rest).
     ``route`` is ``"sendMail"``, or ``"draft"`` for a message too large for it
     (``LARGE_MESSAGES``: draft, upload sessions, send).
     """
 
-    status: Literal["sent", "failed", "unknown"]
+    status: Literal["queued", "sent", "failed", "unknown"]
     mailbox: str | None = None
     request_id: str | None = None
     client_request_id: str | None = None
@@ -243,3 +245,57 @@ def _message_id(raw: bytes) -> str | None:
     headers = raw.split(b"\r\n\r\n", 1)[0]
     found = _MESSAGE_ID.search(headers)
     return found.group(1).decode("ascii", "replace").strip() if found else None
+
+
+class QueuedEmailBackend(EmailBackend):
+    """Queue mail for a worker: ``EMAIL_BACKEND = "msgraph_mail.backend.QueuedEmailBackend"``.
+
+    ``send_messages`` validates and builds each message at once (a bad message raises here,
+    as with :class:`EmailBackend`), records it in the outbox and enqueues it with the engine
+    chosen by ``QUEUE``; it returns how many were queued, each with a ``"queued"``
+    :class:`MessageStatus`. A worker sends them (:mod:`msgraph_mail.outbox`). Messages over
+    Graph's 4 MB request limit are refused: send those with :class:`EmailBackend`.
+    """
+
+    def open(self) -> bool:
+        return False  # no HTTP session in the caller: the worker talks to Graph
+
+    def close(self) -> None:
+        pass
+
+    def send_messages(self, email_messages: Iterable[EmailMessage]) -> int:
+        from .outbox.engines import engine_for, store_for
+        from .outbox.envelope import build_envelope
+
+        email_messages = list(email_messages)
+        if not email_messages:
+            return 0
+        engine, store = engine_for(self.settings), store_for(self.settings)
+        alias = getattr(self, "alias", None)
+        failures: list[tuple[EmailMessage, MSGraphMailError]] = []
+        queued = 0
+        for message in email_messages:
+            status = MessageStatus(status="failed")
+            message.msgraph_status = status
+            try:
+                envelope = build_envelope(message, self.settings, alias)
+            except MSGraphMailError as exc:
+                if exc.email_message is None:
+                    exc.email_message = message
+                status.error = exc
+                if message.recipients():  # none: skipped and not counted, as EmailBackend
+                    failures.append((message, exc))
+                    logger.error("Message not queued: %s", exc)
+                continue
+            status.message_id = envelope.message_id
+            with transaction.atomic():  # no outbox row without its task (tasks engine)
+                store.add(envelope)
+                engine.enqueue(envelope)
+            status.status = "queued"
+            queued += 1
+            signals.announce(type(self), message, status)
+        if failures and not self.fail_silently:
+            if len(failures) == 1:
+                raise failures[0][1]
+            raise BatchSendError(failures, queued)
+        return queued

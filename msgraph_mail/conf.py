@@ -46,6 +46,7 @@ from .exceptions import ConfigurationError
 Mode = Literal["permissive", "rbac", "single_mailbox"]
 Cloud = Literal["global", "usgov", "usgovdod", "china"]
 Priority = Literal["normal", "bulk"]
+Queue = Literal["tasks", "celery"]
 
 #: URL schemes REDIS_URL may use (redis-py's ``Redis.from_url``).
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -232,6 +233,8 @@ class MSGraphMailSettings(BaseModel):
     mailbox_limits: MailboxLimitsSettings = Field(default_factory=MailboxLimitsSettings)
     priority: Priority = "normal"
     bulk_reserve: float = Field(default=0.1, ge=0, lt=1)
+    queue: Queue = "tasks"
+    queue_max_age: float = Field(default=86400.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod

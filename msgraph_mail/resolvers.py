@@ -58,6 +58,11 @@ class SenderResolver:
     def resolve(self, message: EmailMessage) -> Mailbox:
         raise NotImplementedError
 
+    def resolve_address(self, from_address: str, override: str | None = None) -> Mailbox:
+        """The same choice from a bare From address and the X-MSGraph-Mailbox value, for a
+        message already built (the queued backend's worker has its MIME, not the message)."""
+        raise NotImplementedError
+
     def explain(self, error: MSGraphMailError, mailbox: Mailbox, sender: str) -> MSGraphMailError:
         """Map Graph's error codes for a sendMail to typed errors that say what to do."""
         context = _context(error, mailbox)
@@ -92,7 +97,12 @@ class DirectoryResolver(SenderResolver):
     """permissive: any mailbox of the tenant, found from the From address."""
 
     def resolve(self, message: EmailMessage) -> Mailbox:
-        wanted = mailbox_override(message) or sender_address(message)
+        return self._resolve(mailbox_override(message) or sender_address(message))
+
+    def resolve_address(self, from_address: str, override: str | None = None) -> Mailbox:
+        return self._resolve(override or from_address)
+
+    def _resolve(self, wanted: str) -> Mailbox:
         self.check_allowed(wanted)
         mailbox = self.lookup(wanted)
         if "@" not in wanted:  # a user id: only now is its address known
@@ -161,15 +171,21 @@ class SingleMailboxResolver(SenderResolver):
     """single_mailbox: everything goes through MAILBOX, with no directory request at all."""
 
     def resolve(self, message: EmailMessage) -> Mailbox:
+        mailbox = self._check_override(mailbox_override(message))
+        sender_address(message)  # a From Exchange cannot parse fails here, before any request
+        return mailbox
+
+    def resolve_address(self, from_address: str, override: str | None = None) -> Mailbox:
+        return self._check_override(override)
+
+    def _check_override(self, override: str | None) -> Mailbox:
         configured = str(self.settings.mailbox)
-        override = mailbox_override(message)
         if override is not None and override.lower() != configured.lower():
             raise SenderNotAllowed(
                 f"{MAILBOX_HEADER} names {override}, but MODE single_mailbox only sends through "
                 f"{configured}: remove the header, or use MODE permissive or rbac",
                 mailbox=override,
             )
-        sender_address(message)  # a From Exchange cannot parse fails here, before any request
         return Mailbox(id=configured, address=configured)
 
 

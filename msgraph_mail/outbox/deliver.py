@@ -1,0 +1,257 @@
+"""The one function every worker calls: claim, send, and decide what became of a message.
+
+:func:`deliver` sends an :class:`~msgraph_mail.outbox.envelope.Envelope` with everything the
+synchronous backend does (the mailer's settings, the mode's resolver and its explanations,
+the shared limits when ``REDIS_URL`` is set) and returns an :class:`Outcome`:
+
+- ``sent``: Graph accepted it (202).
+- ``retry``: refused for a passing reason, nothing was sent (429 or 503 after the client's
+  own retries, Graph unreachable before the request left, a spent MAILBOX_LIMITS budget,
+  REDIS_URL unreachable): try again after ``delay`` seconds, taken from ``Retry-After`` or
+  the budget's reset, with backoff and jitter; once ``QUEUE_MAX_AGE`` has passed since the
+  message was queued, it is ``failed`` instead.
+- ``failed``: refused for a lasting reason (unknown sender, denied, invalid, too large, a
+  credential Entra refuses, any other 4xx): not retried.
+- ``unknown``: the request left and no answer came back (timeout, broken connection, 502 or
+  504): it may have been sent, so it is never sent again automatically. A message that
+  another run has claimed is ``unknown`` to this run too (``claimed`` is False), and is not
+  touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from django.conf import settings as django_settings
+
+from ..conf import OPTION_NAMES, MSGraphMailSettings, load_settings
+from ..exceptions import (
+    DeliveryUnknown,
+    GraphConnectionError,
+    LimitsUnavailable,
+    MailboxBudgetExhausted,
+    MSGraphMailError,
+)
+from ..graph import GraphClient
+from ..resolvers import resolver_for
+from ..retry import parse_retry_after
+from .envelope import Envelope
+from .store import ClaimStore
+
+__all__ = ["Outcome", "claim_timeout", "classify", "deliver", "settings_for"]
+
+logger = logging.getLogger("msgraph_mail")
+
+#: Statuses after which Graph did no work, and that pass: retried later.
+PASSING_STATUSES = frozenset({429, 503})
+#: The longest wait between two attempts of one message.
+MAX_DELAY = 3600.0
+#: The shortest backoff, when MAX_RETRY_WAIT is smaller.
+MIN_BACKOFF = 1.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one attempt; ``delay`` (seconds) is set for ``retry``."""
+
+    status: Literal["sent", "retry", "failed", "unknown"]
+    delay: float = 0.0
+    error: str | None = None
+    request_id: str | None = None
+    mailbox: str | None = None
+    exception: MSGraphMailError | None = None
+    claimed: bool = True  # False: another run holds or finished the message; nothing done
+
+
+def deliver(envelope: Envelope, *, attempt: int, store: ClaimStore) -> Outcome:
+    """Claim the message, send it once, record and return the outcome (see the module)."""
+    if not store.claim(envelope.message_id):
+        found = store.get(envelope.message_id)
+        state = found.status if found is not None else "missing"
+        logger.warning(
+            "Message %s is not sent again: it is %s (another run claimed it)",
+            envelope.message_id,
+            state,
+        )
+        return Outcome(
+            status="unknown",
+            error=f"not sent by this run: the message is {state} in the outbox",
+            claimed=False,
+        )
+    try:
+        outcome = _attempt(envelope, attempt)
+    except BaseException as exc:  # a bug or a shutdown mid-send: it may have left
+        store.finish(envelope.message_id, "unknown", error=f"{type(exc).__name__}: {exc}")
+        raise
+    if outcome.status == "retry":
+        until = datetime.now(timezone.utc) + timedelta(seconds=outcome.delay)
+        note = getattr(store, "note", None)
+        if note is not None and outcome.error:
+            note(envelope.message_id, outcome.error)
+        store.defer(envelope.message_id, until)
+        logger.warning(
+            "Message %s deferred %.1f s (attempt %d): %s",
+            envelope.message_id,
+            outcome.delay,
+            attempt,
+            outcome.error,
+        )
+    else:
+        store.finish(envelope.message_id, outcome.status, outcome.error, outcome.request_id)
+        log = logger.info if outcome.status == "sent" else logger.error
+        log(
+            "Queued message %s %s through mailbox %s (request-id %s)%s",
+            envelope.message_id,
+            outcome.status,
+            outcome.mailbox,
+            outcome.request_id,
+            f": {outcome.error}" if outcome.error else "",
+        )
+    _signal(envelope, outcome)
+    return outcome
+
+
+def _attempt(envelope: Envelope, attempt: int) -> Outcome:
+    settings = settings_for(envelope.alias)
+    client = _client(envelope.alias, settings)
+    resolver = resolver_for(settings, client)
+    mailbox_address: str | None = None
+    try:
+        mailbox = resolver.resolve_address(envelope.from_address, envelope.mailbox_override)
+        mailbox_address = mailbox.address
+        try:
+            response = client.send_mime(
+                mailbox.id, envelope.mime.encode("ascii"), recipients=envelope.recipients
+            )
+        except MSGraphMailError as exc:
+            explained = resolver.explain(exc, mailbox, envelope.from_address)
+            if explained is not exc:
+                explained.retry_after = getattr(exc, "retry_after", None)  # type: ignore[attr-defined]
+            raise explained from exc
+    except MSGraphMailError as exc:
+        if isinstance(exc, MailboxBudgetExhausted) and mailbox_address:
+            exc = exc.naming(mailbox_address)
+        return classify(exc, envelope, attempt, settings, mailbox_address)
+    return Outcome(
+        status="sent", request_id=response.request_id, mailbox=mailbox_address, error=None
+    )
+
+
+def classify(
+    exc: MSGraphMailError,
+    envelope: Envelope,
+    attempt: int,
+    settings: MSGraphMailSettings,
+    mailbox: str | None = None,
+) -> Outcome:
+    """The outcome rules for an error: retry (passing), failed (lasting) or unknown."""
+    common: dict[str, Any] = {
+        "error": str(exc),
+        "request_id": exc.request_id,
+        "mailbox": mailbox or exc.mailbox,
+        "exception": exc,
+    }
+    if isinstance(exc, DeliveryUnknown):
+        return Outcome(status="unknown", **common)
+    wait: float | None = None
+    if isinstance(exc, MailboxBudgetExhausted):
+        if exc.retry_at is None:  # it can never fit the budget
+            return Outcome(status="failed", **common)
+        wait = (exc.retry_at - datetime.now(timezone.utc)).total_seconds()
+    elif exc.status in PASSING_STATUSES:
+        wait = getattr(exc, "retry_after", None)
+    elif not isinstance(exc, (GraphConnectionError, LimitsUnavailable)) or exc.status:
+        return Outcome(status="failed", **common)  # lasting: sender, denied, invalid, 4xx
+    delay = _delay(wait, attempt, settings)
+    age = (datetime.now(timezone.utc) - envelope.enqueued).total_seconds()
+    if age + delay > settings.queue_max_age:
+        common["error"] = (
+            f"{exc} -- given up: the message was queued {age:.0f} s ago, and QUEUE_MAX_AGE "
+            f"({settings.queue_max_age:g} s) would pass before the next try"
+        )
+        return Outcome(status="failed", **common)
+    return Outcome(status="retry", delay=delay, **common)
+
+
+def _delay(wait: float | None, attempt: int, settings: MSGraphMailSettings) -> float:
+    """Retry-After or the budget's reset when known, else a backoff; plus up to 20 % jitter.
+
+    The backoff starts at MAX_RETRY_WAIT (the client already waited that long in this
+    attempt) and doubles with each attempt, up to an hour; a known wait is kept to at least
+    one second, doubling too, so a message refused again and again backs off all the same.
+    """
+    doubling = 2 ** max(0, attempt - 1)
+    if wait is None:
+        delay = max(MIN_BACKOFF, settings.max_retry_wait) * doubling
+    else:
+        delay = max(wait, MIN_BACKOFF * doubling)
+    return float(min(MAX_DELAY, delay) * (1 + 0.2 * random.random()))  # noqa: S311
+
+
+def settings_for(alias: str | None) -> MSGraphMailSettings:
+    """The settings a message's mailer sends with: MAILERS[alias]["OPTIONS"] over
+    MSGRAPH_MAIL (Django 6.1), or MSGRAPH_MAIL alone."""
+    options: dict[str, Any] = {}
+    if alias is not None:
+        mailers = getattr(django_settings, "MAILERS", None) or {}
+        configured = mailers.get(alias, {}).get("OPTIONS", {}) or {}
+        options = {name: value for name, value in configured.items() if name in OPTION_NAMES}
+    return load_settings(options)
+
+
+class _OutboxClient(GraphClient):
+    """The client, keeping Graph's Retry-After on the error it raises for a 429 or 503."""
+
+    def _result(self, response: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._result(response, *args, **kwargs)
+        except MSGraphMailError as exc:
+            exc.retry_after = parse_retry_after(  # type: ignore[attr-defined]
+                response.headers.get("Retry-After")
+            )
+            raise
+
+
+_clients: dict[str | None, tuple[MSGraphMailSettings, GraphClient]] = {}
+_clients_lock = threading.Lock()
+
+
+def _client(alias: str | None, settings: MSGraphMailSettings) -> GraphClient:
+    """One client per mailer for the worker process: its connections and limits are reused."""
+    with _clients_lock:
+        found = _clients.get(alias)
+        if found is not None and found[0] == settings:
+            return found[1]
+        if found is not None:
+            found[1].close()
+        client = _OutboxClient(settings)
+        _clients[alias] = (settings, client)
+        return client
+
+
+def _signal(envelope: Envelope, outcome: Outcome) -> None:
+    """message_sent / message_failed / message_unknown, from the worker (no EmailMessage)."""
+    if outcome.status == "retry" or not outcome.claimed:
+        return
+    from .. import signals
+    from ..backend import MessageStatus, QueuedEmailBackend
+
+    status = MessageStatus(
+        status=outcome.status,
+        mailbox=outcome.mailbox,
+        request_id=outcome.request_id,
+        message_id=envelope.message_id,
+        error=outcome.exception,
+    )
+    signals.announce(QueuedEmailBackend, None, status)
+
+
+def claim_timeout(settings: MSGraphMailSettings) -> float:
+    """How long one attempt may hold its claim: every try's timeout and the waits between
+    them, with a margin. A message claimed longer ago was left by a stopped worker."""
+    return settings.max_retry_wait + settings.timeout * (settings.max_retries + 2) + 10.0

@@ -1,0 +1,176 @@
+"""Where queued messages are claimed: one store shared by every worker of an engine.
+
+:class:`ClaimStore` is the interface :func:`~msgraph_mail.outbox.deliver.deliver` needs;
+:class:`DatabaseStore` keeps it in the Django database (the ``tasks`` engine), the Celery
+engine keeps it in Redis. A claim is atomic: of two runs of the same task, one sends and the
+other sees the message taken, so a task that runs twice never sends twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from django.db.models import F
+from django.utils import timezone
+
+from .envelope import Envelope
+
+__all__ = ["ClaimStore", "DatabaseStore", "StoredMessage"]
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as a store holds it; ``status`` is queued, sending, sent, failed or unknown
+    (a queued one whose ``next_try_at`` lies ahead is deferred)."""
+
+    message_id: str
+    envelope: Envelope
+    status: str
+    attempts: int = 0
+    next_try_at: datetime | None = None
+    last_error: str | None = None
+    request_id: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def deferred(self) -> bool:
+        return (
+            self.status == "queued"
+            and self.next_try_at is not None
+            and self.next_try_at > timezone.now()
+        )
+
+
+class ClaimStore(Protocol):
+    def add(self, envelope: Envelope) -> None:
+        """Record a new message as queued."""
+
+    def claim(self, message_id: str) -> bool:
+        """Atomically mark a queued message as sending; False when it is not queued (already
+        sending, or finished): then it must not be sent."""
+
+    def defer(self, message_id: str, until: datetime) -> None:
+        """Back to queued, next try at ``until``: only after a passing failure (nothing sent)."""
+
+    def finish(
+        self,
+        message_id: str,
+        status: str,
+        error: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        """The message is done: "sent", "failed" or "unknown"."""
+
+    def get(self, message_id: str) -> StoredMessage | None: ...
+
+    def list(self, status: str | None = None) -> list[StoredMessage]: ...
+
+
+class DatabaseStore:
+    """The store of the ``tasks`` engine: :class:`msgraph_mail.models.OutboxMessage` rows in
+    the default database, written in the caller's transaction."""
+
+    def add(self, envelope: Envelope) -> None:
+        from ..models import OutboxMessage
+
+        OutboxMessage.objects.create(
+            message_id=envelope.message_id, envelope=envelope.to_dict(), status="queued"
+        )
+
+    def claim(self, message_id: str) -> bool:
+        from ..models import OutboxMessage
+
+        claimed: int = OutboxMessage.objects.filter(message_id=message_id, status="queued").update(
+            status="sending", attempts=F("attempts") + 1, updated_at=timezone.now()
+        )
+        return claimed == 1
+
+    def defer(self, message_id: str, until: datetime) -> None:
+        from ..models import OutboxMessage
+
+        OutboxMessage.objects.filter(message_id=message_id, status="sending").update(
+            status="queued", next_try_at=until, updated_at=timezone.now()
+        )
+
+    def note(self, message_id: str, error: str) -> None:
+        """Keep why the last attempt failed (a deferred message shows it)."""
+        from ..models import OutboxMessage
+
+        OutboxMessage.objects.filter(message_id=message_id).update(last_error=error[:2000])
+
+    def finish(
+        self,
+        message_id: str,
+        status: str,
+        error: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        from ..models import OutboxMessage
+
+        OutboxMessage.objects.filter(message_id=message_id).update(
+            status=status,
+            last_error=(error or "")[:2000],
+            request_id=request_id or "",
+            next_try_at=None,
+            updated_at=timezone.now(),
+        )
+
+    def get(self, message_id: str) -> StoredMessage | None:
+        from ..models import OutboxMessage
+
+        row = OutboxMessage.objects.filter(message_id=message_id).first()
+        return _stored(row) if row is not None else None
+
+    def list(self, status: str | None = None) -> list[StoredMessage]:
+        from ..models import OutboxMessage
+
+        rows = OutboxMessage.objects.all()
+        if status is not None:
+            rows = rows.filter(status=status)
+        return [_stored(row) for row in rows]
+
+    def requeue(self, message_id: str) -> bool:
+        """A failed message back to queued, to be enqueued again (a manual resend)."""
+        from ..models import OutboxMessage
+
+        updated: int = OutboxMessage.objects.filter(message_id=message_id, status="failed").update(
+            status="queued", next_try_at=None, updated_at=timezone.now()
+        )
+        return updated == 1
+
+    def reap(self, stale_after: float) -> int:
+        """Mark messages claimed longer than ``stale_after`` seconds ago as unknown.
+
+        A worker killed while sending (SIGKILL, OOM, a lost host) leaves its message
+        ``sending`` and its task row running forever (django-tasks-db has no lease): the
+        request may have reached Graph, so the message is unknown, never sent again.
+        """
+        from ..models import OutboxMessage
+
+        cutoff = timezone.now() - timedelta(seconds=stale_after)
+        reaped: int = OutboxMessage.objects.filter(status="sending", updated_at__lt=cutoff).update(
+            status="unknown",
+            last_error=(
+                "The worker that claimed this message stopped before it finished (killed, or "
+                "lost): it may or may not have been sent, so it is not sent again"
+            ),
+            updated_at=timezone.now(),
+        )
+        return reaped
+
+
+def _stored(row: Any) -> StoredMessage:
+    return StoredMessage(
+        message_id=row.message_id,
+        envelope=Envelope.from_dict(row.envelope),
+        status=row.status,
+        attempts=row.attempts,
+        next_try_at=row.next_try_at,
+        last_error=row.last_error or None,
+        request_id=row.request_id or None,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )

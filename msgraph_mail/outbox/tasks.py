@@ -1,0 +1,57 @@
+"""The ``tasks`` engine: Django's tasks framework (``django.tasks`` on Django 6.0 and later,
+the ``django-tasks`` backport on 5.2), on whatever tasks backend the project configured.
+
+:func:`send_envelope` is the task: it loads the message from the outbox
+(:class:`~msgraph_mail.outbox.store.DatabaseStore`), calls
+:func:`~msgraph_mail.outbox.deliver.deliver`, and on a passing failure enqueues itself again
+with ``run_after`` (the framework has no retries of its own). Its arguments are the message
+id and the attempt number only: the MIME stays in the outbox row.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import django
+from django.utils import timezone
+
+from .deliver import claim_timeout, deliver, settings_for
+from .envelope import Envelope
+from .store import DatabaseStore
+
+if django.VERSION >= (6, 0):
+    from django.tasks import task
+else:  # the backport: pip install django-tasks, and "django_tasks" in INSTALLED_APPS
+    from django_tasks import task
+
+__all__ = ["enqueue", "send_envelope"]
+
+logger = logging.getLogger("msgraph_mail")
+
+
+@task()  # type: ignore[untyped-decorator,misc,unused-ignore]
+def send_envelope(message_id: str, attempt: int = 1) -> str:
+    """Deliver one queued message; return its outcome ("sent", "retry", ...)."""
+    store = DatabaseStore()
+    found = store.get(message_id)
+    if found is None:
+        logger.error("Queued message %s is not in the outbox: nothing to send", message_id)
+        return "missing"
+    settings = settings_for(found.envelope.alias)
+    reaped = store.reap(claim_timeout(settings))
+    if reaped:
+        logger.warning("%d queued messages left sending by a stopped worker are unknown", reaped)
+    outcome = deliver(found.envelope, attempt=attempt, store=store)
+    if outcome.status == "retry":
+        enqueue(found.envelope, delay=outcome.delay, attempt=attempt + 1)
+    return outcome.status
+
+
+def enqueue(envelope: Envelope, delay: float = 0, *, attempt: int = 1) -> Any:
+    """Enqueue the task of a message already in the outbox; ``delay`` in seconds."""
+    if delay > 0:
+        deferred = send_envelope.using(run_after=timezone.now() + timedelta(seconds=delay))
+        return deferred.enqueue(envelope.message_id, attempt)
+    return send_envelope.enqueue(envelope.message_id, attempt)
