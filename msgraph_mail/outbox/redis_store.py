@@ -30,6 +30,7 @@ protect the mail itself.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Iterator, Sequence
@@ -111,6 +112,14 @@ end
 return 1
 """
 
+# KEYS as for _MOVE; ARGV[1]: message id. Deletes the message only while it is queued.
+_FORGET = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
 
 def _epoch(value: datetime | float | None) -> float:
     if value is None:
@@ -139,6 +148,7 @@ class RedisStore:
         self.client = client
         self.ttl = int(ttl)
         self._move = client.register_script(_MOVE)
+        self._forget = client.register_script(_FORGET)
 
     @classmethod
     def for_settings(cls, settings: MSGraphMailSettings, *, ttl: int = FINISHED_TTL) -> RedisStore:
@@ -281,17 +291,27 @@ class RedisStore:
         )
 
     def reap(self, stale_after: float) -> int:
-        """Mark messages claimed longer than ``stale_after`` seconds ago as unknown.
+        """Mark messages claimed longer than ``stale_after`` seconds ago as unknown; how many.
 
         A worker killed while sending leaves its message ``sending``: the request may have
         reached Graph, so the message is unknown, never sent again.
         """
+        return sum(self.expire_claim(message_id) for message_id in self.stale(stale_after))
+
+    def stale(self, stale_after: float) -> builtins.list[str]:
+        """Ids of the messages claimed longer than ``stale_after`` seconds ago."""
         cutoff = time.time() - stale_after
-        reaped = 0
-        for member in self.client.zrange(self.status_key("sending"), "-inf", cutoff, byscore=True):
-            message_id = member.decode() if isinstance(member, bytes) else str(member)
-            reaped += self._finish(message_id, "unknown", STALE_CLAIM, None, expect="sending")
-        return reaped
+        members = self.client.zrange(self.status_key("sending"), "-inf", cutoff, byscore=True)
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    def expire_claim(self, message_id: str) -> bool:
+        """A claimed message whose worker is gone: ``sending`` -> ``unknown`` (False when it
+        is not ``sending`` any more: it finished meanwhile)."""
+        return self._finish(message_id, "unknown", STALE_CLAIM, None, expect="sending")
+
+    def forget(self, message_id: str) -> bool:
+        """Delete a ``queued`` message that was never enqueued (the broker refused the task)."""
+        return bool(self._forget(keys=self._keys(message_id), args=[message_id]))
 
     def counts(self) -> dict[str, int]:
         """How many messages each status holds."""
