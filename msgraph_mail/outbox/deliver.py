@@ -31,6 +31,7 @@ from django.conf import settings as django_settings
 
 from ..conf import OPTION_NAMES, MSGraphMailSettings, load_settings
 from ..exceptions import (
+    AuthenticationError,
     DeliveryUnknown,
     GraphConnectionError,
     LimitsUnavailable,
@@ -165,6 +166,8 @@ def classify(
         wait = (exc.retry_at - datetime.now(timezone.utc)).total_seconds()
     elif exc.status in PASSING_STATUSES:
         wait = getattr(exc, "retry_after", None)
+    elif isinstance(exc, AuthenticationError) and (exc.status or 0) >= 500:
+        pass  # Entra itself failed: passing; a refused credential (4xx) is lasting
     elif not isinstance(exc, (GraphConnectionError, LimitsUnavailable)) or exc.status:
         return Outcome(status="failed", **common)  # lasting: sender, denied, invalid, 4xx
     delay = _delay(wait, attempt, settings)
@@ -252,6 +255,7 @@ def _signal(envelope: Envelope, outcome: Outcome) -> None:
 
 
 def claim_timeout(settings: MSGraphMailSettings) -> float:
-    """How long one attempt may hold its claim: every try's timeout and the waits between
-    them, with a margin. A message claimed longer ago was left by a stopped worker."""
-    return settings.max_retry_wait + settings.timeout * (settings.max_retries + 2) + 10.0
+    """How long one attempt may hold its claim: every try's timeout, the waits between them
+    and one more timeout as a margin. A message claimed longer ago was left by a stopped
+    worker."""
+    return settings.max_retry_wait + settings.timeout * (settings.max_retries + 2)
