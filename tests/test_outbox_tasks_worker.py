@@ -43,7 +43,7 @@ class Worker:
     def start(self) -> None:
         self.runs += 1
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
+            self.process = subprocess.Popen(  # noqa: S603
                 [
                     sys.executable,
                     "-m",
@@ -116,7 +116,7 @@ def _fresh_graph(graph: GraphEmulator) -> None:
 
 def queue(env: dict[str, str], *subjects: str, sender: str = "noreply@contoso.com") -> Any:
     """The web process: queue the messages; returns its report (queued, seconds, ids)."""
-    done = subprocess.run(
+    done = subprocess.run(  # noqa: S603
         [sys.executable, "-m", "tests.outbox_web", sender, *subjects],
         cwd=ROOT,
         env=env,
@@ -215,8 +215,10 @@ def test_a_killed_worker_never_sends_twice(graph, env, worker):
     # The message the killed worker held stays "sending" until its claim is stale (here
     # 4.5 s: MAX_RETRY_WAIT + TIMEOUT x (MAX_RETRIES + 2)); the next task reaps it.
     wait_for(
-        lambda: sum(r["status"] == "sending" for r in rows(env, ids).values()) <= 1
-        and sum(r["status"] == "queued" for r in rows(env, ids).values()) == 0
+        lambda: (
+            sum(r["status"] == "sending" for r in rows(env, ids).values()) <= 1
+            and sum(r["status"] == "queued" for r in rows(env, ids).values()) == 0
+        )
     )
     time.sleep(5)
     queue(env, "Sweeper")
