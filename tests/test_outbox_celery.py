@@ -3,14 +3,28 @@ emulator (``QUEUE = "celery"``)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 import pytest
+from django.core import mail
+from django.test import override_settings
 
 pytest.importorskip("redis")
 
+from msgraph_mail.emulator import GraphEmulator
 from msgraph_mail.outbox.envelope import Envelope
 from msgraph_mail.outbox.redis_store import FINISHED_TTL, PREFIX, RedisStore
 
@@ -167,3 +181,273 @@ def test_stale_claims_are_reaped_as_unknown(store: RedisStore) -> None:
     assert "not sent again" in old.last_error
     assert store.claimed_at("<new@x>") is not None
     assert store.claimed_at("<queued@x>") is None
+
+
+# Real workers --------------------------------------------------------------------------------
+#
+# One `celery worker` subprocess (prefork, 2 children) for the module, against an emulator of
+# the module; the outbox in database 0 of the test Redis, the broker in database 1. The last
+# test SIGKILLs that worker's whole process group mid-batch and starts another.
+
+QUEUED = "msgraph_mail.backend.QueuedEmailBackend"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Worker:
+    """``celery -A tests.celery_app worker`` in its own process group, its output in a file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.celery_app",
+            "worker",
+            "--pool=prefork",
+            "--concurrency=2",
+            "--loglevel=warning",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            f"--hostname=msgraph-test-{time.monotonic_ns()}@%h",
+        ]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(  # noqa: S603 -- our interpreter, fixed arguments
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children at once (the process group)."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=15)
+        self.kill()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+@dataclass
+class CeleryRig:
+    emulator: GraphEmulator
+    options: dict[str, Any]
+    store: RedisStore
+    worker: Worker
+    start_worker: Callable[[], Worker]
+
+
+def wait_for(check: Callable[[], bool], what: str, rig: CeleryRig, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            counts = rig.store.counts()
+            raise AssertionError(
+                f"timed out waiting for {what}; outbox {counts}; worker log:\n"
+                + rig.worker.output()
+            )
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def celery_rig(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryRig]:
+    pytest.importorskip("celery")
+    import redis as redis_py
+
+    from tests import celery_app
+
+    base = redis_url.rsplit("/", 1)[0]
+    outbox_url, broker_url = f"{base}/0", f"{base}/1"
+    for url in (outbox_url, broker_url):
+        client = redis_py.Redis.from_url(url)
+        client.flushdb()
+        client.close()
+    celery_app.app.conf.broker_url = broker_url
+    log_dir = tmp_path_factory.mktemp("celery")
+    with GraphEmulator() as emulator:
+        emulator.roles = ["Mail.Send", "User.Read.All"]
+        options = emulator.settings(
+            MODE="permissive",
+            QUEUE="celery",
+            REDIS_URL=outbox_url,
+            TIMEOUT=5,
+            MAX_RETRIES=1,
+            MAX_RETRY_WAIT=1,
+        )
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.celery_settings",
+            "MSGRAPH_TEST_MSGRAPH_MAIL": json.dumps(options),
+            "MSGRAPH_TEST_BROKER_URL": broker_url,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        workers: list[Worker] = []
+
+        def start_worker() -> Worker:
+            worker = Worker(env, log_dir / f"worker-{len(workers)}.log").start()
+            workers.append(worker)
+            return worker
+
+        store = RedisStore(redis_py.Redis.from_url(outbox_url))
+        rig = CeleryRig(emulator, options, store, start_worker(), start_worker)
+        try:
+            with override_settings(EMAIL_BACKEND=QUEUED, MSGRAPH_MAIL=options):
+                yield rig
+        finally:
+            for worker in workers:
+                worker.stop()
+            store.client.close()
+            celery_app.app.close()
+
+
+@pytest.fixture
+def rig(celery_rig: CeleryRig) -> Iterator[CeleryRig]:
+    """The module's worker, with an emptied outbox and a reset emulator."""
+    if celery_rig.worker.process is None or celery_rig.worker.process.poll() is not None:
+        celery_rig.worker = celery_rig.start_worker()
+    celery_rig.store.client.flushdb()
+    celery_rig.emulator.reset()
+    celery_rig.emulator.latency = 0.0
+    yield celery_rig
+    celery_rig.emulator.latency = 0.0
+
+
+def outgoing(n: int, sender: str = "noreply@contoso.com", tag: str = "m") -> list[Any]:
+    return [
+        mail.EmailMessage(f"{tag} {i}", "Body", sender, [f"c{i}@example.com"]) for i in range(n)
+    ]
+
+
+def statuses(rig: CeleryRig, ids: list[str]) -> dict[str, str]:
+    found = {}
+    for message_id in ids:
+        record = rig.store.get(message_id)
+        found[message_id] = record.status if record is not None else "missing"
+    return found
+
+
+def delivered(rig: CeleryRig) -> Counter[str]:
+    """How many times the emulator accepted each Message-ID."""
+    return Counter(str(sent.header("Message-ID")) for sent in rig.emulator.sent)
+
+
+@pytest.mark.django_db
+def test_the_web_call_returns_at_once_and_the_worker_delivers(rig: CeleryRig) -> None:
+    rig.emulator.latency = 2.0  # each sendMail takes 2 s: the caller must not wait for one
+    messages = outgoing(6)
+    started = time.monotonic()
+    assert mail.get_connection().send_messages(messages) == 6
+    assert time.monotonic() - started < 2.0
+    assert {m.msgraph_status.status for m in messages} == {"queued"}
+    ids = [m.msgraph_status.message_id for m in messages]
+    wait_for(lambda: set(statuses(rig, ids).values()) == {"sent"}, "6 messages sent", rig)
+    assert delivered(rig) == Counter(ids)
+    for message_id in ids:
+        record = rig.store.get(message_id)
+        assert record is not None
+        assert record.attempts == 1
+        assert record.request_id
+
+
+@pytest.mark.django_db
+def test_a_throttled_message_is_deferred_and_delivered_later(rig: CeleryRig) -> None:
+    rig.emulator.fail_next("throttle", retry_after=5)
+    [message] = outgoing(1, tag="throttled")
+    assert message.send() == 1
+    message_id = message.msgraph_status.message_id
+
+    def is_deferred() -> bool:
+        record = rig.store.get(message_id)
+        return record is not None and record.deferred
+
+    wait_for(is_deferred, "the 429 to defer the message", rig)
+    deferred_at = time.monotonic()
+    record = rig.store.get(message_id)
+    assert record is not None
+    assert record.attempts == 1
+    assert record.last_error is not None
+    assert "429" in record.last_error or "TooManyRequests" in record.last_error
+    assert rig.emulator.count("sendMail") == 1
+    assert delivered(rig) == Counter()
+    wait_for(lambda: statuses(rig, [message_id])[message_id] == "sent", "delivery", rig)
+    # Retry-After 5 s was waited out (in countdowns of at most visibility_timeout / 2)
+    assert time.monotonic() - deferred_at > 4.0
+    record = rig.store.get(message_id)
+    assert record is not None
+    assert record.attempts == 2
+    assert rig.emulator.count("sendMail") == 2
+    assert delivered(rig) == Counter([message_id])
+
+
+@pytest.mark.django_db
+def test_a_permanent_failure_is_failed_at_once_not_retried(rig: CeleryRig) -> None:
+    [message] = outgoing(1, sender="ghost@contoso.com", tag="ghost")
+    assert message.send() == 1
+    message_id = message.msgraph_status.message_id
+    wait_for(lambda: statuses(rig, [message_id])[message_id] == "failed", "the failure", rig)
+    requests = rig.emulator.count()
+    time.sleep(1.5)  # nothing more happens: no retry
+    assert rig.emulator.count() == requests
+    record = rig.store.get(message_id)
+    assert record is not None
+    assert record.attempts == 1
+    assert record.last_error is not None
+    assert "ghost@contoso.com" in record.last_error
+    assert delivered(rig) == Counter()
+    assert rig.store.counts()["failed"] == 1
+
+
+@pytest.mark.django_db
+def test_a_killed_worker_sends_nothing_twice(rig: CeleryRig) -> None:
+    rig.emulator.latency = 1.0  # requests are in flight when the worker dies
+    messages = outgoing(12, tag="batch")
+    assert mail.get_connection().send_messages(messages) == 12
+    ids = [m.msgraph_status.message_id for m in messages]
+    wait_for(lambda: len(rig.emulator.sent) >= 2, "the batch to start", rig)
+    rig.worker.kill()
+    killed_with = Counter(statuses(rig, ids).values())
+    assert killed_with["sending"] >= 1  # the kill caught messages in flight
+    rig.worker = rig.start_worker()
+
+    def all_finished() -> bool:
+        return set(statuses(rig, ids).values()) <= {"sent", "unknown", "failed"}
+
+    wait_for(all_finished, "every message to finish after the restart", rig, timeout=45)
+    final = statuses(rig, ids)
+    counts = delivered(rig)
+    assert "failed" not in final.values()
+    for message_id, status in final.items():
+        assert counts[message_id] <= 1, f"{message_id} was delivered {counts[message_id]} times"
+        if status == "sent":
+            assert counts[message_id] == 1
+    unknown = [m for m, status in final.items() if status == "unknown"]
+    assert 1 <= len(unknown) <= killed_with["sending"]
+    for message_id in unknown:
+        record = rig.store.get(message_id)
+        assert record is not None
+        assert record.last_error is not None
+        assert "not sent again" in record.last_error
