@@ -9,10 +9,12 @@ password.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import django
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
@@ -161,6 +163,23 @@ W008 = Warning(
     hint="Set REDIS_URL to the Redis every process uses, or remove SHARE_TOKEN.",
     id="msgraph_mail.W008",
 )
+E016 = Error(
+    "QueuedEmailBackend with QUEUE {queue!r} cannot load its engine: {missing}.",
+    hint="{install}",
+    id="msgraph_mail.E016",
+)
+W009 = Warning(
+    "QueuedEmailBackend runs on {backend}, which sends in the caller's thread: the web request "
+    "waits for Graph and nothing is retried later.",
+    hint="Configure a tasks backend with a worker in TASKS['default'], e.g. "
+    "django_tasks_db.DatabaseBackend and manage.py db_worker (see docs/queued.md).",
+    id="msgraph_mail.W009",
+)
+W010 = Warning(
+    "QueuedEmailBackend runs on {backend}, which never runs a task: queued mail is never sent.",
+    hint="Use it in tests only; configure a tasks backend with a worker in TASKS['default'].",
+    id="msgraph_mail.W010",
+)
 
 #: Problems of the settings model, by (key, pydantic error type), and the check reporting it.
 BY_PROBLEM: dict[tuple[str, str], CheckMessage] = {
@@ -213,7 +232,69 @@ def check_deploy(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return messages
 
 
+def check_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """QueuedEmailBackend: its engine's package, and a tasks backend that runs tasks."""
+    messages: list[CheckMessage] = []
+    for where, options in _queued_mailers():
+        config, _ = validate(options)
+        if config is not None:
+            messages += [at(message, where) for message in _queue_problems(config.queue)]
+    return _unique(messages)
+
+
+def _queue_problems(queue: str) -> list[CheckMessage]:
+    if queue == "celery":
+        if importlib.util.find_spec("celery") is None:
+            return [
+                _format(
+                    E016,
+                    queue=queue,
+                    missing="celery is not installed",
+                    install='pip install "django-msgraph-mailer[celery]"',
+                )
+            ]
+        return []
+    package = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
+    if importlib.util.find_spec(package) is None:
+        return [
+            _format(
+                E016,
+                queue=queue,
+                missing=f"{package} is not installed (Django 5.2 needs the django-tasks backport)",
+                install='pip install "django-msgraph-mailer[tasks]"',
+            )
+        ]
+    tasks = getattr(settings, "TASKS", None) or {}
+    backend = str((tasks.get("default") or {}).get("BACKEND") or "ImmediateBackend (TASKS unset)")
+    if backend.endswith("ImmediateBackend") or not tasks:
+        return [_format(W009, backend=backend)]
+    if backend.endswith("DummyBackend"):
+        return [_format(W010, backend=backend)]
+    return []
+
+
+def _queued_mailers() -> Iterator[tuple[str, dict[str, Any]]]:
+    mailers = getattr(settings, "MAILERS", None)
+    if mailers is not None:
+        for alias, config in mailers.items():
+            if _is_queued(config.get("BACKEND", "")):
+                yield f"MAILERS[{alias!r}]", dict(config.get("OPTIONS") or {})
+    elif _is_queued(getattr(settings, "EMAIL_BACKEND", "")):
+        yield "EMAIL_BACKEND", {}
+
+
+def _is_queued(path: str) -> bool:
+    from .backend import QueuedEmailBackend
+
+    try:
+        backend = import_string(path)
+    except ImportError:
+        return False
+    return isinstance(backend, type) and issubclass(backend, QueuedEmailBackend)
+
+
 register(check_settings, "mail")
+register(check_queue, "mail")
 register(check_deploy, "mail", deploy=True)
 
 

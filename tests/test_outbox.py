@@ -233,3 +233,35 @@ def test_immediate_backend_sends_in_the_caller(msgraph_emulator, store):
         assert mail.send_mail("Now", "Body", "noreply@contoso.com", ["a@example.com"]) == 1
     assert [m.subject for m in msgraph_emulator.sent] == ["Now"]
     assert [m.status for m in store.list()] == ["sent"]
+
+
+# checks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tasks", "expected"),
+    [
+        ({}, ["msgraph_mail.W009"]),
+        (IMMEDIATE, ["msgraph_mail.W009"]),
+        (DUMMY, ["msgraph_mail.W010"]),
+        ({"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}, []),
+    ],
+)
+def test_checks_name_a_tasks_backend_that_runs_no_worker(msgraph_emulator, tasks, expected):
+    from msgraph_mail.checks import check_queue
+
+    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=tasks):
+        assert [m.id for m in check_queue()] == expected
+    assert check_queue() == []  # EmailBackend: nothing to check
+
+
+def test_checks_name_a_missing_engine(msgraph_emulator, monkeypatch):
+    import importlib.util
+
+    from msgraph_mail.checks import check_queue
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with override_settings(EMAIL_BACKEND=QUEUED, MSGRAPH_MAIL=msgraph_emulator.settings()):
+        found = check_queue()
+    assert [m.id for m in found] == ["msgraph_mail.E016"]
+    assert "[tasks]" in (found[0].hint or "")
