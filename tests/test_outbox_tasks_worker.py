@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ def queue(env: dict[str, str], *subjects: str, sender: str = "noreply@contoso.co
 
 
 def rows(env: dict[str, str], ids: list[str]) -> dict[str, dict[str, Any]]:
-    with sqlite3.connect(env["OUTBOX_DB"], timeout=30) as db:
+    with closing(sqlite3.connect(env["OUTBOX_DB"], timeout=30)) as db:  # closed, not only committed
         found = db.execute(
             "SELECT message_id, status, attempts, last_error FROM msgraph_mail_outboxmessage"
         ).fetchall()
