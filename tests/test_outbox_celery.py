@@ -200,6 +200,17 @@ class Worker:
         self.env = env
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
+        self.name = f"msgraph-test-{time.monotonic_ns()}@localhost"
+
+    def wait_ready(self, app: Any, timeout: float = 90) -> None:
+        """Until the worker answers a ping (its consumer runs); a loaded machine is slow."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise AssertionError(f"the worker exited:\n{self.output()}")
+            if app.control.ping(destination=[self.name], timeout=0.5):
+                return
+        raise AssertionError(f"the worker did not start in {timeout} s:\n{self.output()}")
 
     def start(self) -> Worker:
         command = [
@@ -215,7 +226,7 @@ class Worker:
             "--without-heartbeat",
             "--without-gossip",
             "--without-mingle",
-            f"--hostname=msgraph-test-{time.monotonic_ns()}@%h",
+            f"--hostname={self.name}",
         ]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 -- our interpreter, fixed arguments
@@ -310,6 +321,7 @@ def celery_rig(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         def start_worker() -> Worker:
             worker = Worker(env, log_dir / f"worker-{len(workers)}.log").start()
             workers.append(worker)
+            worker.wait_ready(celery_app.app)
             return worker
 
         store = RedisStore(redis_py.Redis.from_url(outbox_url))
