@@ -168,6 +168,12 @@ E016 = Error(
     hint="{install}",
     id="msgraph_mail.E016",
 )
+E020 = Error(
+    'QueuedEmailBackend with QUEUE "celery" needs REDIS_URL: its outbox is kept in Redis.',
+    hint="Set REDIS_URL to the Redis every web process and Celery worker reaches (it may be "
+    "Celery's broker), or use QUEUE 'tasks'.",
+    id="msgraph_mail.E020",
+)
 W009 = Warning(
     "QueuedEmailBackend runs on {backend}, which sends in the caller's thread: the web request "
     "waits for Graph and nothing is retried later.",
@@ -239,6 +245,8 @@ def check_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         config, _ = validate(options)
         if config is not None:
             messages += [at(message, where) for message in _queue_problems(config.queue)]
+            if config.queue == "celery" and not config.redis_url:
+                messages.append(at(E020, where))
     return _unique(messages)
 
 

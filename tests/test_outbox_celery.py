@@ -463,3 +463,17 @@ def test_a_killed_worker_sends_nothing_twice(rig: CeleryRig) -> None:
         assert record is not None
         assert record.last_error is not None
         assert "not sent again" in record.last_error
+
+
+# manage.py check ------------------------------------------------------------------------------
+
+
+def test_check_requires_redis_url_for_celery(msgraph_emulator: GraphEmulator) -> None:
+    from msgraph_mail import checks
+
+    options = msgraph_emulator.settings(QUEUE="celery")
+    with override_settings(EMAIL_BACKEND=QUEUED, MSGRAPH_MAIL=options):
+        assert "msgraph_mail.E020" in [m.id for m in checks.check_queue()]
+    options["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+    with override_settings(EMAIL_BACKEND=QUEUED, MSGRAPH_MAIL=options):
+        assert "msgraph_mail.E020" not in [m.id for m in checks.check_queue()]
