@@ -278,16 +278,26 @@ class RedisStore:
 
     # beyond the protocol: what the outbox command and the worker use ------------------------
 
-    def requeue(self, message_id: str, *, force: bool = False) -> bool:
+    def requeue(
+        self, message_id: str, *, force: bool = False, envelope: Envelope | None = None
+    ) -> bool:
         """A failed message (an unknown one too with ``force``) back to ``queued``, due now,
-        to be enqueued again (a manual resend); False when it is in no such state."""
+        to be enqueued again (a manual resend); ``envelope`` replaces the stored one. False
+        when it is in no such state."""
         now = time.time()
+        fields: dict[str, Any] = {
+            "next_try_at": repr(now),
+            "updated_at": repr(now),
+            "finished_at": None,
+        }
+        if envelope is not None:
+            fields["envelope"] = json.dumps(envelope.to_dict(), separators=(",", ":"))
         return self._run(
             message_id,
             "queued",
             score=now,
             expect="failed,unknown" if force else "failed",
-            fields={"next_try_at": repr(now), "updated_at": repr(now), "finished_at": None},
+            fields=fields,
         )
 
     def reap(self, stale_after: float) -> int:

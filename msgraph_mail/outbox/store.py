@@ -68,6 +68,12 @@ class ClaimStore(Protocol):
 
     def list(self, status: str | None = None) -> list[StoredMessage]: ...
 
+    def requeue(
+        self, message_id: str, *, force: bool = False, envelope: Envelope | None = None
+    ) -> bool:
+        """A failed (with ``force`` also an unknown) message back to queued: a manual resend."""
+        ...
+
 
 class DatabaseStore:
     """The store of the ``tasks`` engine: :class:`msgraph_mail.models.OutboxMessage` rows in
@@ -132,13 +138,24 @@ class DatabaseStore:
             rows = rows.filter(status=status)
         return [_stored(row) for row in rows]
 
-    def requeue(self, message_id: str) -> bool:
-        """A failed message back to queued, to be enqueued again (a manual resend)."""
+    def requeue(
+        self, message_id: str, *, force: bool = False, envelope: Envelope | None = None
+    ) -> bool:
+        """A failed message (an unknown one too with ``force``) back to queued, to be enqueued
+        again (a manual resend); ``envelope`` replaces the stored one (a new enqueued_at, so
+        QUEUE_MAX_AGE counts from the resend). False when it is in no such state."""
         from ..models import OutboxMessage
 
-        updated: int = OutboxMessage.objects.filter(message_id=message_id, status="failed").update(
-            status="queued", next_try_at=None, updated_at=timezone.now()
-        )
+        statuses = ["failed", "unknown"] if force else ["failed"]
+        changes: dict[str, Any] = {
+            "status": "queued",
+            "next_try_at": None,
+            "updated_at": timezone.now(),
+        }
+        if envelope is not None:
+            changes["envelope"] = envelope.to_dict()
+        rows = OutboxMessage.objects.filter(message_id=message_id, status__in=statuses)
+        updated: int = rows.update(**changes)
         return updated == 1
 
     def reap(self, stale_after: float) -> int:

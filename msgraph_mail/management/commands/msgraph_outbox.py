@@ -1,0 +1,120 @@
+"""``manage.py msgraph_outbox``: what QueuedEmailBackend's outbox holds, and a manual resend."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from msgraph_mail.conf import MSGraphMailSettings
+from msgraph_mail.outbox.deliver import settings_for
+from msgraph_mail.outbox.engines import engine_for, store_for
+from msgraph_mail.outbox.store import StoredMessage
+
+#: What the listing shows by default: everything not sent.
+OPEN = ("queued", "deferred", "sending", "failed", "unknown")
+STATUSES = (*OPEN, "sent")
+
+
+class Command(BaseCommand):
+    help = (
+        "List the messages of QueuedEmailBackend's outbox that are queued, deferred (with "
+        "their next try), being sent, failed or unknown; --resend ID sends a failed one again."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--status",
+            action="append",
+            choices=STATUSES,
+            help="Only messages of this status (repeatable); default: all but sent.",
+        )
+        parser.add_argument(
+            "--resend",
+            metavar="ID",
+            help="Queue this failed message again (its Message-ID, as listed).",
+        )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="With --resend: also resend an unknown message, which may have been "
+            "delivered already.",
+        )
+        parser.add_argument(
+            "--using", metavar="ALIAS", help="The MAILERS alias whose outbox to read."
+        )
+        parser.add_argument("--json", action="store_true", help="Print the list as JSON.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        settings = settings_for(options["using"])
+        if options["resend"]:
+            self._resend(settings, options["resend"], force=options["force"])
+            return
+        wanted = options["status"] or list(OPEN)
+        found = [m for m in store_for(settings).list() if _status(m) in wanted]
+        found.sort(key=lambda m: (STATUSES.index(_status(m)), _when(m)))
+        if options["json"]:
+            self.stdout.write(json.dumps([_row(m) for m in found], indent=2))
+            return
+        if not found:
+            self.stdout.write(f"No {' or '.join(wanted)} messages.")
+            return
+        for message in found:
+            row = _row(message)
+            line = f"{row['status']:<8}  {row['message_id']}  attempts {row['attempts']}"
+            if row["next_try_at"] and row["status"] == "deferred":
+                line += f"  next try {row['next_try_at']}"
+            if row["last_error"]:
+                line += f"\n          {row['last_error'][:300]}"
+            self.stdout.write(line)
+
+    def _resend(self, settings: MSGraphMailSettings, message_id: str, *, force: bool) -> None:
+        store = store_for(settings)
+        stored = store.get(message_id)
+        if stored is None:
+            raise CommandError(f"The outbox has no message {message_id}.")
+        status = _status(stored)
+        if status == "unknown" and not force:
+            raise CommandError(
+                f"{message_id} is unknown: its request reached Graph and no answer came back, "
+                "so it may have been delivered, and resending could deliver it twice. Look for "
+                "this Message-ID in the Sent Items of the sending mailbox; resend with --force "
+                "only if it is not there."
+            )
+        if status not in ("failed", "unknown"):
+            raise CommandError(
+                f"{message_id} is {status}: only a failed message (or, with --force, an unknown "
+                "one) can be resent."
+            )
+        envelope = dataclasses.replace(
+            stored.envelope, enqueued_at=datetime.now(timezone.utc).isoformat()
+        )
+        if not store.requeue(message_id, force=force, envelope=envelope):
+            raise CommandError(f"{message_id} changed meanwhile; list the outbox again.")
+        engine_for(settings).enqueue(envelope)
+        self.stdout.write(f"Queued {message_id} again (it was {status}).")
+
+
+def _status(message: StoredMessage) -> str:
+    return "deferred" if message.deferred else message.status
+
+
+def _when(message: StoredMessage) -> float:
+    when = message.next_try_at or message.updated_at or message.created_at
+    return when.timestamp() if when is not None else 0.0
+
+
+def _row(message: StoredMessage) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "status": _status(message),
+        "attempts": message.attempts,
+        "next_try_at": message.next_try_at.isoformat() if message.next_try_at else None,
+        "last_error": message.last_error,
+        "request_id": message.request_id,
+        "from": message.envelope.from_address,
+        "queued_at": message.envelope.enqueued_at,
+    }
