@@ -1,10 +1,11 @@
-"""A sending process for the multi-process tests: ``python -m tests.sender_process CONFIG``.
+"""A sending process for the multi-process tests: ``python -m tests.sender_process``.
 
-CONFIG is JSON: ``settings`` (the MSGRAPH_MAIL dict), ``count``, ``tag``, ``from_email``,
-``recipients`` (per message), ``priority`` (backend option) and ``pause`` (seconds between
-batches of one message). It sends ``count`` messages one per call (as web workers do, each
-call its own backend), then prints one JSON line: how many were sent, failed, unknown, and
-the failures' error class names and budgets.
+Its configuration comes on standard input, never in the command line (where any user of the
+machine could read the secret): one line of JSON with ``settings`` (the MSGRAPH_MAIL dict),
+``count``, ``tag``, ``from_email``, ``recipients`` (per message), ``priority`` (backend
+option), ``batch`` and ``pause`` (seconds between batches). It sends ``count`` messages,
+then prints one JSON line: how many were sent, failed, unknown, and the failures' error
+class names and budgets.
 """
 
 from __future__ import annotations
@@ -56,4 +57,4 @@ def main(config: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(json.loads(sys.argv[1]))), flush=True)
+    print(json.dumps(main(json.loads(sys.stdin.readline()))), flush=True)

@@ -51,14 +51,25 @@ def start(config: dict[str, Any], time_scale: float | None = None) -> subprocess
     environment.pop("DJANGO_SETTINGS_MODULE", None)
     if time_scale is not None:
         environment[limits.TIME_SCALE_ENV] = repr(time_scale)
-    return subprocess.Popen(  # noqa: S603 -- our own interpreter and module
-        [sys.executable, "-m", "tests.sender_process", json.dumps(config)],
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.sender_process"],
         cwd=ROOT,
         env=environment,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    give(process, config)
+    return process
+
+
+def give(process: subprocess.Popen[str], settings: dict[str, Any]) -> None:
+    """The configuration on standard input: a secret never stands in a command line."""
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(settings) + "\n")
+    process.stdin.close()
+    process.stdin = None  # all said: communicate() has nothing more to send
 
 
 def finish(process: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
@@ -112,7 +123,7 @@ HOLDER = textwrap.dedent(
     import json, sys, time
     import django
     from django.conf import settings
-    settings.configure(MSGRAPH_MAIL=json.loads(sys.argv[1]))
+    settings.configure(MSGRAPH_MAIL=json.loads(sys.stdin.readline()))
     django.setup()
     from contextlib import ExitStack
     from msgraph_mail.conf import load_settings
@@ -120,7 +131,7 @@ HOLDER = textwrap.dedent(
     limits = limits_for(load_settings())
     with ExitStack() as stack:
         for _ in range(4):
-            stack.enter_context(limits.hold(sys.argv[2]))
+            stack.enter_context(limits.hold(sys.argv[1]))
         print("held", flush=True)
         time.sleep(600)
     """
@@ -133,12 +144,14 @@ def test_a_killed_process_frees_its_slots_when_its_leases_expire(
     # TIMEOUT 1 s: a lease lasts TIMEOUT plus a margin, so it expires within seconds.
     settings = settings_for(graph, REDIS_URL=redis, TIMEOUT=1, MAX_RETRY_WAIT=30)
     holder = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-c", HOLDER, json.dumps(settings), MAILBOX],
+        [sys.executable, "-c", HOLDER, MAILBOX],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    give(holder, settings)
     assert holder.stdout is not None
     assert holder.stdout.readline().strip() == "held"
     holder.send_signal(signal.SIGKILL)  # no release, no goodbye: the leases stay in Redis
