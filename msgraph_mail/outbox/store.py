@@ -8,6 +8,7 @@ other sees the message taken, so a task that runs twice never sends twice.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -157,6 +158,24 @@ class DatabaseStore:
         rows = OutboxMessage.objects.filter(message_id=message_id, status__in=statuses)
         updated: int = rows.update(**changes)
         return updated == 1
+
+    def orphans(self, stale_after: float) -> builtins.list[StoredMessage]:
+        """Queued messages due more than ``stale_after`` seconds ago and untouched since: their
+        task was lost (a worker killed after it took the task and before it claimed the
+        message; django-tasks-db never runs a task twice). Touched, so each is found once."""
+        from ..models import OutboxMessage
+
+        now = timezone.now()
+        cutoff = now - timedelta(seconds=stale_after)
+        rows = list(
+            OutboxMessage.objects.filter(status="queued", updated_at__lt=cutoff).exclude(
+                next_try_at__gt=cutoff
+            )
+        )
+        touched = OutboxMessage.objects.filter(
+            pk__in=[row.pk for row in rows], status="queued", updated_at__lt=cutoff
+        ).update(updated_at=now)
+        return [_stored(row) for row in rows] if touched else []
 
     def reap(self, stale_after: float) -> int:
         """Mark messages claimed longer than ``stale_after`` seconds ago as unknown.

@@ -40,9 +40,13 @@ def send_envelope(message_id: str, attempt: int = 1) -> str:
         logger.error("Queued message %s is not in the outbox: nothing to send", message_id)
         return "missing"
     settings = settings_for(found.envelope.alias)
-    reaped = store.reap(claim_timeout(settings))
+    stale = claim_timeout(settings)
+    reaped = store.reap(stale)
     if reaped:
         logger.warning("%d queued messages left sending by a stopped worker are unknown", reaped)
+    for orphan in store.orphans(stale):  # their task died with a worker: never sent, so safe
+        logger.warning("Queued message %s lost its task; enqueued again", orphan.message_id)
+        enqueue(orphan.envelope, attempt=max(orphan.attempts, 1))
     outcome = deliver(found.envelope, attempt=attempt, store=store)
     if outcome.status == "retry":
         enqueue(found.envelope, delay=outcome.delay, attempt=attempt + 1)

@@ -1,0 +1,71 @@
+"""A queued message whose task was lost (its worker killed after taking the task and before
+claiming the message) is enqueued again by the next task: never sent twice, never lost."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import django
+import pytest
+from django.core import mail
+from django.test import override_settings
+from django.utils import timezone
+
+from msgraph_mail.emulator import GraphEmulator
+from msgraph_mail.models import OutboxMessage
+from msgraph_mail.outbox.store import DatabaseStore
+
+pytestmark = pytest.mark.django_db
+
+QUEUED = "msgraph_mail.backend.QueuedEmailBackend"
+TASKS = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
+DUMMY = {"default": {"BACKEND": f"{TASKS}.backends.dummy.DummyBackend"}}
+
+
+@pytest.fixture
+def dummy(msgraph_emulator: GraphEmulator) -> Any:
+    from msgraph_mail.outbox.tasks import send_envelope
+
+    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=DUMMY):
+        backend = send_envelope.get_backend()
+        backend.clear()
+        yield backend
+        backend.clear()
+
+
+def test_a_lost_task_is_enqueued_again_and_sent_once(
+    msgraph_emulator: GraphEmulator, dummy: Any
+) -> None:
+    from msgraph_mail.outbox.tasks import send_envelope
+
+    lost, later = (
+        mail.EmailMessage("Lost", "x", None, ["a@example.com"]),
+        mail.EmailMessage("Later", "x", None, ["b@example.com"]),
+    )
+    assert mail.get_connection().send_messages([lost, later]) == 2
+    lost_id, later_id = lost.msgraph_status.message_id, later.msgraph_status.message_id
+    # The worker that took Lost's task died before claiming it, an hour ago.
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    OutboxMessage.objects.filter(message_id=lost_id).update(updated_at=an_hour_ago)
+    dummy.clear()
+    assert send_envelope.call(later_id, 1) == "sent"  # the next task notices the orphan
+    assert [r.args for r in dummy.results] == [[lost_id, 1]]
+    send_envelope.call(later_id, 1)  # a duplicate run: already finished, nothing sent
+    assert [r.args for r in dummy.results] == [[lost_id, 1]]  # found once, not every time
+    assert send_envelope.call(lost_id, 1) == "sent"
+    assert sorted(m.subject for m in msgraph_emulator.sent) == ["Later", "Lost"]
+    assert DatabaseStore().get(lost_id).status == "sent"  # type: ignore[union-attr]
+
+
+def test_a_deferred_message_is_no_orphan(msgraph_emulator: GraphEmulator, dummy: Any) -> None:
+    store = DatabaseStore()
+    message = mail.EmailMessage("Deferred", "x", None, ["a@example.com"])
+    assert mail.get_connection().send_messages([message]) == 1
+    message_id = message.msgraph_status.message_id
+    assert store.claim(message_id)
+    store.defer(message_id, timezone.now() + timedelta(hours=2))  # a spent daily budget
+    OutboxMessage.objects.filter(message_id=message_id).update(
+        updated_at=timezone.now() - timedelta(hours=1)
+    )
+    assert store.orphans(240) == []
