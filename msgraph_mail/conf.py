@@ -235,6 +235,7 @@ class MSGraphMailSettings(BaseModel):
     bulk_reserve: float = Field(default=0.1, ge=0, lt=1)
     queue: Queue = "tasks"
     queue_max_age: float = Field(default=86400.0, gt=0)
+    resolve_unknown: float | None = Field(default=None, ge=0, le=300)
 
     @model_validator(mode="before")
     @classmethod

@@ -20,6 +20,7 @@ ever hides a misconfigured backend::
     │   └── SendAsDenied                 the mailbox may not send as the From address
     ├── AuthenticationError              Entra refused to issue a token
     ├── GraphAPIError                    any other error answer from Graph
+    │   └── SentItemsDenied              Sent Items may not be read (Mail.ReadBasic.All)
     ├── GraphConnectionError             no answer from Graph (network, timeout before sending)
     │   └── DeliveryUnknown              the request left but no answer came back: maybe sent
     ├── MailboxBudgetExhausted           a MAILBOX_LIMITS budget is used up: nothing was sent,
@@ -59,6 +60,7 @@ __all__ = [
     "SenderError",
     "SenderNotAllowed",
     "SenderNotFound",
+    "SentItemsDenied",
 ]
 
 
@@ -154,6 +156,13 @@ class AuthenticationError(MSGraphMailError):
 
 class GraphAPIError(MSGraphMailError):
     """Graph answered with an error not covered by a more specific exception."""
+
+
+class SentItemsDenied(GraphAPIError):
+    """Graph refused to list a mailbox's Sent Items (403): resolving unknown outcomes
+    (RESOLVE_UNKNOWN) and ``msgraph_diagnose --send-test`` need the application permission
+    ``Mail.ReadBasic.All`` (or ``Mail.Read``), or the Exchange RBAC role "Application
+    Mail.ReadBasic" scoped to the mailbox."""
 
 
 class GraphConnectionError(MSGraphMailError):

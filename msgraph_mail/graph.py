@@ -35,6 +35,7 @@ from .exceptions import (
     GraphAPIError,
     GraphConnectionError,
     MSGraphMailError,
+    SentItemsDenied,
 )
 from .limits import MailboxLimits, limits_for
 from .retry import RetryBudget, parse_retry_after
@@ -137,6 +138,39 @@ class GraphClient:
             data=mime_base64,
             headers={"Content-Type": "text/plain"},
         )
+
+    def find_sent(self, mailbox: str, message_id: str) -> dict[str, Any] | None:
+        """The copy of a message in the mailbox's Sent Items, found by its Message-ID
+        (``internetMessageId``, angle brackets included), or None when there is none (yet).
+
+        ``GET {user}/mailFolders/sentitems/messages?$filter=internetMessageId eq '<id>'``,
+        the value percent-encoded per RFC 3986 with its quotes doubled. Needs the application
+        permission ``Mail.ReadBasic.All`` (or ``Mail.Read``), or the Exchange RBAC role
+        "Application Mail.ReadBasic": a 403 raises :class:`SentItemsDenied`.
+        """
+        query = message_id_query(message_id, "id,internetMessageId,sentDateTime")
+        try:
+            body = self.request(
+                "GET", f"{user_path(mailbox)}/mailFolders/sentitems/messages?{query}"
+            ).body
+        except GraphAPIError as exc:
+            if exc.status != 403:
+                raise
+            denied = SentItemsDenied(
+                f"Graph refused to list the Sent Items of {mailbox} ({exc.code or 'HTTP 403'}): "
+                "looking a message up by its Message-ID needs the application permission "
+                "Mail.ReadBasic.All (or Mail.Read), or the Exchange RBAC role "
+                '"Application Mail.ReadBasic" scoped to this mailbox',
+                code=exc.code,
+                status=exc.status,
+                request_id=exc.request_id,
+                client_request_id=exc.client_request_id,
+                mailbox=mailbox,
+            )
+            raise denied from exc
+        values = body.get("value") if isinstance(body, dict) else None
+        found = [item for item in values or [] if isinstance(item, dict)]
+        return dict(found[0]) if found else None
 
     def request(self, method: str, path: str, *, recipients: int = 0, **kwargs: Any) -> Response:
         """Send one Graph request with Graph's retry rules; ``kwargs`` go to ``requests``.
@@ -330,6 +364,14 @@ def user_path(user: str) -> str:
         literal = quote(user.replace("'", "''"), safe="@$'")
         return f"/users('{literal}')"
     return f"/users/{quote(user, safe='@')}"
+
+
+def message_id_query(message_id: str, select: str) -> str:
+    """``$filter=internetMessageId eq '<id>'&$select=...``, percent-encoded per RFC 3986
+    (``'`` doubled inside the OData string literal)."""
+    literal = message_id.replace("'", "''")
+    expression = f"internetMessageId eq '{literal}'"
+    return f"$filter={quote(expression, safe='')}&$select={quote(select, safe=',')}"
 
 
 def mailbox_of(path: str) -> str | None:

@@ -51,6 +51,7 @@ FAULT_KINDS = (
     "upload_chunk",
     "draft_send",
     "draft_delete",
+    "sent_items",
 )
 #: Faults that let the request be processed normally first (the work is done, then lost).
 PROCESSING_FAULTS = frozenset({"gateway_timeout", "reset_after", "slow", "bad_gateway"})

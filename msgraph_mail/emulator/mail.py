@@ -150,6 +150,7 @@ class Screened:
     request_id: str
     from_: str
     recipients: list[str]
+    message_id: str | None = None  # the MIME's Message-ID header: Graph's internetMessageId
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
@@ -177,6 +178,7 @@ def screen_mime(raw: bytes, mailbox: User, request_id: str) -> Screened:
         request_id=request_id,
         from_=sender[0].lower() if sender else mailbox.mail.lower(),
         recipients=recipients,
+        message_id=str(headers["Message-ID"]).strip() if headers["Message-ID"] else None,
     )
 
 

@@ -119,6 +119,10 @@ def resolve(path: str) -> Route:
         return Route("sendMail", key=key, method="POST")
     if rest[0].lower() == "messages":
         return _message_route(key, rest[1:])
+    if rest[0].lower() == "mailfolders" and len(rest) == 3 and rest[2].lower() == "messages":
+        if rest[1].lower() == "sentitems":  # the well-known folder name, in any case
+            return Route("sent_items", key=key, method="GET")
+        return Route("other", bad=rest[1])
     return Route("other", bad=rest[0])
 
 
@@ -169,8 +173,17 @@ class GraphApi:
         self.base_url = base_url
         self.deliver = deliver
         from .drafts import DraftStore  # drafts.py builds on this module
+        from .sent_items import SentItems
 
-        self.drafts = DraftStore(tenant, base_url, deliver)
+        self.sent_items = SentItems()
+
+        def delivered(message: SentMessage | Screened) -> None:
+            deliver(message)
+            self.sent_items.record(message)  # Exchange moves the sent copy to Sent Items
+
+        self.deliver = delivered
+        self.drafts = DraftStore(tenant, base_url, delivered)
+        self.sent_items.may_read_also = self.drafts.may_read_write
         #: Called before a message is delivered, with the mailbox and the number of its
         #: recipients; raises the refusal when the mailbox is over its recipient rate limit.
         self.before_send: Callable[[User, int], None] = lambda mailbox, count: None
@@ -191,6 +204,13 @@ class GraphApi:
         if route.name == "sendMail":
             assert route.key is not None
             return self.send_mail(request, route.key, token)
+        if route.name == "sent_items":
+            assert route.key is not None
+            mailbox = self._mailbox(route.key)
+            status, body = self.sent_items.list(
+                request.query, mailbox, token.roles, self.base_url()
+            )
+            return _json(status, body)
         if route.item is not None or route.name in ("draft_create", "message_list"):
             assert route.key is not None
             if route.name != "message_list":  # it takes $filter and $select

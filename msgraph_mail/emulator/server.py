@@ -66,12 +66,22 @@ from .routes import (
     kind_of,
     mailbox_key,
 )
+from .sent_items import SentItem
 from .store import EmlStore
 
 HOST = "127.0.0.1"
 _TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token/?")
 _DRAIN_CHUNK = 64 * 1024
-KINDS = ("token", "user_get", "user_list", "sendMail", *DRAFT_KINDS, *UPLOAD_KINDS, "other")
+KINDS = (
+    "token",
+    "user_get",
+    "user_list",
+    "sendMail",
+    *DRAFT_KINDS,
+    "sent_items",
+    *UPLOAD_KINDS,
+    "other",
+)
 
 
 @dataclass(frozen=True)
@@ -432,6 +442,30 @@ class GraphEmulator:
         self._graph.drafts.readwrite_scope = scope
 
     @property
+    def rewrite_message_ids(self) -> bool:
+        """Sent Items copies get a Message-ID of Exchange's own, not the MIME's (a tenant that
+        rewrites it; whether Exchange keeps it is UNCONFIRMED)."""
+        return self._graph.sent_items.rewrite_message_ids
+
+    @rewrite_message_ids.setter
+    def rewrite_message_ids(self, value: bool) -> None:
+        self._graph.sent_items.rewrite_message_ids = bool(value)
+
+    @property
+    def rbac_read_scope(self) -> set[str] | None:
+        """Mailboxes (ids or addresses) the Exchange RBAC role "Application Mail.ReadBasic"
+        covers: their Sent Items may be listed without Mail.ReadBasic.All."""
+        return self._graph.sent_items.read_scope
+
+    @rbac_read_scope.setter
+    def rbac_read_scope(self, scope: Iterable[str] | None) -> None:
+        self._graph.sent_items.read_scope = scope
+
+    def sent_items(self, mailbox: str | None = None) -> list[SentItem]:
+        """The Sent Items copies of every mailbox, or of one (an address or id), oldest first."""
+        return self._graph.sent_items.items(None if mailbox is None else self._mailbox_id(mailbox))
+
+    @property
     def drafts(self) -> list[Draft]:
         """Drafts still in the mailboxes (created, not yet sent or deleted)."""
         return self._graph.drafts.drafts
@@ -702,6 +736,7 @@ class GraphEmulator:
         """Forget the captured messages only (and delete their ``.eml`` files, if stored)."""
         with self._lock:
             self._sent.clear()
+        self._graph.sent_items.clear()
         if self._store is not None:
             self._store.clear()
 
@@ -719,6 +754,7 @@ class GraphEmulator:
             self._store.clear()
         self._faults.forget_served()
         self._graph.drafts.clear()
+        self._graph.sent_items.clear()
         self._gate.forget_peaks()
         self._budgets.clear()
 

@@ -1,0 +1,180 @@
+"""Each mailbox's Sent Items folder: what MIME ``sendMail`` and a draft's ``/send`` delivered.
+
+Graph saves every MIME message to the sender's Sent Items (a MIME body cannot carry
+``saveToSentItems``), and a JSON one unless ``saveToSentItems`` is false (GRAPH_NOTES A.1,
+A.2). ``GET /users/{id}/mailFolders/sentitems/messages`` (the well-known name in any case)
+lists the folder with ``$filter=internetMessageId eq '<id>'`` and ``$select``, as Graph does;
+it needs ``Mail.ReadBasic.All``, ``Mail.Read`` or ``Mail.ReadWrite`` (or an Exchange RBAC
+grant on the mailbox: "Application Mail.ReadBasic", ``rbac_read_scope``), else 403
+``ErrorAccessDenied``.
+
+Whether Exchange keeps the Message-ID of a MIME message is UNCONFIRMED: with
+``rewrite_message_ids`` the copy in Sent Items gets one of Exchange's own instead, so tests can
+show that a lookup by our Message-ID then finds nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+from .directory import User
+from .errors import GraphError, access_denied
+from .mail import Screened, SentMessage
+
+#: Application permissions that may read a mailbox's messages (their basic properties).
+READ_ROLES = frozenset({"Mail.ReadBasic.All", "Mail.Read", "Mail.ReadWrite"})
+#: The ``$select``able properties (lower-case name -> Graph's).
+_FIELDS = {
+    "id": "id",
+    "internetmessageid": "internetMessageId",
+    "sentdatetime": "sentDateTime",
+    "subject": "subject",
+    "isdraft": "isDraft",
+}
+#: What Graph returns without ``$select`` (of what the emulator keeps).
+_DEFAULT_FIELDS = ("id", "internetMessageId", "sentDateTime", "subject", "isDraft")
+
+
+@dataclass(frozen=True)
+class SentItem:
+    """The copy of a sent message in its mailbox's Sent Items."""
+
+    id: str
+    mailbox_id: str
+    internet_message_id: str
+    subject: str
+    sent: datetime
+
+    def as_graph(self, fields: Iterable[str]) -> dict[str, object]:
+        values: dict[str, object] = {
+            "id": self.id,
+            "internetMessageId": self.internet_message_id,
+            "sentDateTime": self.sent.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "subject": self.subject,
+            "isDraft": False,
+        }
+        return {name: values[name] for name in fields}
+
+
+class SentItems:
+    """Every mailbox's Sent Items; thread-safe (handler threads)."""
+
+    def __init__(self, may_read: Callable[[User, Iterable[str]], bool] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._items: list[SentItem] = []
+        #: The Sent Items copy gets a Message-ID of Exchange's own (a tenant that rewrites it).
+        self.rewrite_message_ids = False
+        self._read_scope: set[str] | None = None
+        #: Another grant that also covers reading (the emulator's Mail.ReadWrite RBAC scope).
+        self.may_read_also = may_read or (lambda mailbox, roles: False)
+
+    @property
+    def read_scope(self) -> set[str] | None:
+        return self._read_scope
+
+    @read_scope.setter
+    def read_scope(self, scope: Iterable[str] | None) -> None:
+        with self._lock:
+            self._read_scope = None if scope is None else set(scope)
+
+    def items(self, mailbox_id: str | None = None) -> list[SentItem]:
+        with self._lock:
+            return [i for i in self._items if mailbox_id is None or i.mailbox_id == mailbox_id]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def record(self, message: SentMessage | Screened) -> None:
+        """Save the copy of a delivered message (none when ``saveToSentItems`` was false)."""
+        if isinstance(message, SentMessage):
+            if not message.save_to_sent_items:
+                return
+            subject = message.subject
+            message_id = message.header("Message-ID")
+        else:
+            subject = ""
+            message_id = message.message_id
+        if self.rewrite_message_ids or not message_id:
+            message_id = f"<{uuid.uuid4().hex.upper()}@emulator.prod.outlook.com>"
+        item = SentItem(
+            id="AAMk" + uuid.uuid4().hex,
+            mailbox_id=message.mailbox.id,
+            internet_message_id=message_id.strip(),
+            subject=subject,
+            sent=datetime.now(timezone.utc),
+        )
+        with self._lock:
+            self._items.append(item)
+
+    def may_read(self, mailbox: User, roles: Iterable[str]) -> bool:
+        """Entra ``Mail.ReadBasic.All``/``Mail.Read``/``Mail.ReadWrite``, or an Exchange RBAC
+        grant on the mailbox ("Application Mail.ReadBasic", or Mail.ReadWrite's)."""
+        roles = set(roles)
+        if READ_ROLES & roles:
+            return True
+        with self._lock:
+            scope = None if self._read_scope is None else {s.lower() for s in self._read_scope}
+        if scope is not None and (
+            mailbox.id.lower() in scope or bool(scope & set(mailbox.addresses()))
+        ):
+            return True
+        return self.may_read_also(mailbox, roles)
+
+    def list(
+        self,
+        query: list[tuple[str, str]],
+        mailbox: User,
+        roles: Iterable[str],
+        base_url: str,
+    ) -> tuple[int, dict[str, object]]:
+        """``GET .../mailFolders/sentitems/messages``: (status, JSON body)."""
+        if not self.may_read(mailbox, roles):
+            raise access_denied()
+        options: dict[str, str] = {}
+        for name, value in query:
+            lowered = name.lower()
+            if lowered not in ("$filter", "$select"):
+                raise GraphError(400, "BadRequest", f"Query option '{name}' is not supported.")
+            if lowered in options:
+                raise GraphError(
+                    400,
+                    "BadRequest",
+                    f"Query option '{name}' was specified more than once, but it must be "
+                    "specified at most once.",
+                )
+            options[lowered] = value
+        from .drafts import _MESSAGE_ID_FILTER
+
+        wanted: str | None = None
+        if "$filter" in options:
+            match = _MESSAGE_ID_FILTER.match(options["$filter"])
+            if match is None:
+                raise GraphError(
+                    400, "ErrorInvalidUrlQueryFilter", "The emulator filters on internetMessageId."
+                )
+            wanted = match.group(1).replace("''", "'")
+        fields: list[str] = list(_DEFAULT_FIELDS)
+        if "$select" in options:
+            names = [n.strip().lower() for n in options["$select"].split(",") if n.strip()]
+            if not names or any(n not in _FIELDS for n in names):
+                raise GraphError(
+                    400, "RequestBroker--ParseUri", "Could not find a property named in $select."
+                )
+            fields = ["id", *(_FIELDS[n] for n in names if n != "id")]
+        found = [
+            item
+            for item in self.items(mailbox.id)
+            if wanted is None or item.internet_message_id == wanted
+        ]
+        found.sort(key=lambda item: item.sent, reverse=True)
+        context = (
+            f"{base_url}/v1.0/$metadata#users('{quote(mailbox.id)}')/mailFolders('sentitems')"
+            "/messages"
+        )
+        return 200, {"@odata.context": context, "value": [i.as_graph(fields) for i in found]}
