@@ -45,7 +45,7 @@ from celery import shared_task  # type: ignore[import-untyped]
 
 from ..conf import MSGraphMailSettings
 from ..exceptions import ConfigurationError, DeliveryUnknown
-from .deliver import claim_timeout, deliver, settings_for
+from .deliver import claim_timeout, deliver, resolution_delay, resolve, settings_for
 from .envelope import Envelope
 from .redis_store import FINISHED, STALE_CLAIM, RedisStore
 
@@ -124,12 +124,26 @@ def claim_grace(settings: MSGraphMailSettings, app: Any = None) -> float:
 @shared_task(  # type: ignore[untyped-decorator]
     name=TASK_NAME, bind=True, acks_late=True, ignore_result=True, track_started=False
 )
-def send_envelope(self: Any, message_id: str, attempt: int = 1, alias: str | None = None) -> str:
-    """Send one queued message (see the module); returns what the run did."""
-    return run(message_id, attempt, alias, app=self.app)
+def send_envelope(
+    self: Any,
+    message_id: str,
+    attempt: int = 1,
+    alias: str | None = None,
+    resolve_check: int = 0,
+) -> str:
+    """Send one queued message (see the module); returns what the run did.
+    ``resolve_check`` > 0: look an unknown message up in Sent Items instead (never sends)."""
+    return run(message_id, attempt, alias, app=self.app, resolve_check=resolve_check)
 
 
-def run(message_id: str, attempt: int, alias: str | None, *, app: Any = None) -> str:
+def run(
+    message_id: str,
+    attempt: int,
+    alias: str | None,
+    *,
+    app: Any = None,
+    resolve_check: int = 0,
+) -> str:
     """The task's body: ``sent``, ``retry``, ``failed``, ``unknown``, or ``waiting`` (not
     due yet, published again), ``missing`` (not in the store), or the status of a message a
     duplicate run found finished."""
@@ -141,6 +155,13 @@ def run(message_id: str, attempt: int, alias: str | None, *, app: Any = None) ->
     if record is None:
         logger.warning("Message %s is not in the outbox (expired or never stored)", message_id)
         return "missing"
+    if resolve_check > 0:  # RESOLVE_UNKNOWN: a lookup in Sent Items, never a send
+        looked = resolve(record.envelope, check=resolve_check, store=store)
+        if looked.status == "again":
+            _publish(
+                message_id, attempt, alias, looked.delay, app=app, resolve_check=resolve_check + 1
+            )
+        return f"resolve:{looked.status}"
     if record.status in FINISHED:
         logger.info("Message %s is already %s: nothing to do", message_id, record.status)
         return record.status
@@ -161,15 +182,26 @@ def run(message_id: str, attempt: int, alias: str | None, *, app: Any = None) ->
     outcome = deliver(record.envelope, attempt=attempt, store=store)
     if outcome.status == "retry":
         _publish(message_id, attempt + 1, alias, outcome.delay, app=app)
+    wait = resolution_delay(settings, 1)
+    if outcome.status == "unknown" and outcome.claimed and wait is not None:
+        _publish(message_id, attempt, alias, wait, app=app, resolve_check=1)
     return outcome.status
 
 
 def _publish(
-    message_id: str, attempt: int, alias: str | None, delay: float, *, app: Any = None
+    message_id: str,
+    attempt: int,
+    alias: str | None,
+    delay: float,
+    *,
+    app: Any = None,
+    resolve_check: int = 0,
 ) -> None:
     countdown = min(max(0.0, delay), max_countdown(app))
     options: dict[str, Any] = {"countdown": countdown} if countdown > 0 else {}
-    kwargs = {"alias": alias} if alias is not None else {}
+    kwargs: dict[str, Any] = {"alias": alias} if alias is not None else {}
+    if resolve_check > 0:
+        kwargs["resolve_check"] = resolve_check
     send_envelope.apply_async(args=(message_id, attempt), kwargs=kwargs, **options)
 
 

@@ -16,6 +16,11 @@ the shared limits when ``REDIS_URL`` is set) and returns an :class:`Outcome`:
   504): it may have been sent, so it is never sent again automatically. A message that
   another run has claimed is ``unknown`` to this run too (``claimed`` is False), and is not
   touched.
+
+With ``RESOLVE_UNKNOWN`` on, the engines look an ``unknown`` message up afterwards
+(:func:`resolve`): by its Message-ID, in the mailbox's Sent Items, :data:`RESOLVE_CHECKS`
+times at growing intervals. Found, it is ``sent``; not found, it stays ``unknown``. A lookup
+never sends.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from ..exceptions import (
     LimitsUnavailable,
     MailboxBudgetExhausted,
     MSGraphMailError,
+    SentItemsDenied,
 )
 from ..graph import GraphClient
 from ..resolvers import resolver_for
@@ -44,7 +50,17 @@ from ..retry import parse_retry_after
 from .envelope import Envelope
 from .store import ClaimStore
 
-__all__ = ["Outcome", "claim_timeout", "classify", "deliver", "settings_for"]
+__all__ = [
+    "RESOLVE_CHECKS",
+    "Outcome",
+    "Resolution",
+    "claim_timeout",
+    "classify",
+    "deliver",
+    "resolution_delay",
+    "resolve",
+    "settings_for",
+]
 
 logger = logging.getLogger("msgraph_mail")
 
@@ -54,6 +70,12 @@ PASSING_STATUSES = frozenset({429, 503})
 MAX_DELAY = 3600.0
 #: The shortest backoff, when MAX_RETRY_WAIT is smaller.
 MIN_BACKOFF = 1.0
+#: How many times an unknown message is looked up in Sent Items (RESOLVE_UNKNOWN): the
+#: first look RESOLVE_UNKNOWN seconds after the outcome, each next one twice as long after
+#: the one before (the Sent Items copy appears only once transport took the message).
+RESOLVE_CHECKS = 3
+#: What separates a message's own error from what its lookups found, in ``last_error``.
+RESOLVE_NOTE = " -- Sent Items: "
 
 
 @dataclass(frozen=True)
@@ -115,6 +137,93 @@ def deliver(envelope: Envelope, *, attempt: int, store: ClaimStore) -> Outcome:
         )
     _signal(envelope, outcome)
     return outcome
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What one lookup of an unknown message found: ``sent`` (its copy is in Sent Items),
+    ``again`` (not yet: look again after ``delay`` seconds), ``unknown`` (not found in
+    the last look, or the lookup was refused: it stays unknown), ``skipped`` (the message
+    is not unknown any more: a manual resend, or another lookup resolved it)."""
+
+    status: Literal["sent", "again", "unknown", "skipped"]
+    delay: float = 0.0
+    note: str | None = None
+
+
+def resolution_delay(settings: MSGraphMailSettings, check: int) -> float | None:
+    """Seconds before lookup number ``check`` (from 1), None when RESOLVE_UNKNOWN is off."""
+    if not settings.resolve_unknown:
+        return None
+    return float(settings.resolve_unknown) * float(2 ** max(0, check - 1))
+
+
+def resolve(envelope: Envelope, *, check: int, store: ClaimStore) -> Resolution:
+    """Look an unknown message up by its Message-ID in its mailbox's Sent Items; never send.
+
+    Found: ``unknown`` -> ``sent`` in one atomic step of the store, and ``message_sent``.
+    Not found: it stays unknown, ``last_error`` says so; ``again`` while lookups remain.
+    A 403 (no Mail.ReadBasic.All) ends the lookups at once.
+    """
+    found = store.get(envelope.message_id)
+    if found is None or found.status != "unknown":
+        return Resolution(status="skipped")
+    original = (found.last_error or "").split(RESOLVE_NOTE)[0]
+    settings = settings_for(envelope.alias)
+    client = _client(envelope.alias, settings)
+    mailbox_address: str | None = None
+    copy: dict[str, Any] | None = None
+    failure: str | None = None
+    try:
+        mailbox = resolver_for(settings, client).resolve_address(
+            envelope.from_address, envelope.mailbox_override
+        )
+        mailbox_address = mailbox.address
+        copy = client.find_sent(mailbox.id, envelope.message_id)
+    except SentItemsDenied as exc:
+        return _unresolved(store, envelope, original, f"not looked up: {exc}")
+    except MSGraphMailError as exc:
+        failure = f"the lookup failed ({exc})"
+    where = f"the Sent Items of {mailbox_address or envelope.from_address}"
+    if copy is not None:
+        note = (
+            f"found in {where} (sent {copy.get('sentDateTime') or 'at an unknown time'}) at "
+            f"look {check}: it was sent"
+        )
+        mark = getattr(store, "resolved", None)
+        if mark is None or not mark(envelope.message_id, f"{original}{RESOLVE_NOTE}{note}"):
+            return Resolution(status="skipped")
+        logger.info("Queued message %s resolved: %s", envelope.message_id, note)
+        _signal(
+            envelope,
+            Outcome(status="sent", mailbox=mailbox_address, request_id=found.request_id),
+        )
+        return Resolution(status="sent", note=note)
+    seen = failure or f"not found in {where}"
+    delay = resolution_delay(settings, check + 1)
+    if check < RESOLVE_CHECKS and delay is not None:
+        note = f"{seen} at look {check} of {RESOLVE_CHECKS}; looking again in {delay:g} s"
+        _note(store, envelope.message_id, f"{original}{RESOLVE_NOTE}{note}")
+        logger.info("Queued message %s: %s", envelope.message_id, note)
+        return Resolution(status="again", delay=delay, note=note)
+    note = (
+        f"{seen} after {check} looks: it may or may not have been sent (the request never "
+        "reached Exchange, or the tenant rewrote its Message-ID: see msgraph_diagnose "
+        "--send-test); it is not sent again"
+    )
+    return _unresolved(store, envelope, original, note)
+
+
+def _unresolved(store: ClaimStore, envelope: Envelope, original: str, note: str) -> Resolution:
+    _note(store, envelope.message_id, f"{original}{RESOLVE_NOTE}{note}")
+    logger.error("Queued message %s stays unknown: %s", envelope.message_id, note)
+    return Resolution(status="unknown", note=note)
+
+
+def _note(store: ClaimStore, message_id: str, error: str) -> None:
+    note = getattr(store, "note", None)
+    if note is not None:
+        note(message_id, error)
 
 
 def _attempt(envelope: Envelope, attempt: int) -> Outcome:

@@ -247,6 +247,11 @@ class RedisStore:
         if self.client.exists(key):
             self.client.hset(key, "last_error", error[:2000])
 
+    def resolved(self, message_id: str, note: str) -> bool:
+        """An unknown message found in Sent Items: ``unknown`` -> ``sent`` in one step (False
+        when it is not unknown any more: resent by hand, or resolved by another run)."""
+        return self._finish(message_id, "sent", note, None, expect="unknown")
+
     def finish(
         self,
         message_id: str,

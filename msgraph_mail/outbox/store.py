@@ -108,6 +108,17 @@ class DatabaseStore:
 
         OutboxMessage.objects.filter(message_id=message_id).update(last_error=error[:2000])
 
+    def resolved(self, message_id: str, note: str) -> bool:
+        """An unknown message found in Sent Items: ``unknown`` -> ``sent`` in one step (False
+        when it is not unknown any more: resent by hand, or resolved by another run)."""
+        from ..models import OutboxMessage
+
+        rows = OutboxMessage.objects.filter(message_id=message_id, status="unknown")
+        updated: int = rows.update(
+            status="sent", last_error=note[:2000], next_try_at=None, updated_at=timezone.now()
+        )
+        return updated == 1
+
     def finish(
         self,
         message_id: str,

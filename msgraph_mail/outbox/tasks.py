@@ -17,7 +17,7 @@ from typing import Any
 import django
 from django.utils import timezone
 
-from .deliver import claim_timeout, deliver, settings_for
+from .deliver import claim_timeout, deliver, resolution_delay, resolve, settings_for
 from .envelope import Envelope
 from .store import DatabaseStore
 
@@ -32,14 +32,22 @@ logger = logging.getLogger("msgraph_mail")
 
 
 @task()  # type: ignore[untyped-decorator,misc,unused-ignore]
-def send_envelope(message_id: str, attempt: int = 1) -> str:
-    """Deliver one queued message; return its outcome ("sent", "retry", ...)."""
+def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> str:
+    """Deliver one queued message; return its outcome ("sent", "retry", ...).
+
+    ``resolve_check`` > 0: do not send; look the unknown message up in Sent Items
+    (RESOLVE_UNKNOWN, :func:`~msgraph_mail.outbox.deliver.resolve`)."""
     store = DatabaseStore()
     found = store.get(message_id)
     if found is None:
         logger.error("Queued message %s is not in the outbox: nothing to send", message_id)
         return "missing"
     settings = settings_for(found.envelope.alias)
+    if resolve_check > 0:
+        looked = resolve(found.envelope, check=resolve_check, store=store)
+        if looked.status == "again":
+            enqueue(found.envelope, looked.delay, attempt=attempt, resolve_check=resolve_check + 1)
+        return f"resolve:{looked.status}"
     stale = claim_timeout(settings)
     reaped = store.reap(stale)
     if reaped:
@@ -50,12 +58,21 @@ def send_envelope(message_id: str, attempt: int = 1) -> str:
     outcome = deliver(found.envelope, attempt=attempt, store=store)
     if outcome.status == "retry":
         enqueue(found.envelope, delay=outcome.delay, attempt=attempt + 1)
+    wait = resolution_delay(settings, 1)
+    if outcome.status == "unknown" and outcome.claimed and wait is not None:
+        enqueue(found.envelope, wait, attempt=attempt, resolve_check=1)
     return outcome.status
 
 
-def enqueue(envelope: Envelope, delay: float = 0, *, attempt: int = 1) -> Any:
-    """Enqueue the task of a message already in the outbox; ``delay`` in seconds."""
+def enqueue(
+    envelope: Envelope, delay: float = 0, *, attempt: int = 1, resolve_check: int = 0
+) -> Any:
+    """Enqueue the task of a message already in the outbox; ``delay`` in seconds;
+    ``resolve_check`` > 0: a lookup in Sent Items, not a send."""
+    args: tuple[Any, ...] = (envelope.message_id, attempt)
+    if resolve_check > 0:
+        args = (*args, resolve_check)
     if delay > 0:
         deferred = send_envelope.using(run_after=timezone.now() + timedelta(seconds=delay))
-        return deferred.enqueue(envelope.message_id, attempt)
-    return send_envelope.enqueue(envelope.message_id, attempt)
+        return deferred.enqueue(*args)
+    return send_envelope.enqueue(*args)
