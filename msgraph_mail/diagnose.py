@@ -20,7 +20,7 @@ from django.conf import settings as django_settings
 
 from .auth import AADSTS_HINTS, fetch_token, token_credential
 from .conf import MSGraphMailSettings, mask_url
-from .exceptions import AuthenticationError, MSGraphMailError
+from .exceptions import AuthenticationError, MSGraphMailError, SentItemsDenied
 from .graph import GraphClient
 from .limits import limits_for, redis_client
 
@@ -33,6 +33,8 @@ DIRECTORY_ROLES = frozenset(
 SEND_ROLE = "Mail.Send"
 #: Drafts and upload sessions (LARGE_MESSAGES) need this one too.
 READ_WRITE_ROLE = "Mail.ReadWrite"
+#: Seconds between the lookups of the test message in Sent Items (bounded polling).
+SENT_ITEMS_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: Warn this many days before the certificate expires.
 CERTIFICATE_WARN_DAYS = 30
 
@@ -74,7 +76,7 @@ def diagnose(
         findings += list(check_senders(config, client, senders, roles, found))
         findings += list(check_limits(config, found))
         if send_test:
-            findings.append(send_test_message(config, send_test, next(iter(senders), None)))
+            findings += send_test_message(config, send_test, next(iter(senders), None))
     finally:
         client.close()
     return findings
@@ -449,8 +451,9 @@ def _mailboxes(
             yield str(user.get("mail") or address), str(user["id"]).lower()
 
 
-def send_test_message(config: MSGraphMailSettings, to: str, sender: str | None) -> Finding:
-    """Send one real message through the backend and report Graph's request-id."""
+def send_test_message(config: MSGraphMailSettings, to: str, sender: str | None) -> list[Finding]:
+    """Send one real message through the backend and report Graph's request-id; then look it
+    up by its Message-ID in Sent Items (:func:`check_message_id`)."""
     from django.core.mail import EmailMessage
 
     from .backend import EmailBackend
@@ -465,12 +468,71 @@ def send_test_message(config: MSGraphMailSettings, to: str, sender: str | None) 
     try:
         backend.send_messages([message])
     except MSGraphMailError as exc:
-        return Finding("error", f"test message to {to}", str(exc))
+        return [Finding("error", f"test message to {to}", str(exc))]
     status: Any = message.msgraph_status
-    return Finding(
+    sent = Finding(
         "ok",
         f"test message to {to}",
         f"accepted by Graph through {status.mailbox} (request-id {status.request_id})",
+    )
+    if not status.mailbox or not status.message_id:
+        return [sent]
+    return [sent, check_message_id(config, status.mailbox, status.message_id)]
+
+
+def check_message_id(
+    config: MSGraphMailSettings,
+    mailbox: str,
+    message_id: str,
+    waits: Iterable[float] | None = None,
+) -> Finding:
+    """Does the tenant keep our Message-ID? Look the test message up in the mailbox's Sent
+    Items by it, polling a few times (the copy appears once transport took the message).
+    RESOLVE_UNKNOWN relies on it; Microsoft does not document it (UNCONFIRMED)."""
+    import time
+
+    topic = "Message-ID kept in Sent Items"
+    client = GraphClient(config)
+    looked = 0.0
+    try:
+        for wait in (0.0, *(SENT_ITEMS_WAITS if waits is None else waits)):
+            time.sleep(wait)
+            looked += wait
+            try:
+                found = client.find_sent(mailbox, message_id)
+            except SentItemsDenied as exc:
+                return Finding(
+                    "info",
+                    topic,
+                    f"could not look the test message up in the Sent Items of {mailbox}: {exc}",
+                    'Grant Mail.ReadBasic.All (or the RBAC role "Application Mail.ReadBasic") '
+                    "to check this and to use RESOLVE_UNKNOWN; without it, unknown outcomes "
+                    "of queued messages stay unknown",
+                )
+            except MSGraphMailError as exc:
+                return Finding(
+                    "warning", topic, f"looking the test message up in Sent Items failed: {exc}"
+                )
+            if found is not None:
+                kept = found.get("internetMessageId") == message_id
+                if kept:
+                    return Finding(
+                        "ok",
+                        topic,
+                        f"the test message is in the Sent Items of {mailbox} with our "
+                        f"Message-ID {message_id}: unknown outcomes can be resolved "
+                        "(RESOLVE_UNKNOWN)",
+                    )
+    finally:
+        client.close()
+    return Finding(
+        "warning",
+        topic,
+        f"no message with our Message-ID {message_id} appeared in the Sent Items of {mailbox} "
+        f"within {looked:g} s: this tenant may rewrite Message-IDs (or keep no copy, or be "
+        "slow), so RESOLVE_UNKNOWN cannot resolve unknown outcomes here; they stay unknown",
+        "Run --send-test again later; if it still warns, leave RESOLVE_UNKNOWN off and check "
+        "unknown messages by hand (manage.py msgraph_outbox)",
     )
 
 

@@ -286,3 +286,51 @@ def test_rewritten_message_ids_are_not_found(msgraph_emulator: GraphEmulator) ->
     (item,) = msgraph_emulator.sent_items("noreply@contoso.com")
     assert item.internet_message_id != "<ours@contoso.com>"
     client.close()
+
+
+# msgraph_diagnose --send-test: does the tenant keep our Message-ID? ----------------------------
+
+
+def diagnose_send_test(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from msgraph_mail import diagnose
+
+    monkeypatch.setattr(diagnose, "SENT_ITEMS_WAITS", (0.01, 0.02))
+    out = StringIO()
+    call_command("msgraph_diagnose", "--json", "--send-test", "alice@contoso.com", stdout=out)
+    found = json.loads(out.getvalue())
+    [finding] = [f for f in found if f["topic"] == "Message-ID kept in Sent Items"]
+    return dict(finding)
+
+
+def test_diagnose_says_unknown_outcomes_can_be_resolved(
+    msgraph_emulator: GraphEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    msgraph_emulator.roles.append(READ)
+    finding = diagnose_send_test(monkeypatch)
+    assert finding["level"] == "ok"
+    assert "unknown outcomes can be resolved" in finding["message"]
+
+
+def test_diagnose_warns_when_the_tenant_rewrites_message_ids(
+    msgraph_emulator: GraphEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    msgraph_emulator.roles.append(READ)
+    msgraph_emulator.rewrite_message_ids = True
+    finding = diagnose_send_test(monkeypatch)
+    assert finding["level"] == "warning"
+    assert "RESOLVE_UNKNOWN cannot resolve unknown outcomes" in finding["message"]
+    assert msgraph_emulator.count("sent_items") == 3  # bounded: one look and two more
+
+
+def test_diagnose_names_the_permission_when_sent_items_is_refused(
+    msgraph_emulator: GraphEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    finding = diagnose_send_test(monkeypatch)
+    assert finding["level"] == "info"
+    assert "Mail.ReadBasic.All" in finding["message"]
+    assert "Application Mail.ReadBasic" in finding["fix"]
