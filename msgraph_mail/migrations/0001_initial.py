@@ -19,7 +19,7 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("message_id", models.CharField(max_length=255, unique=True)),
-                ("envelope", models.JSONField()),
+                ("envelope", models.TextField()),
                 (
                     "status",
                     models.CharField(

@@ -9,6 +9,7 @@ other sees the message taken, so a task that runs twice never sends twice.
 from __future__ import annotations
 
 import builtins
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -84,7 +85,7 @@ class DatabaseStore:
         from ..models import OutboxMessage
 
         OutboxMessage.objects.create(
-            message_id=envelope.message_id, envelope=envelope.to_dict(), status="queued"
+            message_id=envelope.message_id, envelope=_json(envelope), status="queued"
         )
 
     def claim(self, message_id: str) -> bool:
@@ -165,7 +166,7 @@ class DatabaseStore:
             "updated_at": timezone.now(),
         }
         if envelope is not None:
-            changes["envelope"] = envelope.to_dict()
+            changes["envelope"] = _json(envelope)
         rows = OutboxMessage.objects.filter(message_id=message_id, status__in=statuses)
         updated: int = rows.update(**changes)
         return updated == 1
@@ -212,7 +213,7 @@ class DatabaseStore:
 def _stored(row: Any) -> StoredMessage:
     return StoredMessage(
         message_id=row.message_id,
-        envelope=Envelope.from_dict(row.envelope),
+        envelope=Envelope.from_dict(json.loads(row.envelope)),
         status=row.status,
         attempts=row.attempts,
         next_try_at=row.next_try_at,
@@ -221,3 +222,7 @@ def _stored(row: Any) -> StoredMessage:
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
+
+
+def _json(envelope: Envelope) -> str:
+    return json.dumps(envelope.to_dict(), separators=(",", ":"))
