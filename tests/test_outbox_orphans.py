@@ -69,3 +69,37 @@ def test_a_deferred_message_is_no_orphan(msgraph_emulator: GraphEmulator, dummy:
         updated_at=timezone.now() - timedelta(hours=1)
     )
     assert store.orphans(240) == []
+
+
+def test_a_reaped_message_is_announced_and_looked_up(
+    msgraph_emulator: GraphEmulator, dummy: Any
+) -> None:
+    """A message left sending by a killed worker is unknown like any other: the
+    message_unknown signal, and with RESOLVE_UNKNOWN a lookup in Sent Items (never a send)."""
+    from msgraph_mail.outbox.tasks import send_envelope
+    from msgraph_mail.signals import message_unknown
+
+    announced: list[str] = []
+
+    def record(sender: type, message_id: str, **kwargs: Any) -> None:
+        announced.append(message_id)
+
+    message_unknown.connect(record)
+    try:
+        with override_settings(MSGRAPH_MAIL=msgraph_emulator.settings(RESOLVE_UNKNOWN=2)):
+            held = mail.EmailMessage("Held", "x", None, ["a@example.com"])
+            other = mail.EmailMessage("Other", "x", None, ["b@example.com"])
+            assert mail.get_connection().send_messages([held, other]) == 2
+            held_id = held.msgraph_status.message_id
+            assert DatabaseStore().claim(held_id)  # the worker that claimed it was killed
+            OutboxMessage.objects.filter(message_id=held_id).update(
+                updated_at=timezone.now() - timedelta(hours=1)
+            )
+            dummy.clear()
+            assert send_envelope.call(other.msgraph_status.message_id, 1) == "sent"
+    finally:
+        message_unknown.disconnect(record)
+    assert announced == [held_id]
+    assert DatabaseStore().get(held_id).status == "unknown"  # type: ignore[union-attr]
+    assert [r.args for r in dummy.results] == [[held_id, 1, 1]]  # a lookup, not a send
+    assert [m.subject for m in msgraph_emulator.sent] == ["Other"]

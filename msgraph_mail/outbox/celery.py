@@ -150,7 +150,7 @@ def run(
     settings = settings_for(alias)
     store = store_of(settings)
     grace = claim_grace(settings, app)
-    _reap(store, grace)
+    _reap(store, grace, settings, app)
     record = store.get(message_id)
     if record is None:
         logger.warning("Message %s is not in the outbox (expired or never stored)", message_id)
@@ -209,8 +209,9 @@ _reaped_at: dict[int, float] = {}
 _reap_lock = threading.Lock()
 
 
-def _reap(store: RedisStore, grace: float) -> None:
-    """Report claims older than the grace as unknown, at most every REAP_INTERVAL."""
+def _reap(store: RedisStore, grace: float, settings: Any = None, app: Any = None) -> None:
+    """Report claims older than the grace as unknown, at most every REAP_INTERVAL; with
+    RESOLVE_UNKNOWN, each is then looked up in Sent Items like any other unknown."""
     now = time.monotonic()
     with _reap_lock:
         if now - _reaped_at.get(id(store.client), -REAP_INTERVAL) < REAP_INTERVAL:
@@ -221,6 +222,12 @@ def _reap(store: RedisStore, grace: float) -> None:
             record = store.get(message_id)
             if record is not None:
                 _announce_lost(record.envelope)
+                wait = resolution_delay(settings, 1) if settings is not None else None
+                if wait is not None:
+                    alias = record.envelope.alias
+                    _publish(
+                        message_id, max(record.attempts, 1), alias, wait, app=app, resolve_check=1
+                    )
 
 
 def _announce_lost(envelope: Envelope) -> None:

@@ -189,6 +189,14 @@ class DatabaseStore:
         ).update(updated_at=now)
         return [_stored(row) for row in rows] if touched else []
 
+    def stale(self, stale_after: float) -> builtins.list[str]:
+        """Ids of the messages claimed (``sending``) more than ``stale_after`` seconds ago."""
+        from ..models import OutboxMessage
+
+        cutoff = timezone.now() - timedelta(seconds=stale_after)
+        rows = OutboxMessage.objects.filter(status="sending", updated_at__lt=cutoff)
+        return list(rows.values_list("message_id", flat=True))
+
     def reap(self, stale_after: float) -> int:
         """Mark messages claimed longer than ``stale_after`` seconds ago as unknown.
 

@@ -49,9 +49,11 @@ def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> 
             enqueue(found.envelope, looked.delay, attempt=attempt, resolve_check=resolve_check + 1)
         return f"resolve:{looked.status}"
     stale = claim_timeout(settings)
+    lost = store.stale(stale)
     reaped = store.reap(stale)
     if reaped:
         logger.warning("%d queued messages left sending by a stopped worker are unknown", reaped)
+        _after_reaping(store, lost, settings)
     for orphan in store.orphans(stale):  # their task died with a worker: never sent, so safe
         logger.warning("Queued message %s lost its task; enqueued again", orphan.message_id)
         enqueue(orphan.envelope, attempt=max(orphan.attempts, 1))
@@ -62,6 +64,28 @@ def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> 
     if outcome.status == "unknown" and outcome.claimed and wait is not None:
         enqueue(found.envelope, wait, attempt=attempt, resolve_check=1)
     return outcome.status
+
+
+def _after_reaping(store: DatabaseStore, lost: list[str], settings: Any) -> None:
+    """A message left sending by a stopped worker is unknown like any other: announced, and
+    with RESOLVE_UNKNOWN looked up in Sent Items."""
+    from .. import signals
+    from ..backend import MessageStatus, QueuedEmailBackend
+    from ..exceptions import DeliveryUnknown
+
+    wait = resolution_delay(settings, 1)
+    for message_id in lost:
+        found = store.get(message_id)
+        if found is None or found.status != "unknown":
+            continue  # reaped by another run, or finished meanwhile
+        status = MessageStatus(
+            status="unknown",
+            message_id=message_id,
+            error=DeliveryUnknown(found.last_error or "the worker stopped while sending"),
+        )
+        signals.announce(QueuedEmailBackend, None, status)
+        if wait is not None:
+            enqueue(found.envelope, wait, attempt=max(found.attempts, 1), resolve_check=1)
 
 
 def enqueue(
