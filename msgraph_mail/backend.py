@@ -254,7 +254,9 @@ class QueuedEmailBackend(EmailBackend):
     as with :class:`EmailBackend`), records it in the outbox and enqueues it with the engine
     chosen by ``QUEUE``; it returns how many were queued, each with a ``"queued"``
     :class:`MessageStatus`. A worker sends them (:mod:`msgraph_mail.outbox`). Messages over
-    Graph's 4 MB request limit are refused: send those with :class:`EmailBackend`.
+    Graph's 4 MB request limit are queued with their draft plan when ``LARGE_MESSAGES`` is on
+    (the worker sends them through a draft, as :class:`EmailBackend` does), and refused with
+    :class:`~msgraph_mail.exceptions.MessageTooLarge` when it is off.
     """
 
     def open(self) -> bool:

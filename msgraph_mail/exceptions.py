@@ -71,6 +71,9 @@ class ConfigurationError(ImproperlyConfigured):
 class MSGraphMailError(Exception):
     """A message could not be sent. Base of every delivery error."""
 
+    #: Graph's ``Retry-After`` in seconds, on the error of a 429 or 503 that gave one.
+    retry_after: float | None = None
+
     def __init__(
         self,
         message: str,

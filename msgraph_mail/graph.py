@@ -407,12 +407,14 @@ def _renew(token: str, rejected: set[str]) -> bool:
 def graph_error(response: requests.Response, client_request_id: str) -> MSGraphMailError:
     """Build a GraphAPIError from Graph's JSON error body; branch on code, never on message.
 
+    A 429 or 503 keeps its ``Retry-After`` (seconds) as ``error.retry_after``.
+
     An answer that is not Graph's JSON (an HTML error page from Exchange's front end, a
     gateway's plain text) is described by its status and a short excerpt of its text.
     """
     error = _error_body(response)
     message = str(error.get("message") or "") or _not_graph_error(response)
-    return GraphAPIError(
+    built = GraphAPIError(
         message,
         code=error.get("code"),
         status=response.status_code,
@@ -420,6 +422,9 @@ def graph_error(response: requests.Response, client_request_id: str) -> MSGraphM
         or (error.get("innerError") or {}).get("request-id"),
         client_request_id=client_request_id,
     )
+    if response.status_code in RETRIED_STATUSES:  # the last Retry-After, for a queue's delay
+        built.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return built
 
 
 def _error_body(response: requests.Response) -> dict[str, Any]:

@@ -44,10 +44,10 @@ from ..exceptions import (
     MSGraphMailError,
     SentItemsDenied,
 )
-from ..graph import GraphClient
+from ..graph import GraphClient, Response
+from ..large import send_draft
 from ..resolvers import resolver_for
-from ..retry import parse_retry_after
-from .envelope import Envelope
+from .envelope import Envelope, draft_plan
 from .store import ClaimStore
 
 __all__ = [
@@ -234,15 +234,24 @@ def _attempt(envelope: Envelope, attempt: int) -> Outcome:
     try:
         mailbox = resolver.resolve_address(envelope.from_address, envelope.mailbox_override)
         mailbox_address = mailbox.address
-        try:
-            response = client.send_mime(
-                mailbox.id, envelope.mime.encode("ascii"), recipients=envelope.recipients
-            )
-        except MSGraphMailError as exc:
-            explained = resolver.explain(exc, mailbox, envelope.from_address)
-            if explained is not exc:
-                explained.retry_after = getattr(exc, "retry_after", None)  # type: ignore[attr-defined]
-            raise explained from exc
+
+        def explain(error: MSGraphMailError) -> MSGraphMailError:
+            explained = resolver.explain(error, mailbox, envelope.from_address)
+            if explained is not error and explained.retry_after is None:
+                explained.retry_after = error.retry_after
+            return explained
+
+        plan = draft_plan(envelope)
+        response: Response
+        if plan is not None:  # LARGE_MESSAGES: draft, attachments, upload sessions, send
+            response = send_draft(client, mailbox.id, plan, explain, recipients=envelope.recipients)
+        else:
+            try:
+                response = client.send_mime(
+                    mailbox.id, envelope.mime.encode("ascii"), recipients=envelope.recipients
+                )
+            except MSGraphMailError as exc:
+                raise explain(exc) from exc
     except MSGraphMailError as exc:
         if isinstance(exc, MailboxBudgetExhausted) and mailbox_address:
             exc = exc.naming(mailbox_address)
@@ -274,7 +283,7 @@ def classify(
             return Outcome(status="failed", **common)
         wait = (exc.retry_at - datetime.now(timezone.utc)).total_seconds()
     elif exc.status in PASSING_STATUSES:
-        wait = getattr(exc, "retry_after", None)
+        wait = exc.retry_after
     elif isinstance(exc, AuthenticationError) and (exc.status or 0) >= 500:
         pass  # Entra itself failed: passing; a refused credential (4xx) is lasting
     elif not isinstance(exc, (GraphConnectionError, LimitsUnavailable)) or exc.status:
@@ -316,19 +325,6 @@ def settings_for(alias: str | None) -> MSGraphMailSettings:
     return load_settings(options)
 
 
-class _OutboxClient(GraphClient):
-    """The client, keeping Graph's Retry-After on the error it raises for a 429 or 503."""
-
-    def _result(self, response: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super()._result(response, *args, **kwargs)
-        except MSGraphMailError as exc:
-            exc.retry_after = parse_retry_after(  # type: ignore[attr-defined]
-                response.headers.get("Retry-After")
-            )
-            raise
-
-
 _clients: dict[str | None, tuple[MSGraphMailSettings, GraphClient]] = {}
 _clients_lock = threading.Lock()
 
@@ -341,7 +337,7 @@ def _client(alias: str | None, settings: MSGraphMailSettings) -> GraphClient:
             return found[1]
         if found is not None:
             found[1].close()
-        client = _OutboxClient(settings)
+        client = GraphClient(settings)
         _clients[alias] = (settings, client)
         return client
 

@@ -5,10 +5,17 @@ in, ``X-MSGraph-Mailbox`` removed, base64), the Message-ID minted once at enqueu
 by every attempt, and what the worker needs to pick the mailbox and the settings again: the
 From address, the mailbox override and the mailer's alias. Never a pickled ``EmailMessage``,
 never a secret: the worker reads the credential from its own settings.
+
+A message too large for sendMail (``LARGE_MESSAGES``) carries its draft plan instead of the
+MIME: ``draft`` holds the draft's MIME (base64, without the large attachments) and each part
+taken out of it (name, content type, inline, Content-ID, content as base64); the worker
+rebuilds the :class:`~msgraph_mail.large.DraftPlan` (:func:`draft_plan`) and sends it through
+the draft route, as the synchronous backend does. ``draft`` is None for every other message.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from email.utils import make_msgid
@@ -19,10 +26,10 @@ from django.core.mail.utils import DNS_NAME
 
 from ..conf import MSGraphMailSettings
 from ..exceptions import InvalidMessage, MessageTooLarge
-from ..large import beyond_send_mail
+from ..large import DraftPlan, Part, beyond_send_mail, prepare
 from ..mime import build_mime, encode, header, mailbox_override, sender_address
 
-__all__ = ["Envelope", "build_envelope"]
+__all__ = ["Envelope", "build_envelope", "draft_plan"]
 
 
 @dataclass(frozen=True)
@@ -30,13 +37,14 @@ class Envelope:
     """One queued message, as plain data (``to_dict()`` is JSON-serialisable)."""
 
     message_id: str
-    mime: str  # base64 of the MIME bytes: the sendMail request body
+    mime: str  # base64 of the MIME bytes: the sendMail request body ("" with ``draft``)
     from_address: str
     mailbox_override: str | None
     recipients: int  # To + Cc + Bcc, spent from the mailbox's daily budget
     alias: str | None  # Django 6.1 MAILERS alias; None for EMAIL_BACKEND / MSGRAPH_MAIL
     priority: str  # "normal" | "bulk"
     enqueued_at: str  # ISO 8601, aware UTC
+    draft: dict[str, Any] | None = None  # LARGE_MESSAGES: the draft plan (see the module)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,39 +69,87 @@ def build_envelope(
     """
     if not message.recipients():
         raise InvalidMessage("The message has no recipients", email_message=message)
-    if settings.large_messages and beyond_send_mail(message):
-        raise _too_large(message, None)
     override = mailbox_override(message)
     from_address = sender_address(message)
     message_id = header(message, "Message-ID")
     if message_id is None:
         message_id = make_msgid(domain=str(DNS_NAME))
         message.extra_headers["Message-ID"] = message_id
-    raw = build_mime(message)
-    try:
-        body = encode(raw, message)
-    except MessageTooLarge as exc:
-        raise _too_large(message, exc) from exc
+    mime, draft = "", None
+    if settings.large_messages and beyond_send_mail(message):
+        draft = _plan_data(prepare(message))  # never builds the MIME with the large parts
+    else:
+        raw = build_mime(message)
+        try:
+            mime = encode(raw, message).decode("ascii")
+        except MessageTooLarge as exc:
+            if not settings.large_messages:
+                raise _too_large(message, exc) from exc
+            draft = _plan_data(prepare(message))
     return Envelope(
         message_id=str(message_id).strip(),
-        mime=body.decode("ascii"),
+        mime=mime,
         from_address=from_address,
         mailbox_override=override,
         recipients=len(message.recipients()),
         alias=alias,
         priority=settings.priority,
         enqueued_at=datetime.now(timezone.utc).isoformat(),
+        draft=draft,
+    )
+
+
+def draft_plan(envelope: Envelope) -> DraftPlan | None:
+    """The draft plan an envelope carries (LARGE_MESSAGES), None for a sendMail message."""
+    data = envelope.draft
+    if data is None:
+        return None
+    return DraftPlan(
+        mime_base64=str(data["mime"]).encode("ascii"),
+        mime_size=int(data["mime_size"]),
+        message_id=data.get("message_id"),
+        uploads=[_part(part) for part in data.get("uploads") or []],
+        posts=[_part(part) for part in data.get("posts") or []],
+    )
+
+
+def _plan_data(plan: DraftPlan) -> dict[str, Any]:
+    return {
+        "mime": plan.mime_base64.decode("ascii"),
+        "mime_size": plan.mime_size,
+        "message_id": plan.message_id,
+        "uploads": [_part_data(part) for part in plan.uploads],
+        "posts": [_part_data(part) for part in plan.posts],
+    }
+
+
+def _part_data(part: Part) -> dict[str, Any]:
+    return {
+        "name": part.name,
+        "content_type": part.content_type,
+        "inline": part.inline,
+        "content_id": part.content_id,
+        "content": base64.b64encode(part.content).decode("ascii"),
+    }
+
+
+def _part(data: dict[str, Any]) -> Part:
+    return Part(
+        name=str(data["name"]),
+        content_type=str(data["content_type"]),
+        content=base64.b64decode(data["content"]),
+        inline=bool(data.get("inline")),
+        content_id=data.get("content_id"),
     )
 
 
 def _too_large(message: EmailMessage, exc: MessageTooLarge | None) -> MessageTooLarge:
-    """Queued sending carries sendMail's MIME only: larger messages go synchronously."""
+    """Without LARGE_MESSAGES, what sendMail cannot take fails in the caller."""
     size = f" ({exc.size:,} bytes once base64-encoded)" if exc and exc.size else ""
     return MessageTooLarge(
-        f"The message is too large for one sendMail request{size}: QueuedEmailBackend carries "
-        "messages up to Graph's 4 MB request limit only. Send larger messages with the "
-        "synchronous msgraph_mail.backend.EmailBackend (with LARGE_MESSAGES), or send large "
-        "files as links",
+        f"The message is too large for one sendMail request{size}: Graph accepts at most "
+        "4 MB per request. Turn LARGE_MESSAGES on (it needs Mail.ReadWrite) to queue larger "
+        "messages and send them through a draft, or send large files as links",
         size=exc.size if exc else None,
         limit=exc.limit if exc else None,
         email_message=message,
