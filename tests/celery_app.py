@@ -33,3 +33,37 @@ app.conf.update(
     worker_hijack_root_logger=False,
     msgraph_mail_claim_grace=float(os.environ.get("MSGRAPH_TEST_CLAIM_GRACE", "3")),
 )
+
+
+#: When set (a Redis URL), the worker appends each outcome signal it sends to the Redis list
+#: SIGNALS_KEY, as JSON: the test reads what the worker process itself announced.
+SIGNALS_URL = os.environ.get("MSGRAPH_TEST_SIGNALS_URL")
+SIGNALS_KEY = "msgraph_test:signals"
+
+if SIGNALS_URL:
+    import json
+
+    from msgraph_mail import signals
+
+    _clients: dict[int, object] = {}
+
+    def _record(sender: object, signal: object, **kwargs: object) -> None:
+        import redis
+
+        client = _clients.get(os.getpid())  # one client per (forked) process
+        if client is None:
+            client = _clients[os.getpid()] = redis.Redis.from_url(SIGNALS_URL)
+        status = kwargs.get("status")
+        outcome = {
+            "signal": next(n for n, s in signals.BY_STATUS.items() if s is signal),
+            "message_id": kwargs.get("message_id"),
+            "mailbox": kwargs.get("mailbox"),
+            "status": getattr(status, "status", None),
+            "error": str(getattr(status, "error", "") or ""),
+            "request_id": kwargs.get("request_id"),
+            "pid": os.getpid(),
+        }
+        client.rpush(SIGNALS_KEY, json.dumps(outcome))  # type: ignore[attr-defined]
+
+    for _signal in signals.BY_STATUS.values():
+        _signal.connect(_record, weak=False, dispatch_uid=f"msgraph-test-{id(_signal)}")

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +315,7 @@ def celery_rig(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "DJANGO_SETTINGS_MODULE": "tests.celery_settings",
             "MSGRAPH_TEST_MSGRAPH_MAIL": json.dumps(options),
             "MSGRAPH_TEST_BROKER_URL": broker_url,
+            "MSGRAPH_TEST_SIGNALS_URL": outbox_url,  # tests/celery_app.py records the signals
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         workers: list[Worker] = []
@@ -431,6 +433,113 @@ def test_a_permanent_failure_is_failed_at_once_not_retried(rig: CeleryRig) -> No
     assert "ghost@contoso.com" in record.last_error
     assert delivered(rig) == Counter()
     assert rig.store.counts()["failed"] == 1
+
+
+OUTAGE = 30.0  # seconds Graph stays down in the outage tests
+ONE_ENTRY = pytest.mark.skipif(
+    sys.version_info[:2] != (3, 11),
+    reason="the 30-s outage runs in one CI matrix entry only: Django 5.2 on Python 3.11",
+)
+
+
+def worker_signals(rig: CeleryRig) -> list[dict[str, Any]]:
+    """The outcome signals the worker processes sent (tests/celery_app.py records them)."""
+    from tests.celery_app import SIGNALS_KEY
+
+    return [json.loads(raw) for raw in rig.store.client.lrange(SIGNALS_KEY, 0, -1)]
+
+
+@pytest.mark.django_db
+def test_the_worker_process_sends_the_signals(rig: CeleryRig) -> None:
+    [good] = outgoing(1, tag="signalled")
+    [bad] = outgoing(1, sender="ghost@contoso.com", tag="ghost")
+    assert mail.get_connection().send_messages([good, bad]) == 2
+    good_id, bad_id = good.msgraph_status.message_id, bad.msgraph_status.message_id
+    wait_for(
+        lambda: statuses(rig, [good_id, bad_id]) == {good_id: "sent", bad_id: "failed"},
+        "one sent, one failed",
+        rig,
+    )
+    wait_for(lambda: len(worker_signals(rig)) >= 2, "the two signals", rig, timeout=10)
+    time.sleep(0.5)  # nothing more comes
+    recorded = {s["message_id"]: s for s in worker_signals(rig)}
+    assert len(worker_signals(rig)) == 2
+    sent, failed = recorded[good_id], recorded[bad_id]
+    assert (sent["signal"], sent["status"]) == ("sent", "sent")
+    assert sent["mailbox"] == "noreply@contoso.com"
+    assert sent["request_id"]
+    assert (failed["signal"], failed["status"]) == ("failed", "failed")
+    assert "ghost@contoso.com" in failed["error"]
+    # sent by the worker's pool children, not by this (the web) process
+    assert os.getpid() not in {sent["pid"], failed["pid"]}
+    assert rig.worker.process is not None
+    assert rig.worker.process.pid not in {sent["pid"], failed["pid"]}
+
+
+@pytest.mark.django_db
+def test_resend_of_a_failed_message_is_delivered_once_by_the_worker(rig: CeleryRig) -> None:
+    from django.core.management import call_command
+
+    [message] = outgoing(1, sender="late@contoso.com", tag="late")
+    assert message.send() == 1
+    message_id = message.msgraph_status.message_id
+    wait_for(lambda: statuses(rig, [message_id])[message_id] == "failed", "the failure", rig)
+    assert delivered(rig) == Counter()
+    rig.emulator.add_user("late@contoso.com")  # the mailbox now exists
+    out = StringIO()
+    call_command("msgraph_outbox", "--resend", message_id, stdout=out)
+    assert "Queued" in out.getvalue()
+    wait_for(lambda: statuses(rig, [message_id])[message_id] == "sent", "the resend", rig)
+    time.sleep(1.0)  # and nothing more
+    assert delivered(rig) == Counter([message_id])
+    record = rig.store.get(message_id)
+    assert record is not None
+    assert record.request_id
+    outcomes = [(s["message_id"], s["signal"]) for s in worker_signals(rig)]
+    assert outcomes == [(message_id, "failed"), (message_id, "sent")]
+
+
+@pytest.mark.django_db
+def test_resend_refuses_an_unknown_message_without_force(rig: CeleryRig) -> None:
+    from django.core.management import CommandError, call_command
+
+    rig.store.add(envelope("<unknown@x>"))
+    assert rig.store.claim("<unknown@x>")
+    rig.store.finish("<unknown@x>", "unknown", error="no answer")
+    with pytest.raises(CommandError, match="--force"):
+        call_command("msgraph_outbox", "--resend", "<unknown@x>")
+    record = rig.store.get("<unknown@x>")
+    assert record is not None
+    assert record.status == "unknown"
+    assert rig.emulator.count("sendMail") == 0
+
+
+@ONE_ENTRY
+@pytest.mark.django_db
+def test_graph_down_30_s_then_back_delivers_everything_once(rig: CeleryRig) -> None:
+    rig.emulator.stop()
+    try:
+        messages = outgoing(6, tag="outage")
+        started = time.monotonic()
+        assert mail.get_connection().send_messages(messages) == 6
+        ids = [m.msgraph_status.message_id for m in messages]
+        time.sleep(max(0.0, OUTAGE - (time.monotonic() - started)))
+        during = {m: rig.store.get(m) for m in ids}
+        assert all(r is not None and r.status in {"queued", "sending"} for r in during.values())
+        assert all(r.attempts >= 2 for r in during.values() if r is not None)
+    finally:
+        rig.emulator.start()  # the same port: the worker's GRAPH_URL is still right
+    assert rig.emulator.url == rig.options["GRAPH_URL"]
+    wait_for(
+        lambda: set(statuses(rig, ids).values()) == {"sent"}, "delivery after", rig, timeout=90
+    )
+    back_after = time.monotonic() - started - OUTAGE
+    time.sleep(1.0)
+    assert delivered(rig) == Counter(ids)  # every one once
+    attempts = {m: rig.store.get(m).attempts for m in ids}  # type: ignore[union-attr]
+    assert min(attempts.values()) > 1
+    assert rig.store.counts()["failed"] == 0
+    print(f"celery outage: delivered {back_after:.1f} s after Graph came back; {attempts=}")
 
 
 @pytest.mark.django_db
