@@ -62,7 +62,7 @@ MAX_TOKEN_RENEWALS = 3
 #: segment (``/users/{id}/...``) or an OData key (``/users('$x@y.com')/...``, see user_path).
 _MAIL_PATH = re.compile(
     r"^/users(?:/(?P<segment>[^/?()']+)|\('(?P<key>(?:[^']|'')*)'\))"
-    r"/(?:sendMail|messages)(?:[/?]|$)"
+    r"/(?:sendMail|messages|mailFolders)(?:[/?]|$)"
 )
 
 #: The user properties a lookup needs; nothing more is asked of the directory.

@@ -348,6 +348,8 @@ def test_mailbox_upn_starting_with_dollar_is_an_odata_key(emulator: GraphEmulato
     assert mailbox_of("/users('$o''b@x.com')/messages?$select=id") == "$o'b@x.com"
     assert mailbox_of("/users/Bob@Contoso.com/messages/AAMk=/send") == "bob@contoso.com"
     assert mailbox_of("/users('$svc@contoso.com')") is None  # a directory read
+    # Sent Items lookups (RESOLVE_UNKNOWN) are mailbox requests too: Graph counts them.
+    assert mailbox_of("/users/Bob@x.com/mailFolders/sentitems/messages") == "bob@x.com"
 
     settings = emulator.settings(
         MODE="single_mailbox", MAILBOX="$svc@contoso.com", LARGE_MESSAGES=True

@@ -172,3 +172,16 @@ def test_a_throttled_upload_is_retried_later_and_sent_once(
     assert large.count("draft_create") == 2
     assert large.count("draft_send") == 1
     assert DatabaseStore().get(message_id).status == "sent"
+
+
+def test_a_gateway_timeout_while_drafting_is_passing(msgraph_emulator: GraphEmulator) -> None:
+    """Before the draft's send nothing can have been sent: a 504 there is retried later."""
+    from msgraph_mail.exceptions import GraphConnectionError, MailboxOutOfScope
+    from msgraph_mail.outbox.deliver import classify
+
+    settings = load_settings()
+    envelope = build_envelope(mail.EmailMessage("Hi", "x", None, ["a@example.com"]), settings)
+    drafting = GraphConnectionError("504 while creating the draft; it was deleted", status=504)
+    assert classify(drafting, envelope, 1, settings).status == "retry"
+    refused = MailboxOutOfScope("out of scope", status=403)
+    assert classify(refused, envelope, 1, settings).status == "failed"

@@ -286,8 +286,12 @@ def classify(
         wait = exc.retry_after
     elif isinstance(exc, AuthenticationError) and (exc.status or 0) >= 500:
         pass  # Entra itself failed: passing; a refused credential (4xx) is lasting
-    elif not isinstance(exc, (GraphConnectionError, LimitsUnavailable)) or exc.status:
-        return Outcome(status="failed", **common)  # lasting: sender, denied, invalid, 4xx
+    elif not isinstance(exc, (GraphConnectionError, LimitsUnavailable)) or (
+        exc.status is not None and exc.status < 500
+    ):
+        # lasting: sender, denied, invalid, 4xx. A connection error with a 5xx (a gateway
+        # timeout while drafting, before the send) sent nothing: passing.
+        return Outcome(status="failed", **common)
     delay = _delay(wait, attempt, settings)
     age = (datetime.now(timezone.utc) - envelope.enqueued).total_seconds()
     if age + delay > settings.queue_max_age:
