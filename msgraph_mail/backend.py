@@ -33,7 +33,7 @@ from .exceptions import (
 from .graph import GraphClient, Response
 from .large import DraftPlan, beyond_send_mail, prepare, send_draft
 from .mime import MAILBOX_HEADER, build_mime, encode, header, sender_address
-from .resolvers import Mailbox, SenderResolver, resolver_for
+from .resolvers import Mailbox, SenderResolver, refuse_early, resolver_for
 
 logger = logging.getLogger("msgraph_mail")
 
@@ -281,6 +281,8 @@ class QueuedEmailBackend(EmailBackend):
             message.msgraph_status = status
             try:
                 envelope = build_envelope(message, self.settings, alias)
+                # What the mode refuses without a request is refused here, as EmailBackend does.
+                refuse_early(self.settings, envelope.from_address, envelope.mailbox_override)
             except MSGraphMailError as exc:
                 if exc.email_message is None:
                     exc.email_message = message

@@ -58,6 +58,13 @@ class SenderResolver:
     def resolve(self, message: EmailMessage) -> Mailbox:
         raise NotImplementedError
 
+    @classmethod
+    def refuse_early(
+        cls, settings: MSGraphMailSettings, from_address: str, override: str | None
+    ) -> None:
+        """Raise the refusals this mode makes without any request (none by default), so
+        that QueuedEmailBackend refuses such a message in the caller, as EmailBackend does."""
+
     def resolve_address(self, from_address: str, override: str | None = None) -> Mailbox:
         """The same choice from a bare From address and the X-MSGraph-Mailbox value, for a
         message already built (the queued backend's worker has its MIME, not the message)."""
@@ -145,15 +152,13 @@ class RbacResolver(DirectoryResolver):
     is set, by ALLOWED_SENDERS before any request."""
 
     def check_allowed(self, address: str) -> None:
-        if not self.settings.allowed_senders:
-            return  # no allow-list: every sender is tried, Exchange's scope decides
-        if "@" in address and not self.settings.allows(address):
-            raise SenderNotAllowed(
-                f"{address} is not in ALLOWED_SENDERS ({', '.join(self.settings.allowed_senders)})"
-                ": send from an allowed address, or add it to ALLOWED_SENDERS once the mailbox "
-                "is in the application's Exchange RBAC scope",
-                mailbox=address,
-            )
+        _refuse_unlisted(self.settings, address)
+
+    @classmethod
+    def refuse_early(
+        cls, settings: MSGraphMailSettings, from_address: str, override: str | None
+    ) -> None:
+        _refuse_unlisted(settings, override or from_address)
 
     def explain(self, error: MSGraphMailError, mailbox: Mailbox, sender: str) -> MSGraphMailError:
         if error.code == "ErrorAccessDenied":
@@ -179,14 +184,38 @@ class SingleMailboxResolver(SenderResolver):
         return self._check_override(override)
 
     def _check_override(self, override: str | None) -> Mailbox:
-        configured = str(self.settings.mailbox)
-        if override is not None and override.lower() != configured.lower():
-            raise SenderNotAllowed(
-                f"{MAILBOX_HEADER} names {override}, but MODE single_mailbox only sends through "
-                f"{configured}: remove the header, or use MODE permissive or rbac",
-                mailbox=override,
-            )
-        return Mailbox(id=configured, address=configured)
+        return _the_mailbox(self.settings, override)
+
+    @classmethod
+    def refuse_early(
+        cls, settings: MSGraphMailSettings, from_address: str, override: str | None
+    ) -> None:
+        _the_mailbox(settings, override)
+
+
+def _refuse_unlisted(settings: MSGraphMailSettings, address: str) -> None:
+    """rbac: an address outside ALLOWED_SENDERS (when it is set) is refused before any request."""
+    if not settings.allowed_senders:
+        return  # no allow-list: every sender is tried, Exchange's scope decides
+    if "@" in address and not settings.allows(address):
+        raise SenderNotAllowed(
+            f"{address} is not in ALLOWED_SENDERS ({', '.join(settings.allowed_senders)})"
+            ": send from an allowed address, or add it to ALLOWED_SENDERS once the mailbox "
+            "is in the application's Exchange RBAC scope",
+            mailbox=address,
+        )
+
+
+def _the_mailbox(settings: MSGraphMailSettings, override: str | None) -> Mailbox:
+    """single_mailbox: MAILBOX, unless X-MSGraph-Mailbox names another one (refused)."""
+    configured = str(settings.mailbox)
+    if override is not None and override.lower() != configured.lower():
+        raise SenderNotAllowed(
+            f"{MAILBOX_HEADER} names {override}, but MODE single_mailbox only sends through "
+            f"{configured}: remove the header, or use MODE permissive or rbac",
+            mailbox=override,
+        )
+    return Mailbox(id=configured, address=configured)
 
 
 RESOLVERS: dict[str, type[SenderResolver]] = {
@@ -194,6 +223,11 @@ RESOLVERS: dict[str, type[SenderResolver]] = {
     "rbac": RbacResolver,
     "single_mailbox": SingleMailboxResolver,
 }
+
+
+def refuse_early(settings: MSGraphMailSettings, from_address: str, override: str | None) -> None:
+    """The mode's refusals that need no request (see SenderResolver.refuse_early)."""
+    RESOLVERS[settings.mode].refuse_early(settings, from_address, override)
 
 
 def resolver_for(settings: MSGraphMailSettings, client: GraphClient) -> SenderResolver:
