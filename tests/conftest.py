@@ -117,3 +117,17 @@ def redis(redis_url: str) -> str:
     client.close()
     limits.clear()
     return redis_url
+
+
+@pytest.fixture
+def dummy_tasks(msgraph_emulator: GraphEmulator) -> Iterator[Any]:
+    """QueuedEmailBackend over a tasks backend that runs nothing: what the outbox holds and
+    which tasks were enqueued (``.results``) can be inspected."""
+    from msgraph_mail.outbox.tasks import send_envelope
+    from tests.helpers import DUMMY, QUEUED
+
+    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=DUMMY):
+        backend = send_envelope.get_backend()
+        backend.clear()
+        yield backend
+        backend.clear()

@@ -124,3 +124,12 @@ def mime(
         message[name.replace("_", "-")] = value
     message.set_content("plain body\n")
     return message
+
+
+# QueuedEmailBackend over Django's tasks framework (django.tasks on 6.0+, the backport on 5.2).
+QUEUED = "msgraph_mail.backend.QueuedEmailBackend"
+TASKS_PACKAGE = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
+#: A tasks backend that runs nothing: the outbox and the enqueued tasks can be inspected.
+DUMMY = {"default": {"BACKEND": f"{TASKS_PACKAGE}.backends.dummy.DummyBackend"}}
+#: A tasks backend that runs each task in the caller, at once.
+IMMEDIATE = {"default": {"BACKEND": f"{TASKS_PACKAGE}.backends.immediate.ImmediateBackend"}}

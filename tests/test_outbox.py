@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import django
 import pytest
 from django.core import mail
 from django.test import override_settings
@@ -23,12 +21,9 @@ from msgraph_mail.outbox import Envelope, build_envelope
 from msgraph_mail.outbox.deliver import claim_timeout, classify, deliver
 from msgraph_mail.outbox.store import DatabaseStore
 
-pytestmark = pytest.mark.django_db
+from .helpers import DUMMY, IMMEDIATE, QUEUED
 
-QUEUED = "msgraph_mail.backend.QueuedEmailBackend"
-TASKS_PACKAGE = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
-DUMMY = {"default": {"BACKEND": f"{TASKS_PACKAGE}.backends.dummy.DummyBackend"}}
-IMMEDIATE = {"default": {"BACKEND": f"{TASKS_PACKAGE}.backends.immediate.ImmediateBackend"}}
+pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
@@ -197,17 +192,6 @@ def test_a_stale_claim_is_reaped_as_unknown(msgraph_emulator, store):
 
 
 # QueuedEmailBackend ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def dummy_tasks(msgraph_emulator: GraphEmulator) -> Iterator[Any]:
-    from msgraph_mail.outbox.tasks import send_envelope
-
-    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=DUMMY):
-        backend = send_envelope.get_backend()
-        backend.clear()
-        yield backend
-        backend.clear()
 
 
 def test_backend_queues_and_returns_at_once(msgraph_emulator, dummy_tasks, store):

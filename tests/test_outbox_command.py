@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 from io import StringIO
 from typing import Any
 
-import django
 import pytest
 from django.core import mail
 from django.core.management import call_command
@@ -18,12 +17,9 @@ from django.test import override_settings
 from msgraph_mail.emulator import GraphEmulator
 from msgraph_mail.outbox.store import DatabaseStore
 
-pytestmark = pytest.mark.django_db
+from .helpers import IMMEDIATE, QUEUED
 
-QUEUED = "msgraph_mail.backend.QueuedEmailBackend"
-TASKS = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
-DUMMY = {"default": {"BACKEND": f"{TASKS}.backends.dummy.DummyBackend"}}
-IMMEDIATE = {"default": {"BACKEND": f"{TASKS}.backends.immediate.ImmediateBackend"}}
+pytestmark = pytest.mark.django_db
 
 
 def outbox(*args: str) -> str:
@@ -38,19 +34,7 @@ def queue(*subjects: str, sender: str = "noreply@contoso.com") -> list[str]:
     return [m.msgraph_status.message_id for m in messages]
 
 
-@pytest.fixture
-def dummy(msgraph_emulator: GraphEmulator) -> Any:
-    """QueuedEmailBackend over a tasks backend that runs nothing: the outbox holds it all."""
-    from msgraph_mail.outbox.tasks import send_envelope
-
-    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=DUMMY):
-        backend = send_envelope.get_backend()
-        backend.clear()
-        yield backend
-        backend.clear()
-
-
-def test_lists_every_open_message_with_its_next_try(dummy: Any) -> None:
+def test_lists_every_open_message_with_its_next_try(dummy_tasks: Any) -> None:
     store = DatabaseStore()
     queued, deferred, failed, unknown, sent = queue("q", "d", "f", "u", "s")
     later = datetime.now(timezone.utc) + timedelta(minutes=5)
@@ -77,12 +61,12 @@ def test_lists_every_open_message_with_its_next_try(dummy: Any) -> None:
     assert queued in outbox("--status", "queued")
 
 
-def test_resend_queues_a_failed_message_again(dummy: Any) -> None:
+def test_resend_queues_a_failed_message_again(dummy_tasks: Any) -> None:
     store = DatabaseStore()
     [failed] = queue("Invoice")
     assert store.claim(failed)
     store.finish(failed, "failed", error="SenderNotFound")
-    dummy.clear()
+    dummy_tasks.clear()
     before = store.get(failed)
     assert before is not None
     assert "Queued" in outbox("--resend", failed)
@@ -90,10 +74,10 @@ def test_resend_queues_a_failed_message_again(dummy: Any) -> None:
     assert after is not None
     assert after.status == "queued"
     assert after.envelope.enqueued > before.envelope.enqueued  # QUEUE_MAX_AGE from the resend
-    assert [r.args[0] for r in dummy.results] == [failed]
+    assert [r.args[0] for r in dummy_tasks.results] == [failed]
 
 
-def test_an_unknown_message_is_resent_only_with_force(dummy: Any) -> None:
+def test_an_unknown_message_is_resent_only_with_force(dummy_tasks: Any) -> None:
     store = DatabaseStore()
     [unknown] = queue("Receipt")
     assert store.claim(unknown)
@@ -102,15 +86,15 @@ def test_an_unknown_message_is_resent_only_with_force(dummy: Any) -> None:
         outbox("--resend", unknown)
     assert "Sent Items" in str(refused.value)
     assert "--force" in str(refused.value)
-    assert len(dummy.results) == 1  # only the first enqueue: nothing queued again
+    assert len(dummy_tasks.results) == 1  # only the first enqueue: nothing queued again
     assert store.get(unknown).status == "unknown"  # type: ignore[union-attr]
     outbox("--resend", unknown, "--force")
     assert store.get(unknown).status == "queued"  # type: ignore[union-attr]
-    assert [r.args[0] for r in dummy.results] == [unknown, unknown]
+    assert [r.args[0] for r in dummy_tasks.results] == [unknown, unknown]
 
 
 @pytest.mark.parametrize("state", ["queued", "sent"])
-def test_only_failed_or_unknown_messages_are_resent(dummy: Any, state: str) -> None:
+def test_only_failed_or_unknown_messages_are_resent(dummy_tasks: Any, state: str) -> None:
     store = DatabaseStore()
     [message_id] = queue("Hi")
     if state == "sent":

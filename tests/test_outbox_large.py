@@ -11,7 +11,6 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import django
 import pytest
 from django.core import mail
 from django.test import override_settings
@@ -25,13 +24,11 @@ from msgraph_mail.outbox import Envelope, build_envelope
 from msgraph_mail.outbox.envelope import draft_plan
 from msgraph_mail.outbox.store import DatabaseStore
 
+from .helpers import DUMMY, IMMEDIATE, QUEUED
+
 pytestmark = pytest.mark.django_db
 
 MB = 1024 * 1024
-QUEUED = "msgraph_mail.backend.QueuedEmailBackend"
-TASKS_PACKAGE = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
-DUMMY = {"default": {"BACKEND": f"{TASKS_PACKAGE}.backends.dummy.DummyBackend"}}
-IMMEDIATE = {"default": {"BACKEND": f"{TASKS_PACKAGE}.backends.immediate.ImmediateBackend"}}
 ROLES = ["Mail.Send", "User.Read.All", "Mail.ReadWrite"]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import django
 import pytest
 from django.core import mail
 from django.test import override_settings
@@ -18,24 +17,9 @@ from msgraph_mail.outbox.store import DatabaseStore
 
 pytestmark = pytest.mark.django_db
 
-QUEUED = "msgraph_mail.backend.QueuedEmailBackend"
-TASKS = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
-DUMMY = {"default": {"BACKEND": f"{TASKS}.backends.dummy.DummyBackend"}}
-
-
-@pytest.fixture
-def dummy(msgraph_emulator: GraphEmulator) -> Any:
-    from msgraph_mail.outbox.tasks import send_envelope
-
-    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=DUMMY):
-        backend = send_envelope.get_backend()
-        backend.clear()
-        yield backend
-        backend.clear()
-
 
 def test_a_lost_task_is_enqueued_again_and_sent_once(
-    msgraph_emulator: GraphEmulator, dummy: Any
+    msgraph_emulator: GraphEmulator, dummy_tasks: Any
 ) -> None:
     from msgraph_mail.outbox.tasks import send_envelope
 
@@ -48,17 +32,17 @@ def test_a_lost_task_is_enqueued_again_and_sent_once(
     # The worker that took Lost's task died before claiming it, an hour ago.
     an_hour_ago = timezone.now() - timedelta(hours=1)
     OutboxMessage.objects.filter(message_id=lost_id).update(updated_at=an_hour_ago)
-    dummy.clear()
+    dummy_tasks.clear()
     assert send_envelope.call(later_id, 1) == "sent"  # the next task notices the orphan
-    assert [r.args for r in dummy.results] == [[lost_id, 1]]
+    assert [r.args for r in dummy_tasks.results] == [[lost_id, 1]]
     send_envelope.call(later_id, 1)  # a duplicate run: already finished, nothing sent
-    assert [r.args for r in dummy.results] == [[lost_id, 1]]  # found once, not every time
+    assert [r.args for r in dummy_tasks.results] == [[lost_id, 1]]  # found once, not every time
     assert send_envelope.call(lost_id, 1) == "sent"
     assert sorted(m.subject for m in msgraph_emulator.sent) == ["Later", "Lost"]
     assert DatabaseStore().get(lost_id).status == "sent"  # type: ignore[union-attr]
 
 
-def test_a_deferred_message_is_no_orphan(msgraph_emulator: GraphEmulator, dummy: Any) -> None:
+def test_a_deferred_message_is_no_orphan(msgraph_emulator: GraphEmulator, dummy_tasks: Any) -> None:
     store = DatabaseStore()
     message = mail.EmailMessage("Deferred", "x", None, ["a@example.com"])
     assert mail.get_connection().send_messages([message]) == 1
@@ -72,7 +56,7 @@ def test_a_deferred_message_is_no_orphan(msgraph_emulator: GraphEmulator, dummy:
 
 
 def test_a_reaped_message_is_announced_and_looked_up(
-    msgraph_emulator: GraphEmulator, dummy: Any
+    msgraph_emulator: GraphEmulator, dummy_tasks: Any
 ) -> None:
     """A message left sending by a killed worker is unknown like any other: the
     message_unknown signal, and with RESOLVE_UNKNOWN a lookup in Sent Items (never a send)."""
@@ -95,11 +79,11 @@ def test_a_reaped_message_is_announced_and_looked_up(
             OutboxMessage.objects.filter(message_id=held_id).update(
                 updated_at=timezone.now() - timedelta(hours=1)
             )
-            dummy.clear()
+            dummy_tasks.clear()
             assert send_envelope.call(other.msgraph_status.message_id, 1) == "sent"
     finally:
         message_unknown.disconnect(record)
     assert announced == [held_id]
     assert DatabaseStore().get(held_id).status == "unknown"  # type: ignore[union-attr]
-    assert [r.args for r in dummy.results] == [[held_id, 1, 1]]  # a lookup, not a send
+    assert [r.args for r in dummy_tasks.results] == [[held_id, 1, 1]]  # a lookup, not a send
     assert [m.subject for m in msgraph_emulator.sent] == ["Other"]

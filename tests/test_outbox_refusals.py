@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import django
 import pytest
 from django.core import mail
 from django.test import override_settings
@@ -18,34 +17,21 @@ from .conftest import mode_settings
 
 pytestmark = pytest.mark.django_db
 
-QUEUED = "msgraph_mail.backend.QueuedEmailBackend"
-TASKS = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
-DUMMY = {"default": {"BACKEND": f"{TASKS}.backends.dummy.DummyBackend"}}
 
-
-@pytest.fixture
-def dummy(msgraph_emulator: GraphEmulator) -> Any:
-    from msgraph_mail.outbox.tasks import send_envelope
-
-    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=DUMMY):
-        backend = send_envelope.get_backend()
-        backend.clear()
-        yield backend
-        backend.clear()
-
-
-def test_rbac_allow_list_refuses_in_the_caller(msgraph_emulator: GraphEmulator, dummy: Any) -> None:
+def test_rbac_allow_list_refuses_in_the_caller(
+    msgraph_emulator: GraphEmulator, dummy_tasks: Any
+) -> None:
     with override_settings(MSGRAPH_MAIL=mode_settings(msgraph_emulator, "rbac")):
         with pytest.raises(SenderNotAllowed, match="ALLOWED_SENDERS"):
             mail.send_mail("Hi", "x", "shop@example.net", ["a@example.com"])
         assert mail.send_mail("Hi", "x", "alice@contoso.com", ["a@example.com"]) == 1
     assert [m.envelope.from_address for m in DatabaseStore().list()] == ["alice@contoso.com"]
-    assert len(dummy.results) == 1
+    assert len(dummy_tasks.results) == 1
     assert msgraph_emulator.count() == 0  # no request from the caller, either way
 
 
 def test_single_mailbox_override_refuses_in_the_caller(
-    msgraph_emulator: GraphEmulator, dummy: Any
+    msgraph_emulator: GraphEmulator, dummy_tasks: Any
 ) -> None:
     with override_settings(MSGRAPH_MAIL=mode_settings(msgraph_emulator, "single_mailbox")):
         other = mail.EmailMessage(
@@ -55,4 +41,4 @@ def test_single_mailbox_override_refuses_in_the_caller(
             other.send()
         assert other.msgraph_status.status == "failed"
     assert DatabaseStore().list() == []
-    assert dummy.results == []
+    assert dummy_tasks.results == []

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import django
 import pytest
 import requests
 from django.core import mail
@@ -21,11 +20,10 @@ from msgraph_mail.graph import GraphClient
 from msgraph_mail.outbox.deliver import RESOLVE_CHECKS
 from msgraph_mail.outbox.store import DatabaseStore
 
+from .helpers import DUMMY, QUEUED
+
 pytestmark = pytest.mark.django_db
 
-QUEUED = "msgraph_mail.backend.QueuedEmailBackend"
-TASKS = "django.tasks" if django.VERSION >= (6, 0) else "django_tasks"
-DUMMY = {"default": {"BACKEND": f"{TASKS}.backends.dummy.DummyBackend"}}
 READ = "Mail.ReadBasic.All"
 
 
