@@ -50,6 +50,7 @@ from .mail import (
     decode_base64_mime,
     from_mime,
 )
+from .query import message_list_query
 from .routes import ODATA_JSON, Request, Response, Route
 
 if TYPE_CHECKING:
@@ -76,7 +77,6 @@ DRAFT_KINDS = (
 UPLOAD_KINDS = ("upload_chunk", "upload_cancel", "upload_status")
 READ_WRITE_ROLES = frozenset({"Mail.ReadWrite"})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
-_MESSAGE_ID_FILTER = re.compile(r"^\s*internetMessageId\s+eq\s+'((?:[^']|'')*)'\s*$", re.I)
 _MESSAGE_FIELDS = {"id": "id", "isdraft": "isDraft", "internetmessageid": "internetMessageId"}
 
 
@@ -247,35 +247,8 @@ class DraftStore:
     def list_messages(self, request: Request, mailbox: User) -> Response:
         """``GET /users/{id}/messages``: the mailbox's drafts, all of them or those whose
         ``internetMessageId`` is the one of ``$filter=internetMessageId eq '<id>'``."""
-        options: dict[str, str] = {}
-        for name, value in request.query:
-            lowered = name.lower()
-            if lowered not in ("$filter", "$select"):
-                raise GraphError(400, "BadRequest", f"Query option '{name}' is not supported.")
-            if lowered in options:
-                raise GraphError(
-                    400,
-                    "BadRequest",
-                    f"Query option '{name}' was specified more than once, but it must be "
-                    "specified at most once.",
-                )
-            options[lowered] = value
-        wanted: str | None = None
-        if "$filter" in options:
-            match = _MESSAGE_ID_FILTER.match(options["$filter"])
-            if match is None:
-                raise GraphError(
-                    400, "ErrorInvalidUrlQueryFilter", "The emulator filters on internetMessageId."
-                )
-            wanted = match.group(1).replace("''", "'")
-        fields = list(_MESSAGE_FIELDS.values())
-        if "$select" in options:
-            names = [n.strip().lower() for n in options["$select"].split(",") if n.strip()]
-            if not names or any(n not in _MESSAGE_FIELDS for n in names):
-                raise GraphError(
-                    400, "RequestBroker--ParseUri", "Could not find a property named in $select."
-                )
-            fields = ["id", *(_MESSAGE_FIELDS[n] for n in names if n != "id")]
+        wanted, selected = message_list_query(request.query, _MESSAGE_FIELDS)
+        fields = selected or list(_MESSAGE_FIELDS.values())
         with self._lock:
             drafts = [d for d in self._drafts.values() if d.mailbox.id == mailbox.id]
         found = [d for d in drafts if wanted is None or d.message_id == wanted]

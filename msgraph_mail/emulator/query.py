@@ -153,3 +153,46 @@ def parse_select(text: str) -> list[str]:
         if canonical[name.lower()] not in names:
             names.append(canonical[name.lower()])
     return names
+
+
+#: ``$filter=internetMessageId eq '<id>'``: the one filter of a mailbox's message lists.
+MESSAGE_ID_FILTER = re.compile(r"^\s*internetMessageId\s+eq\s+'((?:[^']|'')*)'\s*$", re.I)
+
+
+def message_list_query(
+    query: list[tuple[str, str]], properties: dict[str, str]
+) -> tuple[str | None, list[str] | None]:
+    """A message list's ``$filter`` and ``$select``, as Graph checks them: the Message-ID
+    wanted (None: every message) and the properties selected (None: the default ones).
+
+    ``properties`` maps each selectable property, lower-cased, to its name.
+    """
+    options: dict[str, str] = {}
+    for name, value in query:
+        lowered = name.lower()
+        if lowered not in ("$filter", "$select"):
+            raise GraphError(400, "BadRequest", f"Query option '{name}' is not supported.")
+        if lowered in options:
+            raise GraphError(
+                400,
+                "BadRequest",
+                f"Query option '{name}' was specified more than once, but it must be "
+                "specified at most once.",
+            )
+        options[lowered] = value
+    wanted: str | None = None
+    if "$filter" in options:
+        match = MESSAGE_ID_FILTER.match(options["$filter"])
+        if match is None:
+            raise GraphError(
+                400, "ErrorInvalidUrlQueryFilter", "The emulator filters on internetMessageId."
+            )
+        wanted = match.group(1).replace("''", "'")
+    if "$select" not in options:
+        return wanted, None
+    names = [n.strip().lower() for n in options["$select"].split(",") if n.strip()]
+    if not names or any(n not in properties for n in names):
+        raise GraphError(
+            400, "RequestBroker--ParseUri", "Could not find a property named in $select."
+        )
+    return wanted, ["id", *(properties[n] for n in names if n != "id")]

@@ -23,8 +23,9 @@ from datetime import datetime, timezone
 from urllib.parse import quote
 
 from .directory import User
-from .errors import GraphError, access_denied
+from .errors import access_denied
 from .mail import Screened, SentMessage
+from .query import message_list_query
 
 #: Application permissions that may read a mailbox's messages (their basic properties).
 READ_ROLES = frozenset({"Mail.ReadBasic.All", "Mail.Read", "Mail.ReadWrite"})
@@ -136,37 +137,8 @@ class SentItems:
         """``GET .../mailFolders/sentitems/messages``: (status, JSON body)."""
         if not self.may_read(mailbox, roles):
             raise access_denied()
-        options: dict[str, str] = {}
-        for name, value in query:
-            lowered = name.lower()
-            if lowered not in ("$filter", "$select"):
-                raise GraphError(400, "BadRequest", f"Query option '{name}' is not supported.")
-            if lowered in options:
-                raise GraphError(
-                    400,
-                    "BadRequest",
-                    f"Query option '{name}' was specified more than once, but it must be "
-                    "specified at most once.",
-                )
-            options[lowered] = value
-        from .drafts import _MESSAGE_ID_FILTER
-
-        wanted: str | None = None
-        if "$filter" in options:
-            match = _MESSAGE_ID_FILTER.match(options["$filter"])
-            if match is None:
-                raise GraphError(
-                    400, "ErrorInvalidUrlQueryFilter", "The emulator filters on internetMessageId."
-                )
-            wanted = match.group(1).replace("''", "'")
-        fields: list[str] = list(_DEFAULT_FIELDS)
-        if "$select" in options:
-            names = [n.strip().lower() for n in options["$select"].split(",") if n.strip()]
-            if not names or any(n not in _FIELDS for n in names):
-                raise GraphError(
-                    400, "RequestBroker--ParseUri", "Could not find a property named in $select."
-                )
-            fields = ["id", *(_FIELDS[n] for n in names if n != "id")]
+        wanted, selected = message_list_query(query, _FIELDS)
+        fields: list[str] = selected or list(_DEFAULT_FIELDS)
         found = [
             item
             for item in self.items(mailbox.id)
