@@ -1,15 +1,15 @@
 """The Django email backend: ``EMAIL_BACKEND = "msgraph_mail.backend.EmailBackend"``.
 
-Data flows one way: settings -> resolver -> payload -> client -> status. Each message is
-built into MIME (Bcc kept, override header removed), given a mailbox by the mode's
-:class:`~msgraph_mail.resolvers.SenderResolver`, posted to that mailbox's sendMail, and
+Data flows one way: settings -> route -> resolver -> client -> status. Each message is
+built for its route (:mod:`msgraph_mail.routes`: MIME with Bcc kept and our headers removed;
+JSON when it must not be saved to Sent Items; a draft when too large), given a mailbox by
+the mode's :class:`~msgraph_mail.resolvers.SenderResolver`, sent through that mailbox, and
 stamped with a :class:`MessageStatus` as ``message.msgraph_status``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,24 +20,21 @@ from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import transaction
 
-from . import signals
+from . import routes, signals
 from .conf import OPTION_NAMES, MSGraphMailSettings, load_settings
 from .exceptions import (
     BatchSendError,
     DeliveryUnknown,
     InvalidMessage,
     MailboxBudgetExhausted,
-    MessageTooLarge,
     MSGraphMailError,
 )
-from .graph import GraphClient, Response
-from .large import DraftPlan, beyond_send_mail, prepare, send_draft
-from .mime import MAILBOX_HEADER, build_mime, encode, header, sender_address
-from .resolvers import Mailbox, SenderResolver, refuse_early, resolver_for
+from .graph import GraphClient
+from .mime import MAILBOX_HEADER, header, sender_address
+from .resolvers import SenderResolver, refuse_early, resolver_for
+from .routes import Route
 
 logger = logging.getLogger("msgraph_mail")
-
-_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r?$", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass
@@ -47,8 +44,10 @@ class MessageStatus:
     ``status`` is ``"sent"`` (Graph accepted it: 202), ``"failed"`` (it was not sent) or
     ``"unknown"`` (the request left but no answer came back: it may have been sent);
     ``QueuedEmailBackend`` sets ``"queued"`` (in its outbox; the worker decides the rest).
-    ``route`` is ``"sendMail"``, or ``"draft"`` for a message too large for it
-    (``LARGE_MESSAGES``: draft, upload sessions, send).
+    ``route`` is the request that carried it (:mod:`msgraph_mail.routes`): ``"sendMail"``
+    (MIME, saved to Sent Items), ``"sendMail-json"`` (JSON, not saved: ``SAVE_TO_SENT_ITEMS``
+    off; ``message_id`` is then None, as Exchange assigns the Message-ID), or ``"draft"``
+    for a message too large for sendMail (``LARGE_MESSAGES``: draft, upload sessions, send).
     """
 
     status: Literal["queued", "sent", "failed", "unknown"]
@@ -57,7 +56,7 @@ class MessageStatus:
     client_request_id: str | None = None
     message_id: str | None = None
     error: MSGraphMailError | None = None
-    route: Literal["sendMail", "draft"] = "sendMail"
+    route: Route = "sendMail"
 
 
 class EmailBackend(BaseEmailBackend):
@@ -162,18 +161,18 @@ class EmailBackend(BaseEmailBackend):
             if not message.recipients():
                 # Django's SMTP backend skips these silently; so do we (not counted).
                 raise InvalidMessage("The message has no recipients", email_message=message)
-            payload = self._payload(message, status)
+            payload = routes.build(message, self.settings)
+            status.route, status.message_id = payload.route, payload.message_id
             mailbox = self.resolver.resolve(message)
             status.mailbox = mailbox.address
-            if isinstance(payload, DraftPlan):
-                response = self._send_draft(message, mailbox, payload)
-            else:
-                try:
-                    response = self.client.send_mime(
-                        mailbox.id, payload, recipients=len(message.recipients())
-                    )
-                except MSGraphMailError as exc:
-                    raise self.resolver.explain(exc, mailbox, sender_address(message)) from exc
+            resolver, sender = self.resolver, sender_address(message)
+            response = routes.send(
+                self.client,
+                mailbox.id,
+                payload,
+                lambda error: resolver.explain(error, mailbox, sender),
+                recipients=len(message.recipients()),
+            )
         except MSGraphMailError as exc:
             if isinstance(exc, MailboxBudgetExhausted) and status.mailbox:
                 exc = exc.naming(status.mailbox)  # the address, not the id the counts use
@@ -190,42 +189,13 @@ class EmailBackend(BaseEmailBackend):
         status.request_id = response.request_id
         status.client_request_id = response.client_request_id
         logger.info(
-            "Sent message %s through mailbox %s (request-id %s)",
-            status.message_id,
+            "Sent message %s through mailbox %s by %s (request-id %s)",
+            status.message_id or "(Message-ID set by Exchange)",
             status.mailbox,
+            status.route,
             status.request_id,
         )
         return status
-
-    def _payload(self, message: EmailMessage, status: MessageStatus) -> bytes | DraftPlan:
-        """The sendMail body; with LARGE_MESSAGES, the draft plan of a message too large for it."""
-        if self.settings.large_messages and beyond_send_mail(message):
-            plan = prepare(message)  # never builds the MIME with the large attachments
-        else:
-            raw = build_mime(message)
-            status.message_id = _message_id(raw)
-            try:
-                return encode(raw, message)
-            except MessageTooLarge:
-                if not self.settings.large_messages:
-                    raise
-                plan = prepare(message)
-        status.route = "draft"
-        status.message_id = plan.message_id
-        return plan
-
-    def _send_draft(self, message: EmailMessage, mailbox: Mailbox, plan: DraftPlan) -> Response:
-        """LARGE_MESSAGES: draft, attachments, upload sessions, send (:mod:`msgraph_mail.large`)."""
-        assert self.client is not None
-        assert self.resolver is not None
-        resolver, sender = self.resolver, sender_address(message)
-        return send_draft(
-            self.client,
-            mailbox.id,
-            plan,
-            lambda error: resolver.explain(error, mailbox, sender),
-            recipients=len(message.recipients()),
-        )
 
 
 def _senders(messages: list[EmailMessage]) -> int:
@@ -239,12 +209,6 @@ def _senders(messages: list[EmailMessage]) -> int:
             ).lower()
         )
     return len(found)
-
-
-def _message_id(raw: bytes) -> str | None:
-    headers = raw.split(b"\r\n\r\n", 1)[0]
-    found = _MESSAGE_ID.search(headers)
-    return found.group(1).decode("ascii", "replace").strip() if found else None
 
 
 class QueuedEmailBackend(EmailBackend):

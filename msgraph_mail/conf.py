@@ -47,6 +47,7 @@ Mode = Literal["permissive", "rbac", "single_mailbox"]
 Cloud = Literal["global", "usgov", "usgovdod", "china"]
 Priority = Literal["normal", "bulk"]
 Queue = Literal["tasks", "celery"]
+SentItemsFallback = Literal["mime", "fail"]
 
 #: URL schemes REDIS_URL may use (redis-py's ``Redis.from_url``).
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -236,6 +237,8 @@ class MSGraphMailSettings(BaseModel):
     queue: Queue = "tasks"
     queue_max_age: float = Field(default=86400.0, gt=0)
     resolve_unknown: float | None = Field(default=None, ge=0, le=300)
+    save_to_sent_items: bool = True
+    sent_items_fallback: SentItemsFallback = "mime"
 
     @model_validator(mode="before")
     @classmethod

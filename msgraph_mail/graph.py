@@ -139,6 +139,16 @@ class GraphClient:
             headers={"Content-Type": "text/plain"},
         )
 
+    def send_json(self, mailbox: str, body: bytes, recipients: int = 0) -> Response:
+        """POST a JSON sendMail body (``message`` and ``saveToSentItems``); Graph answers 202."""
+        return self.request(
+            "POST",
+            f"{user_path(mailbox)}/sendMail",
+            recipients=recipients,
+            data=body,
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+
     def find_sent(self, mailbox: str, message_id: str) -> dict[str, Any] | None:
         """The copy of a message in the mailbox's Sent Items, found by its Message-ID
         (``internetMessageId``, angle brackets included), or None when there is none (yet).

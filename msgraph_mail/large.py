@@ -50,7 +50,7 @@ from .graph import (
     mailbox_of,
     user_path,
 )
-from .mime import MAX_REQUEST_BYTES, build_mime
+from .mime import MAX_REQUEST_BYTES, build_mime, message_id_of
 from .retry import RetryBudget, parse_retry_after
 
 logger = logging.getLogger("msgraph_mail")
@@ -171,7 +171,7 @@ def prepare(message: EmailMessage) -> DraftPlan:
             limit=MAX_REQUEST_BYTES,
             email_message=message,
         )
-    plan = DraftPlan(payload, len(raw), _message_id(raw), uploads, posts)
+    plan = DraftPlan(payload, len(raw), message_id_of(raw), uploads, posts)
     if plan.size > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(
             f"The message is {plan.size:,} bytes; Exchange accepts messages of at most "
@@ -655,10 +655,3 @@ def _with_attachments(message: EmailMessage, attachments: list[Any]) -> EmailMes
     clone = copy.copy(message)
     clone.attachments = attachments
     return clone
-
-
-def _message_id(raw: bytes) -> str | None:
-    for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
-        if line.lower().startswith(b"message-id:"):
-            return line.split(b":", 1)[1].decode("ascii", "replace").strip()
-    return None

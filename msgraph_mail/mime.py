@@ -29,6 +29,10 @@ from .exceptions import InvalidMailboxHeader, InvalidMessage, MessageTooLarge
 
 #: The header that picks the sending mailbox for one message; it never reaches Graph.
 MAILBOX_HEADER = "X-MSGraph-Mailbox"
+#: The header that overrides SAVE_TO_SENT_ITEMS for one message; it never reaches Graph.
+SAVE_HEADER = "X-MSGraph-Save-To-Sent-Items"
+#: Our own headers: read by the backend, removed before sending.
+OWN_HEADERS = (MAILBOX_HEADER, SAVE_HEADER)
 
 #: Graph refuses requests larger than 4 MB (GRAPH_NOTES A.1).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -102,8 +106,21 @@ def mailbox_override(message: EmailMessage) -> str | None:
     )
 
 
+def save_override(message: EmailMessage) -> bool | None:
+    """X-MSGraph-Save-To-Sent-Items as a bool: ``true`` or ``false``; None when absent."""
+    value = header(message, SAVE_HEADER)
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in ("true", "false"):
+        return text == "true"
+    raise InvalidMessage(
+        f"{SAVE_HEADER} must be 'true' or 'false', not {str(value)[:40]!r}", email_message=message
+    )
+
+
 def build_mime(message: EmailMessage) -> bytes:
-    """Serialise a Django message for Graph: CRLF MIME with Bcc, without the override header."""
+    """Serialise a Django message for Graph: CRLF MIME with Bcc, without our own headers."""
     check_message(message)
     try:
         if _MODERN_EMAIL:
@@ -112,7 +129,8 @@ def build_mime(message: EmailMessage) -> bytes:
             mime = message.message()
     except ValueError as exc:  # includes BadHeaderError: header injection, Bcc in headers
         raise InvalidMessage(f"Django refused to build the message: {exc}") from exc
-    del mime[MAILBOX_HEADER]
+    for name in OWN_HEADERS:
+        del mime[name]
     _set_boundaries(mime)
     if message.bcc:
         _set_bcc(mime, [str(address) for address in message.bcc if address])
@@ -121,6 +139,14 @@ def build_mime(message: EmailMessage) -> bytes:
     policy = mime.policy.clone(linesep="\r\n")
     BytesGenerator(buffer, mangle_from_=False, policy=policy).flatten(mime)
     return buffer.getvalue()
+
+
+def message_id_of(raw: bytes) -> str | None:
+    """The Message-ID in a MIME message's header block."""
+    for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"message-id:"):
+            return line.split(b":", 1)[1].decode("ascii", "replace").strip()
+    return None
 
 
 def _set_boundaries(mime: Message) -> None:

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from django.conf import settings as django_settings
 
+from .. import routes
 from ..conf import OPTION_NAMES, MSGraphMailSettings, load_settings
 from ..exceptions import (
     AuthenticationError,
@@ -44,10 +45,9 @@ from ..exceptions import (
     MSGraphMailError,
     SentItemsDenied,
 )
-from ..graph import GraphClient, Response
-from ..large import send_draft
+from ..graph import GraphClient
 from ..resolvers import resolver_for
-from .envelope import Envelope, draft_plan
+from .envelope import Envelope, payload_of
 from .store import ClaimStore
 
 __all__ = [
@@ -163,12 +163,19 @@ def resolve(envelope: Envelope, *, check: int, store: ClaimStore) -> Resolution:
 
     Found: ``unknown`` -> ``sent`` in one atomic step of the store, and ``message_sent``.
     Not found: it stays unknown, ``last_error`` says so; ``again`` while lookups remain.
-    A 403 (no Mail.ReadBasic.All) ends the lookups at once.
+    A 403 (no Mail.ReadBasic.All) ends the lookups at once; a message sent without a copy
+    in Sent Items (its JSON route) is not looked up at all.
     """
     found = store.get(envelope.message_id)
     if found is None or found.status != "unknown":
         return Resolution(status="skipped")
     original = (found.last_error or "").split(RESOLVE_NOTE)[0]
+    if envelope.json_body is not None:
+        note = (
+            "not looked up: it was sent without a copy in Sent Items (SAVE_TO_SENT_ITEMS off), "
+            "so there is none to find; it is not sent again"
+        )
+        return _unresolved(store, envelope, original, note)
     settings = settings_for(envelope.alias)
     client = _client(envelope.alias, settings)
     mailbox_address: str | None = None
@@ -241,17 +248,9 @@ def _attempt(envelope: Envelope, attempt: int) -> Outcome:
                 explained.retry_after = error.retry_after
             return explained
 
-        plan = draft_plan(envelope)
-        response: Response
-        if plan is not None:  # LARGE_MESSAGES: draft, attachments, upload sessions, send
-            response = send_draft(client, mailbox.id, plan, explain, recipients=envelope.recipients)
-        else:
-            try:
-                response = client.send_mime(
-                    mailbox.id, envelope.mime.encode("ascii"), recipients=envelope.recipients
-                )
-            except MSGraphMailError as exc:
-                raise explain(exc) from exc
+        response = routes.send(
+            client, mailbox.id, payload_of(envelope), explain, recipients=envelope.recipients
+        )
     except MSGraphMailError as exc:
         if isinstance(exc, MailboxBudgetExhausted) and mailbox_address:
             exc = exc.naming(mailbox_address)

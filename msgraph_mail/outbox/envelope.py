@@ -11,6 +11,10 @@ MIME: ``draft`` holds the draft's MIME (base64, without the large attachments) a
 taken out of it (name, content type, inline, Content-ID, content as base64); the worker
 rebuilds the :class:`~msgraph_mail.large.DraftPlan` (:func:`draft_plan`) and sends it through
 the draft route, as the synchronous backend does. ``draft`` is None for every other message.
+
+A message sent without a copy in Sent Items (``SAVE_TO_SENT_ITEMS`` off) carries its JSON
+sendMail body in ``json_body`` instead of the MIME; its ``message_id`` is then the outbox's
+own key (Exchange assigns the delivered message's Message-ID).
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from typing import Any
 from django.core.mail import EmailMessage
 from django.core.mail.utils import DNS_NAME
 
+from .. import routes
 from ..conf import MSGraphMailSettings
 from ..exceptions import InvalidMessage, MessageTooLarge
-from ..large import DraftPlan, Part, beyond_send_mail, prepare
-from ..mime import build_mime, encode, header, mailbox_override, sender_address
+from ..large import DraftPlan, Part
+from ..mime import header, mailbox_override, sender_address
 
-__all__ = ["Envelope", "build_envelope", "draft_plan"]
+__all__ = ["Envelope", "build_envelope", "draft_plan", "payload_of"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Envelope:
     priority: str  # "normal" | "bulk"
     enqueued_at: str  # ISO 8601, aware UTC
     draft: dict[str, Any] | None = None  # LARGE_MESSAGES: the draft plan (see the module)
+    json_body: str | None = None  # SAVE_TO_SENT_ITEMS off: the JSON sendMail body
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,32 +77,37 @@ def build_envelope(
         raise InvalidMessage("The message has no recipients", email_message=message)
     override = mailbox_override(message)
     from_address = sender_address(message)
-    message_id = header(message, "Message-ID")
-    if message_id is None:
-        message_id = make_msgid(domain=str(DNS_NAME))
-        message.extra_headers["Message-ID"] = message_id
-    mime, draft = "", None
-    if settings.large_messages and beyond_send_mail(message):
-        draft = _plan_data(prepare(message))  # never builds the MIME with the large parts
-    else:
-        raw = build_mime(message)
-        try:
-            mime = encode(raw, message).decode("ascii")
-        except MessageTooLarge as exc:
-            if not settings.large_messages:
-                raise _too_large(message, exc) from exc
-            draft = _plan_data(prepare(message))
+    if header(message, "Message-ID") is None and routes.saves_to_sent_items(message, settings):
+        message.extra_headers["Message-ID"] = make_msgid(domain=str(DNS_NAME))
+    try:
+        payload = routes.build(message, settings)
+    except MessageTooLarge as exc:
+        if settings.large_messages:
+            raise
+        raise _too_large(message, exc) from exc
+    message_id = payload.message_id or make_msgid(domain=str(DNS_NAME))
     return Envelope(
         message_id=str(message_id).strip(),
-        mime=mime,
+        mime=payload.body.decode("ascii") if payload.route == "sendMail" else "",
         from_address=from_address,
         mailbox_override=override,
         recipients=len(message.recipients()),
         alias=alias,
         priority=settings.priority,
         enqueued_at=datetime.now(timezone.utc).isoformat(),
-        draft=draft,
+        draft=_plan_data(payload.plan) if payload.plan is not None else None,
+        json_body=payload.body.decode("utf-8") if payload.route == "sendMail-json" else None,
     )
+
+
+def payload_of(envelope: Envelope) -> routes.Payload:
+    """What the worker sends: the envelope's payload, as the synchronous backend built it."""
+    plan = draft_plan(envelope)
+    if plan is not None:
+        return routes.Payload("draft", message_id=envelope.message_id, plan=plan)
+    if envelope.json_body is not None:
+        return routes.Payload("sendMail-json", envelope.json_body.encode("utf-8"))
+    return routes.Payload("sendMail", envelope.mime.encode("ascii"), envelope.message_id)
 
 
 def draft_plan(envelope: Envelope) -> DraftPlan | None:
