@@ -186,6 +186,14 @@ W010 = Warning(
     hint="Use it in tests only; configure a tasks backend with a worker in TASKS['default'].",
     id="msgraph_mail.W010",
 )
+W011 = Warning(
+    "RESOLVE_UNKNOWN is set with SAVE_TO_SENT_ITEMS off: a message whose outcome is unknown "
+    "cannot be looked up, as no copy of it is saved to Sent Items.",
+    hint="Such messages stay 'unknown' (never sent twice). Turn RESOLVE_UNKNOWN off for this "
+    "mailer, or keep SAVE_TO_SENT_ITEMS on and send only bulk mail with the header "
+    "X-MSGraph-Save-To-Sent-Items: false.",
+    id="msgraph_mail.W011",
+)
 
 #: Problems of the settings model, by (key, pydantic error type), and the check reporting it.
 BY_PROBLEM: dict[tuple[str, str], CheckMessage] = {
@@ -247,6 +255,8 @@ def check_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             messages += [at(message, where) for message in _queue_problems(config.queue)]
             if config.queue == "celery" and not config.redis_url:
                 messages.append(at(E020, where))
+            if config.resolve_unknown and not config.save_to_sent_items:
+                messages.append(at(W011, where))
     return _unique(messages)
 
 

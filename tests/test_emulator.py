@@ -686,6 +686,36 @@ def test_json_refusals(emu: GraphEmulator, http: requests.Session) -> None:
     assert emu.sent == []
 
 
+def test_json_is_as_strict_as_graphs_message_type(
+    emu: GraphEmulator, http: requests.Session
+) -> None:
+    base = {"subject": "s", "toRecipients": to("a@x.com")}
+    unknown = graph_error(send_json(emu, http, {**base, "headers": []}), 400, "RequestBodyRead")
+    assert "'headers' does not exist on type 'microsoft.graph.message'" in unknown
+    bad_importance = {**base, "importance": "urgent"}
+    graph_error(send_json(emu, http, bad_importance), 400, "RequestBodyRead")
+    attachment = {
+        "@odata.type": "#microsoft.graph.fileAttachment",
+        "name": "a.txt",
+        "contentBytes": "aGk=",
+        "disposition": "inline",
+    }
+    refused = graph_error(
+        send_json(emu, http, {**base, "attachments": [attachment]}), 400, "RequestBodyRead"
+    )
+    assert "microsoft.graph.fileAttachment" in refused
+    assert emu.sent == []
+    on_behalf = {
+        **base,
+        "importance": "High",
+        "sender": {"emailAddress": {"address": "alice@contoso.com", "name": "Alice"}},
+    }
+    assert send_json(emu, http, on_behalf, saveToSentItems=False).status_code == 202
+    [sent] = emu.sent
+    assert (sent.importance, sent.header("Sender")) == ("high", "Alice <alice@contoso.com>")
+    assert emu.sent_items() == []
+
+
 # HTTP behaviour and records ------------------------------------------------------------------
 
 

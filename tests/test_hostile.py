@@ -265,23 +265,26 @@ CORPUS: list[tuple[str, Any, type[MSGraphMailError], str]] = [
 ]
 
 
+@pytest.mark.parametrize("save", [True, False], ids=["mime", "json"])
 @pytest.mark.parametrize(
     ("factory", "error", "phrase"),
     [case[1:] for case in CORPUS],
     ids=[case[0] for case in CORPUS],
 )
 def test_hostile_message_fails_alone(
-    emulator: GraphEmulator, factory: Any, error: type[MSGraphMailError], phrase: str
+    emulator: GraphEmulator, factory: Any, error: type[MSGraphMailError], phrase: str, save: bool
 ) -> None:
+    """Through both sendMail bodies: MIME, and JSON (SAVE_TO_SENT_ITEMS off)."""
     bad = factory()
     good = message(subject="good")
     with pytest.raises(error, match=None) as info:
-        get_connection().send_messages([bad, good])
+        get_connection(save_to_sent_items=save).send_messages([bad, good])
     assert phrase.lower() in str(info.value).lower()
     assert info.value.email_message is bad
     assert bad.msgraph_status.status == "failed"
     assert bad.msgraph_status.error is info.value
     assert [m.subject for m in emulator.sent] == ["good"]
+    assert [m.format for m in emulator.sent] == ["mime" if save else "json"]
     assert emulator.count("sendMail") == 1
 
 
@@ -357,10 +360,12 @@ def test_unbalanced_angle_bracket_is_refused_through_send_mail(
         "Víctim <victim@example.com>",
     ],
 )
-def test_well_formed_entries_still_send(emulator: GraphEmulator, entry: str) -> None:
-    assert message(to=[entry], cc=[entry], reply_to=[entry]).send() == 1
+@pytest.mark.parametrize("save", [True, False], ids=["mime", "json"])
+def test_well_formed_entries_still_send(emulator: GraphEmulator, entry: str, save: bool) -> None:
+    connection = get_connection(save_to_sent_items=save)
+    assert message(to=[entry], cc=[entry], reply_to=[entry], connection=connection).send() == 1
     [sent] = emulator.sent
-    assert sent.to == ["victim@example.com"]
+    assert (sent.to, sent.cc, sent.reply_to) == (["victim@example.com"],) * 3
 
 
 #: Entries whose verdict must not depend on the Python release (3.10 to 3.13: before and
@@ -403,16 +408,18 @@ SAME_ON_EVERY_PYTHON = [
 ]
 
 
+@pytest.mark.parametrize("save", [True, False], ids=["mime", "json"])
 @pytest.mark.parametrize(("entry", "delivered"), SAME_ON_EVERY_PYTHON)
 def test_verdict_is_the_same_on_every_python(
-    emulator: GraphEmulator, entry: str, delivered: str | None
+    emulator: GraphEmulator, entry: str, delivered: str | None, save: bool
 ) -> None:
+    connection = get_connection(save_to_sent_items=save)
     if delivered is None:
         with pytest.raises(InvalidMessage, match="in to= is not one valid address"):
-            message(to=[entry]).send()
+            message(to=[entry], connection=connection).send()
         assert emulator.count() == 0
     else:
-        assert message(to=[entry]).send() == 1
+        assert message(to=[entry], connection=connection).send() == 1
         assert emulator.sent[0].to == [delivered]
 
 

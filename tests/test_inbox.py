@@ -253,10 +253,15 @@ def test_json_sendmail_becomes_an_eml(tmp_path: Path) -> None:
         ],
     }
     with GraphEmulator(store=tmp_path) as emulator:
-        body = json.dumps({"message": message}).encode()
+        body = json.dumps({"message": message, "saveToSentItems": False}).encode()
         response = _graph_post(emulator, "application/json", body)
         assert response.status_code == 202
         [sent] = emulator.sent
+        page = requests.get(f"{emulator.url}/messages/{sent.id}", timeout=5).text
+        assert "JSON sendMail (no copy in Sent Items)" in page
+        listing = requests.get(f"{emulator.url}/api/messages", timeout=5).json()
+        [summary] = listing["messages"]
+        assert (summary["format"], summary["saved_to_sent_items"]) == ("json", False)
     parsed = BytesParser(policy=policy.default).parsebytes(as_eml(sent))
     assert (parsed["Subject"], parsed["To"], parsed["Bcc"]) == (
         "JSON à la carte",
@@ -266,6 +271,7 @@ def test_json_sendmail_becomes_an_eml(tmp_path: Path) -> None:
     with GraphEmulator(store=tmp_path) as restarted:
         [loaded] = restarted.sent
     assert (loaded.html, loaded.bcc) == ("<p>hi</p>\n", ["audit@contoso.com"])
+    assert (loaded.format, loaded.save_to_sent_items) == ("json", False)
     [logo] = loaded.attachments
     assert (logo.content, logo.content_id, logo.inline) == (PNG, "logo", True)
 

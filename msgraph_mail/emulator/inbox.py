@@ -220,6 +220,8 @@ def summary(message: SentMessage, base: str) -> dict[str, Any]:
         "subject": message.subject,
         "size": _size(message),
         "format": message.format,
+        "saved_to_sent_items": message.save_to_sent_items,
+        "importance": message.importance,
         "request_id": message.request_id,
         "attachments": [_attachment_json(a, i, url) for i, a in enumerate(message.attachments)],
         "url": url,

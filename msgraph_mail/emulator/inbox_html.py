@@ -119,9 +119,26 @@ def _row(message: SentMessage, count: int) -> str:
         f"<td>{_sender(message.from_header)}</td>"
         f"<td>{_recipients(message)}</td>"
         f'<td class="subject"><a href="/messages/{e(message.id)}">'
-        f"{e(message.subject or '(no subject)')}</a>{clip}</td>"
+        f"{e(message.subject or '(no subject)')}</a>{clip}{_route_tag(message)}</td>"
         f'<td class="size">{e(size(count))}</td></tr>'
     )
+
+
+#: How each route reads in the page; the JSON API gives ``format`` and ``saved_to_sent_items``.
+ROUTES = {"mime": "MIME sendMail", "json": "JSON sendMail", "draft": "draft, then send"}
+
+
+def route_label(message: SentMessage) -> str:
+    """Which request carried the message, and whether a copy went to Sent Items."""
+    saved = "saved to Sent Items" if message.save_to_sent_items else "no copy in Sent Items"
+    return f"{ROUTES.get(message.format, message.format)} ({saved})"
+
+
+def _route_tag(message: SentMessage) -> str:
+    """A tag on the rows not sent as plain MIME sendMail, so they stand out in the list."""
+    if message.format == "mime":
+        return ""
+    return f' <span class="route" title="{e(route_label(message))}">{e(message.format)}</span>'
 
 
 def _sender(from_header: str) -> str:
@@ -220,7 +237,8 @@ def _summary(message: SentMessage, count: int) -> str:
         ("Bcc", ", ".join(message.bcc)),
         ("Reply-To", ", ".join(message.reply_to)),
         ("Size", size(count)),
-        ("Sent as", f"{message.format.upper()} sendMail, request-id {message.request_id}"),
+        ("Importance", "" if message.importance == "normal" else message.importance),
+        ("Sent as", f"{route_label(message)}, request-id {message.request_id}"),
     ]
     rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in fields if v)
     links = (

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email import policy
+from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -84,6 +85,7 @@ class SentMessage:
     format: str
     request_id: str
     save_to_sent_items: bool = True
+    importance: str = "normal"  # Graph's low / normal / high
     # For the dev inbox (``inbox.py``): a stable handle for URLs and the capture time.
     id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
     received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc), compare=False)
@@ -151,6 +153,7 @@ class Screened:
     from_: str
     recipients: list[str]
     message_id: str | None = None  # the MIME's Message-ID header: Graph's internetMessageId
+    subject: str = ""  # decoded: what the Sent Items copy lists
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
@@ -179,7 +182,18 @@ def screen_mime(raw: bytes, mailbox: User, request_id: str) -> Screened:
         from_=sender[0].lower() if sender else mailbox.mail.lower(),
         recipients=recipients,
         message_id=str(headers["Message-ID"]).strip() if headers["Message-ID"] else None,
+        subject=_decoded(headers["Subject"]),
     )
+
+
+def _decoded(value: Any) -> str:
+    """An RFC 2047 header value as text; "" when absent or undecodable."""
+    if value is None:
+        return ""
+    try:
+        return str(make_header(decode_header(str(value)))).replace("\r\n", "").replace("\n", "")
+    except (LookupError, UnicodeError, ValueError):
+        return str(value)
 
 
 def _screen_addresses(values: list[Any]) -> list[str]:
@@ -216,7 +230,17 @@ def from_mime(raw: bytes, mailbox: User, request_id: str) -> SentMessage:
         raw=raw,
         format="mime",
         request_id=request_id,
+        importance=_mime_importance(headers),
     )
+
+
+def _mime_importance(headers: list[tuple[str, str]]) -> str:
+    """What Exchange reads as the importance: Importance, else X-Priority (1-2 high, 4-5 low)."""
+    value = (_first_header(headers, "Importance") or "").strip().lower()
+    if value in IMPORTANCES:
+        return value
+    priority = (_first_header(headers, "X-Priority") or "").strip()[:1]
+    return {"1": "high", "2": "high", "4": "low", "5": "low"}.get(priority, "normal")
 
 
 def _headers(message: EmailMessage) -> list[tuple[str, str]]:
@@ -321,6 +345,63 @@ def _content_id(part: EmailMessage) -> str | None:
 
 _SEND_MAIL_PARAMETERS = frozenset({"message", "saveToSentItems"})
 FILE_ATTACHMENT = "#microsoft.graph.fileAttachment"
+#: The properties and relationships of Graph's message resource (v1.0); others are refused.
+MESSAGE_PROPERTIES = frozenset(
+    {
+        "@odata.type",
+        "attachments",
+        "bccRecipients",
+        "body",
+        "bodyPreview",
+        "categories",
+        "ccRecipients",
+        "changeKey",
+        "conversationId",
+        "conversationIndex",
+        "createdDateTime",
+        "extensions",
+        "flag",
+        "from",
+        "hasAttachments",
+        "id",
+        "importance",
+        "inferenceClassification",
+        "internetMessageHeaders",
+        "internetMessageId",
+        "isDeliveryReceiptRequested",
+        "isDraft",
+        "isRead",
+        "isReadReceiptRequested",
+        "lastModifiedDateTime",
+        "multiValueExtendedProperties",
+        "parentFolderId",
+        "receivedDateTime",
+        "replyTo",
+        "sender",
+        "sentDateTime",
+        "singleValueExtendedProperties",
+        "subject",
+        "toRecipients",
+        "uniqueBody",
+        "webLink",
+    }
+)
+#: The properties of Graph's fileAttachment resource.
+FILE_ATTACHMENT_PROPERTIES = frozenset(
+    {
+        "@odata.type",
+        "contentBytes",
+        "contentId",
+        "contentLocation",
+        "contentType",
+        "id",
+        "isInline",
+        "lastModifiedDateTime",
+        "name",
+        "size",
+    }
+)
+IMPORTANCES = ("low", "normal", "high")
 
 
 def body_read_error(message: str) -> GraphError:
@@ -342,12 +423,17 @@ def from_json(payload: Any, raw: bytes, mailbox: User, request_id: str) -> SentM
         raise GraphError(
             400, "ErrorInvalidParameter", "The value of the parameter 'Message' is empty."
         )
+    _known_properties(message, MESSAGE_PROPERTIES, "microsoft.graph.message")
     save = payload.get("saveToSentItems", True)
     if not isinstance(save, bool):
         raise body_read_error("Cannot convert the literal to the expected type 'Edm.Boolean'.")
     subject = _optional_str(message, "subject") or ""
     text, html = _json_body(message.get("body"))
     sender = _recipients(message, "from", single=True)
+    on_behalf = _recipients(message, "sender", single=True)
+    importance = _optional_str(message, "importance") or "normal"
+    if importance.lower() not in IMPORTANCES:
+        raise body_read_error(f"Requested value '{importance}' was not found.")
     headers = _json_headers(message.get("internetMessageHeaders"))
     to = _recipients(message, "toRecipients")
     cc = _recipients(message, "ccRecipients")
@@ -359,7 +445,12 @@ def from_json(payload: Any, raw: bytes, mailbox: User, request_id: str) -> SentM
         ("From", from_header),
         *(
             (name, ", ".join(_format(a, n) for a, n in value))
-            for name, value in (("To", to), ("Cc", cc), ("Reply-To", reply_to))
+            for name, value in (
+                ("Sender", on_behalf),
+                ("To", to),
+                ("Cc", cc),
+                ("Reply-To", reply_to),
+            )
             if value
         ),
         ("Subject", subject),
@@ -381,7 +472,18 @@ def from_json(payload: Any, raw: bytes, mailbox: User, request_id: str) -> SentM
         format="json",
         request_id=request_id,
         save_to_sent_items=save,
+        importance=importance.lower(),
     )
+
+
+def _known_properties(obj: dict[str, Any], known: frozenset[str], type_name: str) -> None:
+    """Graph refuses a property its type does not define (OData, not an open type)."""
+    for key in obj:
+        if key not in known:
+            raise body_read_error(
+                f"The property '{key}' does not exist on type '{type_name}'. Make sure to only "
+                "use property names that are defined by the type or mark the type as open type."
+            )
 
 
 def _format(address: str, name: str | None) -> str:
@@ -471,6 +573,7 @@ def _json_attachment(item: Any) -> Attachment:
             "A type named for the attachment is missing or is not "
             f"'{FILE_ATTACHMENT}' (the only kind the emulator supports)."
         )
+    _known_properties(item, FILE_ATTACHMENT_PROPERTIES, "microsoft.graph.fileAttachment")
     encoded = _optional_str(item, "contentBytes") or ""
     try:
         content = base64.b64decode(encoded, validate=True)

@@ -99,7 +99,7 @@ class SentItems:
             subject = message.subject
             message_id = message.header("Message-ID")
         else:
-            subject = ""
+            subject = message.subject
             message_id = message.message_id
         if self.rewrite_message_ids or not message_id:
             message_id = f"<{uuid.uuid4().hex.upper()}@emulator.prod.outlook.com>"

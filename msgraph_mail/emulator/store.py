@@ -3,7 +3,8 @@
 A message sent as MIME is kept byte for byte; one sent as JSON is turned into the MIME that
 Exchange would have made of it, so every message can be opened in a mail client. The store
 (``python -m msgraph_mail.emulator --store DIR``) writes one file per message, so the dev
-inbox survives a restart; what only the emulator knows (id, capture time, mailbox) goes into
+inbox survives a restart; what only the emulator knows (id, capture time, mailbox, route,
+whether it was saved to Sent Items) goes into
 ``X-Emulator-*`` lines at the top of the stored file and nowhere else.
 """
 
@@ -24,9 +25,9 @@ from .directory import User
 from .errors import GraphError
 from .mail import SentMessage, from_mime
 
-_STORED = ("Id", "Mailbox", "Received", "Request-Id")
+_STORED = ("Id", "Mailbox", "Received", "Request-Id", "Route", "Saved")
 _PREFIX = "X-Emulator-"
-_SUMMARY_HEADERS = frozenset({"from", "to", "cc", "reply-to", "subject"})
+_SUMMARY_HEADERS = frozenset({"from", "sender", "to", "cc", "reply-to", "subject"})
 _FILENAME = re.compile(r"^\d{8}T\d{12}-[0-9a-f]{32}\.eml$")
 
 
@@ -46,6 +47,8 @@ def _from_json_record(message: SentMessage) -> EmailMessage:
     if message.bcc:
         mime["Bcc"] = ", ".join(message.bcc)
     mime["Date"] = format_datetime(message.received_at)
+    if message.importance != "normal":
+        mime["Importance"] = message.importance
     if message.text is not None or message.html is None:
         mime.set_content(message.text or "")
     if message.html is not None:
@@ -118,13 +121,26 @@ class EmlStore:
         except (GraphError, KeyError, ValueError, OSError) as error:
             print(f"inbox store: skipping {path.name}: {error!r}", file=sys.stderr)
             return None
-        return dataclasses.replace(message, id=fields["Id"], received_at=received)
+        return dataclasses.replace(
+            message,
+            id=fields["Id"],
+            received_at=received,
+            format=fields.get("Route", "mime"),
+            save_to_sent_items=fields.get("Saved", "true") != "false",
+        )
 
 
 def _stored_headers(message: SentMessage, eml: bytes) -> bytes:
     """The ``X-Emulator-*`` lines, with the line ending the message itself uses."""
     newline = b"\r\n" if b"\r\n" in eml[:2000] else b"\n"
-    values = (message.id, message.mailbox.id, message.received_at.isoformat(), message.request_id)
+    values = (
+        message.id,
+        message.mailbox.id,
+        message.received_at.isoformat(),
+        message.request_id,
+        message.format,
+        "true" if message.save_to_sent_items else "false",
+    )
     return b"".join(
         f"{_PREFIX}{name}: {value}".encode() + newline
         for name, value in zip(_STORED, values, strict=True)
