@@ -131,22 +131,20 @@ class GraphClient:
 
     def send_mime(self, mailbox: str, mime_base64: bytes, recipients: int = 0) -> Response:
         """POST a base64 MIME message to the mailbox's sendMail (Graph answers 202)."""
-        return self.request(
-            "POST",
-            f"{user_path(mailbox)}/sendMail",
-            recipients=recipients,
-            data=mime_base64,
-            headers={"Content-Type": "text/plain"},
-        )
+        return self._send_mail(mailbox, mime_base64, "text/plain", recipients)
 
     def send_json(self, mailbox: str, body: bytes, recipients: int = 0) -> Response:
         """POST a JSON sendMail body (``message`` and ``saveToSentItems``); Graph answers 202."""
+        return self._send_mail(mailbox, body, "application/json; charset=utf-8", recipients)
+
+    def _send_mail(self, mailbox: str, body: bytes, content_type: str, recipients: int) -> Response:
+        """The Content-Type picks the body: text/plain is base64 MIME (GRAPH_NOTES A.1)."""
         return self.request(
             "POST",
             f"{user_path(mailbox)}/sendMail",
             recipients=recipients,
             data=body,
-            headers={"Content-Type": "application/json; charset=utf-8"},
+            headers={"Content-Type": content_type},
         )
 
     def find_sent(self, mailbox: str, message_id: str) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage, MIMEPart
@@ -16,6 +17,35 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from msgraph_mail.emulator import CLIENT_ID, CLIENT_SECRET, TENANT_ID, GraphEmulator
+
+#: A 1x1 PNG, for inline images.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+#: The attachments of :func:`rich_message`, by file name.
+RICH_ATTACHMENTS = {"report.csv": b"col1,col2\n1,2\n", "daten-ü.bin": bytes(range(256)) * 10}
+
+
+def rich_message(headers: dict[str, str]) -> Any:
+    """Every field a message can have, non-ASCII everywhere: names, subject, bodies, a text
+    and a binary attachment (RICH_ATTACHMENTS) and an inline image (cid ``logo``)."""
+    from django.core.mail import EmailMultiAlternatives
+
+    message = EmailMultiAlternatives(
+        subject="Grüße aus Köln — 東京 ✓",
+        body="Text part: Grüße\n",
+        from_email="Zoë Contoso <noreply@contoso.com>",
+        to=["Ångström <angstrom@example.com>", "plain@example.com"],
+        cc=["Çelik <celik@example.com>"],
+        bcc=["blind@example.com"],
+        reply_to=["Support <support@contoso.com>"],
+        headers=headers,
+    )
+    message.attach_alternative("<p>HTML part: <b>Grüße</b> <img src='cid:logo'></p>", "text/html")
+    message.attach("report.csv", RICH_ATTACHMENTS["report.csv"], "text/csv")
+    message.attach("daten-ü.bin", RICH_ATTACHMENTS["daten-ü.bin"], "application/octet-stream")
+    message.attach(inline_image(PNG, "logo.png", "logo"))
+    return message
 
 
 def inline_image(data: bytes, filename: str, cid: str) -> Any:

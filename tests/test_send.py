@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 
 import pytest
 from django.core import mail
-from django.core.mail import EmailMessage, EmailMultiAlternatives, get_connection
+from django.core.mail import EmailMessage, get_connection
 
 from msgraph_mail.emulator import GraphEmulator
-from tests.helpers import inline_image
-
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-)
+from tests.helpers import PNG, RICH_ATTACHMENTS, rich_message
 
 
 def test_send_mail(emulator: GraphEmulator, mode: str) -> None:
@@ -68,21 +63,8 @@ def test_bcc_only_message(emulator: GraphEmulator, mode: str) -> None:
 
 
 def test_everything_arrives_intact(emulator: GraphEmulator, mode: str) -> None:
-    message = EmailMultiAlternatives(
-        subject="Grüße aus Köln — 東京 ✓",
-        body="Text part: Grüße\n",
-        from_email="Zoë Contoso <noreply@contoso.com>",
-        to=["Ångström <angstrom@example.com>", "plain@example.com"],
-        cc=["Çelik <celik@example.com>"],
-        bcc=["blind@example.com"],
-        reply_to=["Support <support@contoso.com>"],
-        headers={"X-Campaign": "winter-2026", "List-Unsubscribe": "<mailto:u@contoso.com>"},
-    )
-    message.attach_alternative("<p>HTML part: <b>Grüße</b> <img src='cid:logo'></p>", "text/html")
-    report = b"col1,col2\n1,2\n"
-    message.attach("report.csv", report, "text/csv")
-    message.attach("daten-ü.bin", bytes(range(256)) * 10, "application/octet-stream")
-    message.attach(inline_image(PNG, "logo.png", "logo"))
+    headers = {"X-Campaign": "winter-2026", "List-Unsubscribe": "<mailto:u@contoso.com>"}
+    message = rich_message(headers)
     assert message.send() == 1
 
     [sent] = emulator.sent
@@ -102,8 +84,9 @@ def test_everything_arrives_intact(emulator: GraphEmulator, mode: str) -> None:
     assert "<b>Grüße</b>" in sent.html
     by_name = {a.filename: a for a in sent.attachments}
     # Text parts travel with CRLF line breaks, the canonical form of MIME text (RFC 2046).
+    report = RICH_ATTACHMENTS["report.csv"]
     assert by_name["report.csv"].content.replace(b"\r\n", b"\n") == report
-    assert by_name["daten-ü.bin"].sha256 == hashlib.sha256(bytes(range(256)) * 10).hexdigest()
+    assert by_name["daten-ü.bin"].content == RICH_ATTACHMENTS["daten-ü.bin"]
     logo = by_name["logo.png"]
     assert logo.sha256 == hashlib.sha256(PNG).hexdigest()
     assert logo.content_id == "logo"

@@ -4,8 +4,6 @@ back to MIME with a warning, or fails, as SENT_ITEMS_FALLBACK says."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 from collections.abc import Iterator
 from email.mime.text import MIMEText
@@ -20,11 +18,8 @@ from django.test import override_settings
 from msgraph_mail.emulator import GraphEmulator
 from msgraph_mail.exceptions import InvalidMessage, MessageTooLarge
 from tests.conftest import mode_settings
-from tests.helpers import DUMMY, QUEUED, inline_image
+from tests.helpers import DUMMY, PNG, QUEUED, RICH_ATTACHMENTS, rich_message
 
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-)
 FROM = "noreply@contoso.com"
 
 
@@ -54,21 +49,7 @@ def test_mime_keeps_a_copy_by_default(emulator: GraphEmulator, mode: str) -> Non
 
 
 def test_every_field_arrives_intact_through_json(emulator: GraphEmulator, unsaved: str) -> None:
-    message = EmailMultiAlternatives(
-        subject="Grüße aus Köln — 東京 ✓",
-        body="Text part: Grüße\n",
-        from_email="Zoë Contoso <noreply@contoso.com>",
-        to=["Ångström <angstrom@example.com>", "plain@example.com"],
-        cc=["Çelik <celik@example.com>"],
-        bcc=["blind@example.com"],
-        reply_to=["Support <support@contoso.com>"],
-        headers={"X-Campaign": "winter-2026 ✓", "X-Priority": "1 (Highest)"},
-    )
-    message.attach_alternative("<p>HTML: <b>Grüße</b> <img src='cid:logo'></p>", "text/html")
-    report = b"col1,col2\r\n1,2\r\n"
-    message.attach("report.csv", report, "text/csv")
-    message.attach("daten-ü.bin", bytes(range(256)) * 10, "application/octet-stream")
-    message.attach(inline_image(PNG, "logo.png", "logo"))
+    message = rich_message({"X-Campaign": "winter-2026 ✓", "X-Priority": "1 (Highest)"})
     assert message.send() == 1
 
     status = message.msgraph_status
@@ -88,11 +69,12 @@ def test_every_field_arrives_intact_through_json(emulator: GraphEmulator, unsave
     assert sent.importance == "high"
     assert sent.header("X-MSGraph-Save-To-Sent-Items") is None
     # One body: the HTML alternative (the text alternative is left out, as documented).
-    assert sent.html == "<p>HTML: <b>Grüße</b> <img src='cid:logo'></p>"
+    assert sent.html == "<p>HTML part: <b>Grüße</b> <img src='cid:logo'></p>"
     assert sent.text is None
     by_name = {a.filename: a for a in sent.attachments}
-    assert by_name["report.csv"].content == report
-    assert by_name["daten-ü.bin"].sha256 == hashlib.sha256(bytes(range(256)) * 10).hexdigest()
+    # Text parts travel with CRLF line breaks, the canonical form of MIME text (RFC 2046).
+    assert by_name["report.csv"].content == RICH_ATTACHMENTS["report.csv"].replace(b"\n", b"\r\n")
+    assert by_name["daten-ü.bin"].content == RICH_ATTACHMENTS["daten-ü.bin"]
     logo = by_name["logo.png"]
     assert (logo.content, logo.content_id, logo.inline) == (PNG, "logo", True)
     assert emulator.sent_items() == []
@@ -272,9 +254,12 @@ def test_above_4_mb_without_large_messages(emulator: GraphEmulator) -> None:
     with override_settings(MSGRAPH_MAIL=emulator.settings(SAVE_TO_SENT_ITEMS=False)):
         with pytest.raises(MessageTooLarge):
             _big().send()
-        with override_settings(
-            MSGRAPH_MAIL=emulator.settings(SAVE_TO_SENT_ITEMS=False, SENT_ITEMS_FALLBACK="fail")
-        ), pytest.raises(InvalidMessage, match="4 MB"):
+        with (
+            override_settings(
+                MSGRAPH_MAIL=emulator.settings(SAVE_TO_SENT_ITEMS=False, SENT_ITEMS_FALLBACK="fail")
+            ),
+            pytest.raises(InvalidMessage, match="4 MB"),
+        ):
             _big().send()
     assert emulator.count() == 0
 
