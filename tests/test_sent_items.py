@@ -69,7 +69,7 @@ def test_every_field_arrives_intact_through_json(emulator: GraphEmulator, unsave
     assert sent.importance == "high"
     assert sent.header("X-MSGraph-Save-To-Sent-Items") is None
     # One body: the HTML alternative (the text alternative is left out, as documented).
-    assert sent.html == "<p>HTML part: <b>Grüße</b> <img src='cid:logo'></p>"
+    assert (sent.html or "").rstrip("\n") == "<p>HTML part: <b>Grüße</b> <img src='cid:logo'></p>"
     assert sent.text is None
     by_name = {a.filename: a for a in sent.attachments}
     # Text parts travel with CRLF line breaks, the canonical form of MIME text (RFC 2046).
@@ -83,14 +83,16 @@ def test_every_field_arrives_intact_through_json(emulator: GraphEmulator, unsave
 def test_a_text_only_message_keeps_its_text(emulator: GraphEmulator, unsaved: str) -> None:
     assert mail.send_mail("Plain", "Nur Text: ÄÖÜ\nline 2", FROM, ["a@example.com"]) == 1
     [sent] = emulator.sent
-    assert (sent.text, sent.html) == ("Nur Text: ÄÖÜ\nline 2", None)
+    assert (sent.text or "").rstrip("\n") == "Nur Text: ÄÖÜ\nline 2"
+    assert sent.html is None
 
 
 def test_an_html_only_message(emulator: GraphEmulator, unsaved: str) -> None:
     message = EmailMessage("HTML", "<p>Hallo</p>", FROM, ["a@example.com"])
     message.content_subtype = "html"
     assert message.send() == 1
-    assert (emulator.sent[0].html, emulator.sent[0].text) == ("<p>Hallo</p>", None)
+    assert (emulator.sent[0].html or "").rstrip("\n") == "<p>Hallo</p>"
+    assert emulator.sent[0].text is None
 
 
 def test_bcc_only_through_json(emulator: GraphEmulator, unsaved: str) -> None:
@@ -297,7 +299,8 @@ def test_queued_message_goes_through_json(emulator: GraphEmulator) -> None:
         backend.clear()
         assert send_envelope.call(*result.args) == "sent"
     [sent] = emulator.sent
-    assert (sent.format, sent.text, sent.bcc) == ("json", "Grüße", ["b@x.com"])
+    assert (sent.format, sent.bcc) == ("json", ["b@x.com"])
+    assert (sent.text or "").rstrip("\n") == "Grüße"  # Django 6 ends text parts with a newline
     assert emulator.sent_items() == []
 
 
