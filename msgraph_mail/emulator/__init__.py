@@ -24,8 +24,9 @@ from .directory import (
 from .faults import ALL_FAULTS, FAULTS, PAGE_FAULT_NAMES, InjectedFault
 from .limits import DEFAULT_LIMITS
 from .mail import Attachment, SentMessage
+from .request_log import RecordedRequest
 from .routes import MAX_REQUEST_BYTES
-from .server import GraphEmulator, RecordedRequest
+from .server import GraphEmulator
 
 __all__ = [
     "ALICE_ID",

@@ -330,6 +330,7 @@ class DraftStore:
                 attachments=[*parsed.attachments, *added],
                 raw=assemble_mime(draft.raw, added),
                 format="draft",
+                draft_id=draft.id,
             )
         )
         return Response(202)
@@ -342,6 +343,14 @@ class DraftStore:
         return Response(204)
 
     # the upload URL -----------------------------------------------------------------------
+
+    def session_draft(self, path: str) -> str | None:
+        """The id of the draft whose upload session is at ``path``, if it is open."""
+        if not path.startswith(UPLOAD_PREFIX):
+            return None
+        with self._lock:
+            session = self._sessions.get(path[len(UPLOAD_PREFIX) :].strip("/"))
+            return session.draft.id if session is not None else None
 
     def session_owner(self, path: str) -> tuple[str, str] | None:
         """(application id, mailbox id) of the upload session at ``path``, if it is open."""

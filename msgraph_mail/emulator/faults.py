@@ -163,6 +163,20 @@ class FaultPlan:
                 return None
             return PlannedFault(chosen.rng.choice(chosen.faults), chosen.retry_after)
 
+    def pending(self, kind: str) -> list[PlannedFault]:
+        """The queued faults for ``kind``, in the order they will be served."""
+        with self._lock:
+            return list(self._queued.get(kind, ()))
+
+    def clear(self, kind: str | None) -> None:
+        """Forget the queued and random faults for ``kind`` (None: all)."""
+        with self._lock:
+            for table in (self._queued, self._rates):
+                if kind is None:
+                    table.clear()
+                else:
+                    table.pop(kind, None)
+
     def served(self, record: InjectedFault) -> None:
         with self._lock:
             self._served.append(record)

@@ -4,11 +4,16 @@ Django developers look at development mail in MailHog or Mailpit, which speak SM
 Graph backend the emulator is that inbox. Served by the emulator's own server, next to Graph,
 on 127.0.0.1 only:
 
-- ``/``: the list, newest first, kept current by a little polling script;
-- ``/messages/<id>``: one message (``?images=1`` also loads remote images), ``.eml`` and
-  ``/attachments/<n>`` downloads; ``POST /clear`` forgets every message;
-- ``/api/messages`` (``DELETE`` clears) and ``/api/messages/<id>``: JSON for tests and tools;
-- ``/api/budgets``: each mailbox's use of Graph's and Exchange's limits (also on the page).
+- ``/``: the list, newest first, with a search (``q``, ``mailbox``, ``route``, ``since``,
+  ``until``: :mod:`~msgraph_mail.emulator.inbox_search`), the faults panel and the budgets;
+  kept current through server-sent events (``/api/events``, :mod:`.events`), no polling;
+- ``/messages/<id>``: one message (``?images=1`` also loads remote images), its HTML at
+  phone and desktop widths, the requests that carried it, ``.eml`` and ``/attachments/<n>``
+  downloads; ``POST /clear`` forgets every message;
+- ``/requests``: the request log (:mod:`.request_log`), newest first, and the faults panel;
+- ``/api/messages`` (the same filters; ``DELETE`` clears), ``/api/messages/<id>``,
+  ``/api/requests``, ``/api/budgets`` and ``/api/faults`` (``POST`` arms, ``DELETE`` switches
+  off: :mod:`.workbench`): JSON for tests and tools.
 
 These requests are not Graph traffic: they are neither recorded nor counted, and faults never
 hit them. A ``Host`` other than 127.0.0.1/localhost (DNS rebinding) and a cross-site ``Origin``
@@ -28,14 +33,30 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from . import inbox_html as html
+from . import log_html, workbench
+from .inbox_search import MessageQuery
 from .mail import Attachment, SentMessage
+from .request_log import RecordedRequest
 from .routes import Request, Response
 from .store import as_eml
 
 if TYPE_CHECKING:
     from .server import GraphEmulator
 
-_PREFIXES = ("/api/messages", "/api/budgets", "/messages/", "/static/")
+_PREFIXES = (
+    "/api/messages",
+    "/api/budgets",
+    "/api/requests",
+    "/api/faults",
+    "/api/events",
+    "/messages/",
+    "/static/",
+)
+#: The server-sent events stream; the server answers it itself (it never ends).
+EVENTS_PATH = "/api/events"
+#: Rows the list and the log show at most: the page stays fast with thousands stored.
+LIST_LIMIT = 100
+LOG_LIMIT = 300
 _STATIC = {"inbox.css": "text/css; charset=utf-8", "inbox.js": "text/javascript; charset=utf-8"}
 _HTML = "text/html; charset=utf-8"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -66,7 +87,7 @@ def settings_snippet(emulator: GraphEmulator) -> str:
 
 def serves(path: str) -> bool:
     """Whether ``path`` belongs to the inbox rather than to Graph or Entra."""
-    return path in ("/", "/clear") or path.startswith(_PREFIXES)
+    return path in ("/", "/clear", "/requests") or path.startswith(_PREFIXES)
 
 
 class Inbox:
@@ -80,6 +101,11 @@ class Inbox:
             ("GET", re.compile(r"/static/([a-z.]+)"), self._static),
             ("GET", re.compile(r"/api/messages/?"), self._api_list),
             ("GET", re.compile(r"/api/budgets/?"), self._api_budgets),
+            ("GET", re.compile(r"/requests"), self._requests_page),
+            ("GET", re.compile(r"/api/requests/?"), self._api_requests),
+            ("GET", re.compile(r"/api/faults/?"), self._api_faults),
+            ("POST", re.compile(r"/api/faults/?"), self._api_arm),
+            ("DELETE", re.compile(r"/api/faults/?"), self._api_disarm),
             ("DELETE", re.compile(r"/api/messages/?"), self._api_clear),
             ("GET", re.compile(rf"/api/messages/{_ID}"), self._api_message),
             ("GET", re.compile(rf"/messages/{_ID}"), self._message_page),
@@ -88,7 +114,7 @@ class Inbox:
         ]
 
     def handle(self, request: Request) -> Response:
-        refusal = self._refuse(request)
+        refusal = self.refuse(request)
         if refusal is not None:
             return refusal
         allowed = []
@@ -115,7 +141,8 @@ class Inbox:
         port = self.emulator.url.rpartition(":")[2]
         return (f"127.0.0.1:{port}", f"localhost:{port}")
 
-    def _refuse(self, request: Request) -> Response | None:
+    def refuse(self, request: Request) -> Response | None:
+        """The answer to a request the inbox must not serve (rebinding, cross-site), or None."""
         if (request.header("Host") or "").lower() not in self._hosts():
             return _text(403, "The inbox answers on 127.0.0.1 and localhost only.")
         origin = request.header("Origin")
@@ -132,14 +159,65 @@ class Inbox:
     # pages ------------------------------------------------------------------------------
 
     def _list_page(self, request: Request, match: re.Match[str]) -> Response:
-        messages = self.messages()
-        snippet = settings_snippet(self.emulator)
-        if ("fragment", "list") in request.query:
-            return _page(html.list_fragment(messages, snippet, _size))
-        budgets = self.emulator.budgets()
+        error = None
+        try:
+            query = MessageQuery.parse(request.query)
+        except ValueError as exc:
+            query, error = MessageQuery(), str(exc)
         if ("fragment", "budgets") in request.query:
-            return _page(html.budgets_fragment(budgets, self.emulator.time_scale))
-        return _page(html.list_page(messages, snippet, _size, budgets, self.emulator.time_scale))
+            return _page(html.budgets_fragment(self.emulator.budgets(), self.emulator.time_scale))
+        if ("fragment", "faults") in request.query:
+            return _page(log_html.armed_fragment(workbench.armed(self.emulator)))
+        messages = self.messages()
+        matching = query.filter(messages)
+        listing = html.list_fragment(
+            matching[:LIST_LIMIT],
+            len(messages),
+            len(matching),
+            settings_snippet(self.emulator),
+            _size,
+        )
+        if ("fragment", "list") in request.query:
+            return _page(listing, {"X-Inbox-Total": str(len(messages))})
+        mailboxes = sorted({m.mailbox.user_principal_name for m in messages})
+        body = html.list_page(
+            listing,
+            html.search_form(query, mailboxes, error),
+            log_html.faults_panel(workbench.armed(self.emulator)),
+            self.emulator.budgets(),
+            self.emulator.time_scale,
+            len(messages),
+        )
+        return _page(body)
+
+    def _requests_page(self, request: Request, match: re.Match[str]) -> Response:
+        message = dict(request.query).get("message")
+        rows = self.request_log(message)
+        log = log_html.log_fragment(rows[:LOG_LIMIT], len(rows))
+        if ("fragment", "log") in request.query:
+            return _page(log)
+        faults = log_html.faults_panel(workbench.armed(self.emulator))
+        return _page(log_html.requests_page(log, faults, message, len(rows)))
+
+    def request_log(
+        self, message_id: str | None = None
+    ) -> list[tuple[RecordedRequest, str | None]]:
+        """Every request, newest first, with the id of the message it carried (if any);
+        with ``message_id``, only the requests that carried that message."""
+        by_request: dict[str, str] = {}
+        by_draft: dict[str, str] = {}
+        for message in self.emulator.sent:
+            by_request[message.request_id] = message.id
+            if message.draft_id:
+                by_draft[message.draft_id] = message.id
+        rows = []
+        for record in reversed(self.emulator.requests):
+            carried = by_request.get(record.request_id) or (
+                by_draft.get(record.draft) if record.draft else None
+            )
+            if message_id is None or carried == message_id:
+                rows.append((record, carried))
+        return rows
 
     def _clear_page(self, request: Request, match: re.Match[str]) -> Response:
         self.emulator.clear_messages()
@@ -180,9 +258,41 @@ class Inbox:
     # JSON API -----------------------------------------------------------------------------
 
     def _api_list(self, request: Request, match: re.Match[str]) -> Response:
+        try:
+            query = MessageQuery.parse(request.query)
+            limit = _limit(dict(request.query).get("limit"))
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
         base = self._base(request)
-        messages = [summary(m, base) for m in self.messages()]
-        return _json(200, {"count": len(messages), "messages": messages})
+        matching = query.filter(self.messages())
+        messages = [summary(m, base) for m in matching[:limit]]
+        return _json(200, {"count": len(matching), "messages": messages})
+
+    def _api_requests(self, request: Request, match: re.Match[str]) -> Response:
+        rows = self.request_log(dict(request.query).get("message"))
+        try:
+            limit = _limit(dict(request.query).get("limit"))
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
+        body = [record.as_json(message) for record, message in rows[:limit]]
+        return _json(200, {"count": len(rows), "requests": body})
+
+    def _api_faults(self, request: Request, match: re.Match[str]) -> Response:
+        return _json(200, {"armed": workbench.armed(self.emulator)})
+
+    def _api_arm(self, request: Request, match: re.Match[str]) -> Response:
+        """``POST /api/faults`` ``{"fault": "429", "count": 3, "seconds": 10}``."""
+        try:
+            arming = workbench.checked(json.loads(request.body or b"null"))
+        except ValueError as exc:  # JSONDecodeError is a ValueError
+            return _json(400, {"error": str(exc)})
+        arming.apply(self.emulator)
+        self.emulator.events.publish("faults", {})
+        return _json(201, {"armed": workbench.armed(self.emulator)})
+
+    def _api_disarm(self, request: Request, match: re.Match[str]) -> Response:
+        workbench.disarm(self.emulator)
+        return _json(200, {"armed": workbench.armed(self.emulator)})
 
     def _api_message(self, request: Request, match: re.Match[str]) -> Response:
         message = self.find(match.group(1))
@@ -250,6 +360,15 @@ def _attachment_json(attachment: Attachment, index: int, url: str) -> dict[str, 
         "inline": attachment.inline,
         "url": f"{url}/attachments/{index}",
     }
+
+
+def _limit(text: str | None) -> int | None:
+    """The API's ``limit``: how many entries at most (None: all)."""
+    if text is None or text == "":
+        return None
+    if not text.isdigit():
+        raise ValueError(f"limit must be a whole number, not {text[:20]!r}")
+    return int(text)
 
 
 def _size(message: SentMessage) -> int:

@@ -15,6 +15,7 @@ from html import escape
 from typing import Any
 from urllib.parse import unquote
 
+from .inbox_search import MessageQuery
 from .mail import Attachment, SentMessage
 
 _CID = re.compile(r"cid:([^\"'\s)>]+)", re.IGNORECASE)
@@ -57,7 +58,8 @@ def page(title: str, body: str) -> str:
         '<script src="/static/inbox.js" defer></script></head>'
         f'<body><header class="bar"><a class="brand" href="/">Graph emulator inbox</a>'
         '<span class="offline-note">emulator not reachable</span>'
-        '<nav><a href="/api/messages">JSON API</a>'
+        '<nav><a href="/">Messages</a><a href="/requests">Requests</a>'
+        '<a href="/api/messages">JSON API</a>'
         '<form class="clear" method="post" action="/clear">'
         '<button type="submit">Clear</button></form></nav></header>'
         f"<main>{body}</main></body></html>\n"
@@ -68,39 +70,73 @@ def page(title: str, body: str) -> str:
 
 
 def list_page(
-    messages: list[SentMessage],
-    snippet: str,
-    size_of: Callable[[SentMessage], int],
+    listing: str,
+    search: str,
+    faults: str,
     budgets: list[dict[str, Any]] | None = None,
     time_scale: float = 1.0,
+    total: int = 0,
 ) -> str:
-    fragment = list_fragment(messages, snippet, size_of)
-    body = f'<div id="list" data-ids="{e(ids(messages))}">{fragment}</div>'
+    """The list page: the search form, the list (``listing``: :func:`list_fragment`), the
+    faults panel and the budgets' meters; the script keeps them current."""
+    body = f'{search}<div id="list">{listing}</div>{faults}'
     if budgets is not None:
         body += (
             '<section class="budgets"><h2>Budgets</h2>'
             f'<div id="budgets">{budgets_fragment(budgets, time_scale)}</div></section>'
         )
-    return page(f"Inbox ({len(messages)})", body)
+    return page(f"Inbox ({total})", body)
 
 
-def ids(messages: list[SentMessage]) -> str:
-    """What the page's script compares with ``/api/messages`` to know it is out of date."""
-    return ",".join(m.id for m in messages)
+def search_form(query: MessageQuery, mailboxes: list[str], error: str | None = None) -> str:
+    """Search by subject or address, mailbox, route and capture date (``GET /``)."""
+    boxes = "".join(_option(box, box, query.value("mailbox")) for box in mailboxes)
+    routes = "".join(_option(value, label, query.value("route")) for value, label in _ROUTES)
+    problem = f'<p class="error" role="alert">{e(error)}</p>' if error else ""
+    reset = ' <a href="/">Show all</a>' if query else ""
+    return (
+        '<form class="search" method="get" action="/" role="search">'
+        f'<input type="search" name="q" value="{e(query.value("q"))}" '
+        'placeholder="Subject or address" aria-label="Subject or address">'
+        f'<select name="mailbox" aria-label="Mailbox"><option value="">All mailboxes</option>'
+        f"{boxes}</select>"
+        f'<select name="route" aria-label="Route"><option value="">Any route</option>'
+        f"{routes}</select>"
+        f'<label>from <input type="date" name="since" value="{e(query.value("since"))}"></label>'
+        f'<label>to <input type="date" name="until" value="{e(query.value("until"))}"></label>'
+        f'<button type="submit">Search</button>{reset}</form>{problem}'
+    )
+
+
+_ROUTES = (("mime", "MIME sendMail"), ("json", "JSON sendMail"), ("draft", "Draft"))
+
+
+def _option(value: str, label: str, chosen: str) -> str:
+    selected = " selected" if value.lower() == chosen.lower() else ""
+    return f'<option value="{e(value)}"{selected}>{e(label)}</option>'
 
 
 def list_fragment(
-    messages: list[SentMessage], snippet: str, size_of: Callable[[SentMessage], int]
+    messages: list[SentMessage],
+    total: int,
+    matching: int,
+    snippet: str,
+    size_of: Callable[[SentMessage], int],
 ) -> str:
-    if not messages:
+    """The newest ``messages`` of the ``matching`` ones (of ``total`` stored)."""
+    if not total:
         return (
             '<section class="empty"><h1>No messages yet</h1>'
             f"<p>{e(_SNIPPET_HELP)}</p><pre>{e(snippet)}</pre></section>"
         )
+    if not matching:
+        return f'<p class="count">No message matches the search ({total} stored).</p>'
     rows = "".join(_row(m, size_of(m)) for m in messages)
-    noun = "message" if len(messages) == 1 else "messages"
+    noun = "message" if matching == 1 else "messages"
+    shown = f"the newest {len(messages)} of " if len(messages) < matching else ""
+    of = f" (of {total})" if matching < total else ""
     return (
-        f'<p class="count">{len(messages)} {noun}, newest first</p>'
+        f'<p class="count">{shown}{matching} {noun}{of}, newest first</p>'
         '<table class="messages"><thead><tr><th>Received</th><th>Mailbox</th><th>From</th>'
         "<th>To</th><th>Subject</th><th>Size</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"

@@ -86,6 +86,7 @@ class SentMessage:
     request_id: str
     save_to_sent_items: bool = True
     importance: str = "normal"  # Graph's low / normal / high
+    draft_id: str | None = None  # the draft it was sent from (the draft route)
     # For the dev inbox (``inbox.py``): a stable handle for URLs and the capture time.
     id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
     received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc), compare=False)

@@ -89,6 +89,14 @@ def _user_key(segments: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+def user_key(path: str) -> str | None:
+    """The user key of any ``/v1.0/users/{key}`` path, a directory read included, else None."""
+    if path.split("/")[1:2] != ["v1.0"]:
+        return None
+    found = _user_key(_segments(path))
+    return found[0] if found is not None else None
+
+
 def mailbox_key(path: str) -> str | None:
     """The user key of a path *under* a mailbox (``/v1.0/users/{key}/...``), else None.
 

@@ -19,7 +19,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +38,7 @@ from .entra import (
     register,
 )
 from .errors import EntraError, GraphError
+from .events import EventHub
 from .faults import (
     PAGE_FAULTS,
     PROCESSING_FAULTS,
@@ -48,7 +49,7 @@ from .faults import (
     graph_fault,
     page_fault,
 )
-from .inbox import Inbox, serves
+from .inbox import EVENTS_PATH, Inbox, serves
 from .limits import (
     CONCURRENCY_RETRY_AFTER,
     MailboxBudgets,
@@ -57,6 +58,7 @@ from .limits import (
     throttled_error,
 )
 from .mail import Screened, SentMessage
+from .request_log import RecordedRequest, draft_of, error_code
 from .routes import (
     MAX_REQUEST_BYTES,
     GraphApi,
@@ -65,6 +67,7 @@ from .routes import (
     bearer_token,
     kind_of,
     mailbox_key,
+    user_key,
 )
 from .sent_items import SentItem
 from .store import EmlStore
@@ -82,23 +85,6 @@ KINDS = (
     *UPLOAD_KINDS,
     "other",
 )
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the emulator saw it; the Authorization value is never kept.
-
-    ``status`` 0: no response, the connection was reset (the "reset_*" faults).
-    """
-
-    method: str
-    path: str
-    query: dict[str, str]
-    status: int
-    kind: str
-    client_request_id: str | None
-    headers: dict[str, str] = field(repr=False)
-    request_id: str = ""
 
 
 @dataclass
@@ -206,11 +192,15 @@ class _Handler(BaseHTTPRequestHandler):
         kind = emulator._kind(request)
         refusal = self._read_body(request, kind == "token")
         if refusal is None and serves(request.path):  # the dev inbox: not Graph, not recorded
-            self._write(emulator.inbox.handle(request))
+            if request.path == EVENTS_PATH and request.method == "GET":
+                self._stream(emulator)
+            else:
+                self._write(emulator.inbox.handle(request))
             return
         if refusal is not None:
-            emulator._record(request, kind, refusal.status)
-            self._answer(_Outcome(refusal, emulator._latency_left(started)))
+            outcome = _Outcome(refusal, emulator._latency_left(started))
+            emulator._record(request, kind, outcome, started)
+            self._answer(outcome)
             return
         with emulator._in_flight(request) as throttled:
             if throttled is not None:
@@ -218,12 +208,43 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 outcome = emulator._serve(request, kind)
                 outcome.delay += emulator._latency_left(started)
-            emulator._record(request, kind, outcome.status)
+            emulator._record(request, kind, outcome, started)
             time.sleep(outcome.delay)  # the request stays in flight while it "works"
             outcome.delay = 0.0
         # The slot is free once the work is done, before the answer travels back: a client
         # that starts its next request on receipt must not find the slot still taken.
         self._answer(outcome)
+
+    def _stream(self, emulator: GraphEmulator) -> None:
+        """``/api/events``: server-sent events until the page or the emulator goes away."""
+        refusal = emulator.inbox.refuse(self._request_for_checks())
+        if refusal is not None:
+            self._write(refusal)
+            return
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        try:
+            for frame in emulator.events.stream():
+                self.wfile.write(frame)
+                self.wfile.flush()
+        except OSError:
+            pass  # the page closed or reloaded
+
+    def _request_for_checks(self) -> Request:
+        """The current request's line and headers, for the inbox's Host and Origin checks."""
+        path, _, query = self.path.partition("?")
+        return Request(
+            method=self.command,
+            path=path,
+            query=parse_qsl(query, keep_blank_values=True),
+            headers={name: value for name, value in self.headers.items()},
+            body=b"",
+            request_id="",
+            client_request_id=None,
+        )
 
     def _answer(self, outcome: _Outcome) -> None:
         """Wait (holding the request in flight), then answer or reset the connection."""
@@ -342,6 +363,7 @@ class GraphEmulator:
         self._lock = threading.Lock()
         self._sent: list[SentMessage | Screened] = []
         self._requests: list[RecordedRequest] = []
+        self.events = EventHub()  # the dev inbox's live updates (/api/events)
         self._connections = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -370,6 +392,7 @@ class GraphEmulator:
             return self
         server = _Server(self, self._port)
         self._port = server.server_address[1]
+        self.events.open()
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -386,6 +409,7 @@ class GraphEmulator:
         self._server = self._thread = None
         if server is None:
             return
+        self.events.close()
         server.shutdown()
         server.cut_connections()
         server.server_close()
@@ -565,6 +589,16 @@ class GraphEmulator:
         ``retry_after`` goes into the Retry-After header of 429 and of Graph's JSON 503.
         """
         self._faults.fail_next(fault, times, on, retry_after)
+        self.events.publish("faults", {})
+
+    def pending_faults(self, on: str = "sendMail") -> list[PlannedFault]:
+        """The faults ``fail_next`` queued for requests of kind ``on``, not yet served."""
+        return self._faults.pending(on)
+
+    def clear_faults(self, on: str | None = None) -> None:
+        """Drop the queued and random faults for ``on`` (None: every kind)."""
+        self._faults.clear(on)
+        self.events.publish("faults", {})
 
     def fault_rate(
         self,
@@ -770,6 +804,7 @@ class GraphEmulator:
             self._store.save(message)
         with self._lock:
             self._sent.append(message)
+        self.events.publish("message", {"id": message.id})
 
     def _latency_left(self, started: float) -> float:
         """``latency`` is the whole time Graph takes to answer: the emulator's own work
@@ -785,7 +820,8 @@ class GraphEmulator:
             return kind_of(request.method, request.path)
         return "other"
 
-    def _record(self, request: Request, kind: str, status: int) -> None:
+    def _record(self, request: Request, kind: str, outcome: _Outcome, started: float) -> None:
+        """Log the request (request_log.py): what the dev inbox shows, never a secret."""
         headers = {
             name: ("[redacted]" if name.lower() == "authorization" else value)
             for name, value in request.headers.items()
@@ -794,14 +830,40 @@ class GraphEmulator:
             method=request.method,
             path=request.path,
             query=dict(request.query),
-            status=status,
+            status=outcome.status,
             kind=kind,
             client_request_id=request.client_request_id,
             headers=headers,
             request_id=request.request_id,
+            duration=time.monotonic() - started + outcome.delay,
+            mailbox=self._log_mailbox(request),
+            error=error_code(outcome.status, outcome.response),
+            app_id=self._log_app(request, kind),
+            draft=self._graph.drafts.session_draft(request.path)
+            or draft_of(request.path, kind, outcome.response),
         )
         with self._lock:
             self._requests.append(recorded)
+        self.events.publish("request", {"request_id": recorded.request_id})
+
+    def _log_mailbox(self, request: Request) -> str | None:
+        """The mailbox a request went to, by its principal name, for the request log."""
+        if request.path.startswith(UPLOAD_PREFIX):
+            owner = self._graph.drafts.session_owner(request.path)
+            key = owner[1] if owner is not None else None
+        else:
+            key = user_key(request.path)
+        user = self._tenant.by_id_or_upn(key) if key else None
+        return user.user_principal_name if user is not None else key
+
+    def _log_app(self, request: Request, kind: str) -> str | None:
+        """The caller's application id: the token's ``appid`` claim, never the token; for
+        the token endpoint, the client_id of its form."""
+        if kind == "token":
+            form = dict(parse_qsl(request.body.decode("utf-8", "replace")))
+            return form.get("client_id") or None
+        issued = self._tokens.lookup(bearer_token(request))
+        return issued.app_id if issued is not None else None
 
     @contextlib.contextmanager
     def _in_flight(self, request: Request) -> Iterator[Response | None]:
