@@ -143,11 +143,15 @@ def test_html_body_is_sandboxed_with_remote_images_blocked(emulator: GraphEmulat
     response = requests.get(f"{emulator.url}/messages/{sent.id}", timeout=5)
     page = response.text
     assert HOSTILE not in page
-    [iframe] = re.findall(r"<iframe[^>]*>", page)
-    sandbox = re.search(r'sandbox="([^"]*)"', iframe)
-    assert sandbox is not None
-    assert "allow-scripts" not in sandbox.group(1)
-    assert "allow-same-origin" not in sandbox.group(1)
+    desktop, phone = re.findall(r"<iframe[^>]*>", page)  # the compatibility preview
+    assert 'class="html-body"' in desktop
+    assert 'class="html-phone"' in phone
+    for iframe in (desktop, phone):
+        sandbox = re.search(r'sandbox="([^"]*)"', iframe)
+        assert sandbox is not None
+        assert "allow-scripts" not in sandbox.group(1)
+        assert "allow-same-origin" not in sandbox.group(1)
+    iframe = phone
     srcdoc = unescape(re.search(r'srcdoc="([^"]*)"', iframe).group(1))  # type: ignore[union-attr]
     attachments = f"{emulator.url}/messages/{sent.id}/attachments/"
     assert f'<img src="{attachments}0">' in srcdoc  # cid: points at the attachment

@@ -6,7 +6,8 @@ id, secret or certificate; any mailbox, created on first use), so only GRAPH_URL
 AUTHORITY_URL change; ``--strict`` accepts the emulator's contoso tenant only. Messages are
 kept in memory, or with ``--store DIR`` also as ``.eml`` files that are loaded again on the
 next start. ``--limit KEY=VALUE`` changes one of Graph's per-mailbox limits (``none`` lifts
-it) and ``--time-scale`` shrinks their windows.
+it) and ``--time-scale`` shrinks their windows. ``--fault 429:3`` arms a fault on the next
+sendMail requests, as the inbox's faults panel and ``POST /api/faults`` do.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import sys
 import threading
 
-from . import GraphEmulator
+from . import GraphEmulator, workbench
 from .inbox import settings_snippet
 from .limits import DEFAULT_LIMITS, checked_limits, checked_time_scale
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         time_scale=time_scale,
         strict=args.strict,
     )
+    for arming in args.fault:
+        arming.apply(emulator)
     try:
         emulator.start()
     except OSError as error:
@@ -84,7 +87,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FACTOR",
         help="shrink the limits' windows and Retry-After (0.001: 10 minutes last 0.6 s)",
     )
+    parser.add_argument(
+        "--fault",
+        metavar="FAULT[:COUNT[:SECONDS]]",
+        action="append",
+        type=_fault,
+        default=[],
+        help="arm a fault on the next COUNT sendMail requests: 429 (SECONDS: Retry-After, "
+        "default 1), 503, 504 (after the message went out), drop (connection dropped before), "
+        "drop-after; or latency:SECONDS on every answer. Repeatable; switched off in the "
+        "inbox or with DELETE /api/faults",
+    )
     return parser
+
+
+def _fault(text: str) -> workbench.Arming:
+    try:
+        return workbench.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _limit(text: str) -> tuple[str, float | None]:
@@ -126,6 +147,9 @@ def _banner(emulator: GraphEmulator, store: str | None) -> None:
         print(f"Limits: {limits}; time scale {emulator.time_scale:g}")
     if store is not None:
         print(f"Store: {store} ({len(emulator.sent)} messages loaded)")
+    for entry in workbench.armed(emulator):
+        print(f"Armed: {entry['fault']} x{entry['count'] or '∞'}: {entry['description']}")
+    print(f"Requests: {emulator.url}/requests  (faults: {emulator.url}/api/faults)")
     print("Press Ctrl-C to stop.", flush=True)
 
 

@@ -228,7 +228,9 @@ class Inbox:
         if message is None:
             return _not_found("This message is gone (cleared, or the emulator restarted)")
         images = ("images", "1") in request.query
-        body = html.message_page(message, self._base(request), images, _size(message))
+        rows = self.request_log(message.id)
+        carried = log_html.log_fragment(rows, len(rows)) if rows else ""
+        body = html.message_page(message, self._base(request), images, _size(message), carried)
         frame_images = "http: https:" if images else ""
         return _page(body, {"Content-Security-Policy": html.csp(frame_images)})
 

@@ -249,13 +249,21 @@ def _meter(name: str, budget: dict[str, Any]) -> str:
 # one message ---------------------------------------------------------------------------------
 
 
-def message_page(message: SentMessage, base: str, images: bool, count: int) -> str:
-    """Summary, HTML body, text part, attachments and every header of one message."""
+def message_page(
+    message: SentMessage, base: str, images: bool, count: int, requests: str = ""
+) -> str:
+    """Summary, HTML body (phone and desktop widths), text part, attachments, the requests
+    that carried it (``requests``: the log's fragment) and every header of one message."""
     sections = [
         f'<p class="back"><a href="/">&larr; All messages</a></p>'
         f"<h1>{e(message.subject or '(no subject)')}</h1>",
         _summary(message, count),
         _html_section(message, base, images),
+        f'<section><h2>Requests</h2><div class="carried">{requests}</div>'
+        f'<p class="note"><a href="/requests?message={e(message.id)}">In the request log</a>'
+        "</p></section>"
+        if requests
+        else "",
         _text_section(message),
         _attachments_section(message),
         _headers_section(message),
@@ -294,11 +302,17 @@ def _html_section(message: SentMessage, base: str, images: bool) -> str:
             f'Remote images are blocked. <a href="/messages/{e(message.id)}?images=1">'
             "Show remote images</a>"
         )
+    document = e(frame_document(message, base, images))
+    sandbox = 'sandbox="allow-popups allow-popups-to-escape-sandbox" referrerpolicy="no-referrer"'
     return (
-        f'<section><h2>HTML</h2><p class="note">{toggle}</p>'
-        '<iframe class="html-body" title="HTML body" sandbox="allow-popups '
-        'allow-popups-to-escape-sandbox" referrerpolicy="no-referrer" '
-        f'srcdoc="{e(frame_document(message, base, images))}"></iframe></section>'
+        f'<section><h2>HTML</h2><p class="note">{toggle} Shown at a desktop and a phone '
+        "width, side by side.</p>"
+        '<div class="preview"><figure class="desktop"><figcaption>Desktop, 800 px</figcaption>'
+        f'<iframe class="html-body" title="HTML body, desktop width" {sandbox} '
+        f'srcdoc="{document}"></iframe></figure>'
+        '<figure class="phone"><figcaption>Phone, 375 px</figcaption>'
+        f'<iframe class="html-phone" title="HTML body, phone width" {sandbox} '
+        f'srcdoc="{document}"></iframe></figure></div></section>'
     )
 
 

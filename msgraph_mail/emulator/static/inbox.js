@@ -1,33 +1,105 @@
-// The dev inbox's only script: keep the list current, confirm "Clear". No build step.
+// The dev inbox's only script: live updates over server-sent events, the faults panel,
+// the "Clear" confirmation. No build step, no polling: the emulator pushes an event when a
+// message arrives, a request is answered or the armed faults change, and the page fetches
+// the server-rendered fragment it needs (at most a few times a second).
 "use strict";
 
 (function () {
-  const POLL_MS = 2000;
   const list = document.getElementById("list");
+  const log = document.getElementById("log");
   const budgets = document.getElementById("budgets");
+  const armed = document.getElementById("armed");
+  let baseTitle = document.title;
+  let unseen = 0;
 
-  // Poll the JSON API; when the set of messages changed, fetch the server-rendered list.
-  async function refresh() {
-    try {
-      const response = await fetch("/api/messages", { cache: "no-store" });
-      const data = await response.json();
-      const ids = data.messages.map((m) => m.id).join(",");
-      document.body.classList.remove("offline");
-      if (budgets) {
-        const meters = await fetch("/?fragment=budgets", { cache: "no-store" });
-        budgets.innerHTML = await meters.text();
-      }
-      if (ids === list.dataset.ids) return;
-      const fragment = await fetch("/?fragment=list", { cache: "no-store" });
-      list.innerHTML = await fragment.text();
-      list.dataset.ids = ids;
-      document.title = "Inbox (" + data.count + ")";
-    } catch (error) {
-      document.body.classList.add("offline");
+  // Refresh one part of the page from its fragment URL, coalescing bursts of events.
+  function refresher(element, url, delay) {
+    let timer = null;
+    return function () {
+      if (!element || timer) return;
+      timer = setTimeout(async function () {
+        timer = null;
+        try {
+          const response = await fetch(url(), { cache: "no-store" });
+          element.innerHTML = await response.text();
+          const total = response.headers.get("X-Inbox-Total");
+          if (total !== null) {
+            baseTitle = "Inbox (" + total + ")";
+            showUnseen();
+          }
+          document.body.classList.remove("offline");
+        } catch (error) {
+          document.body.classList.add("offline");
+        }
+      }, delay);
+    };
+  }
+
+  const query = function (fragment) {
+    const params = new URLSearchParams(window.location.search);
+    params.set("fragment", fragment);
+    return "?" + params.toString();
+  };
+  const refreshList = refresher(list, () => "/" + query("list"), 150);
+  const refreshLog = refresher(log, () => "/requests" + query("log"), 150);
+  const refreshBudgets = refresher(budgets, () => "/?fragment=budgets", 500);
+  const refreshArmed = refresher(armed, () => "/?fragment=faults", 50);
+
+  function showUnseen() {
+    document.title = (unseen ? "(" + unseen + " new) " : "") + baseTitle;
+  }
+  function seen() {
+    if (document.visibilityState === "visible" && document.hasFocus()) {
+      unseen = 0;
+      showUnseen();
     }
   }
 
-  if (list) setInterval(refresh, POLL_MS);
+  if (window.EventSource && (list || log || armed)) {
+    const events = new EventSource("/api/events");
+    events.addEventListener("open", () => document.body.classList.remove("offline"));
+    events.addEventListener("error", () => document.body.classList.add("offline"));
+    events.addEventListener("message", function () {
+      unseen += 1;
+      showUnseen();
+      refreshList();
+      seen();
+    });
+    events.addEventListener("request", function () {
+      refreshLog();
+      refreshBudgets();
+    });
+    events.addEventListener("faults", refreshArmed);
+    events.addEventListener("reload", () => window.location.reload());
+    window.addEventListener("focus", seen);
+    document.addEventListener("visibilitychange", seen);
+  }
+
+  // The faults panel: the same JSON API a test suite uses.
+  async function faults(method, body) {
+    const response = await fetch("/api/faults", {
+      method: method,
+      headers: { "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const answer = await response.json();
+    if (!response.ok) window.alert(answer.error);
+    refreshArmed();
+  }
+  const arm = document.getElementById("arm");
+  if (arm) {
+    arm.addEventListener("submit", function (event) {
+      event.preventDefault();
+      const fields = new FormData(arm);
+      const body = { fault: fields.get("fault") };
+      if (fields.get("fault") !== "latency") body.count = Number(fields.get("count") || 1);
+      if (fields.get("seconds") !== "") body.seconds = Number(fields.get("seconds"));
+      faults("POST", body);
+    });
+  }
+  document.addEventListener("click", function (event) {
+    if (event.target && event.target.id === "disarm") faults("DELETE");
+  });
 
   for (const form of document.querySelectorAll("form.clear")) {
     form.addEventListener("submit", (event) => {
