@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         time_scale=time_scale,
         strict=args.strict,
     )
+    emulator.parse_on_delivery = True  # the page lists thousands without parsing them first
     for arming in args.fault:
         arming.apply(emulator)
     try:

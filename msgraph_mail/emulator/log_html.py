@@ -32,8 +32,9 @@ def log_fragment(rows: list[tuple[RecordedRequest, str | None]], total: int) -> 
         return '<p class="count">No request yet: send mail from your app.</p>'
     shown = f"the newest {len(rows)} of " if len(rows) < total else ""
     body = "".join(_row(record, message) for record, message in rows)
+    noun = "request" if total == 1 else "requests"
     return (
-        f'<p class="count">{shown}{total} requests, newest first</p>'
+        f'<p class="count">{shown}{total} {noun}, newest first</p>'
         '<table class="requests"><thead><tr><th>Time</th><th>Request</th><th>Status</th>'
         "<th>ms</th><th>Mailbox</th><th>Application</th><th>request-id</th><th>Message</th>"
         f"</tr></thead><tbody>{body}</tbody></table>"

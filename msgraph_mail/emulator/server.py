@@ -337,7 +337,9 @@ class GraphEmulator:
     ``concurrency_retry_after``; ``limits`` and ``time_scale`` (Graph's and Exchange's
     per-mailbox budgets, see ``set_limits``);
     ``slow_seconds`` (the ``"slow"`` fault's wait); ``secret_expired`` (Entra refuses the right
-    secret with AADSTS7000222).
+    secret with AADSTS7000222); ``parse_on_delivery`` (parse each MIME message as it arrives,
+    as the dev inbox does, so its page never waits for thousands at once; off, a message is
+    parsed when first read, and a benchmark measures the backend, not the emulator).
 
     ``strict=False`` is the dev inbox's mode (``python -m msgraph_mail.emulator`` without
     ``--strict``): any tenant (id or domain), any client id with any secret or any well-formed
@@ -378,6 +380,7 @@ class GraphEmulator:
         self.concurrency_retry_after: float | None = CONCURRENCY_RETRY_AFTER
         self.slow_seconds: float = 2.0
         self.secret_expired: bool = False
+        self.parse_on_delivery: bool = False
         self._certificates: list[RegisteredCertificate] = []
         self._store = EmlStore(store) if store is not None else None
         if self._store is not None:  # the dev inbox's .eml directory: a restart keeps mail
@@ -799,8 +802,9 @@ class GraphEmulator:
             self._connections += 1
 
     def _deliver(self, message: SentMessage | Screened) -> None:
-        if self._store is not None:  # the dev inbox keeps files: parse now
+        if self._store is not None or self.parse_on_delivery:  # the dev inbox: parse now
             message = _complete(message)
+        if self._store is not None:
             self._store.save(message)
         with self._lock:
             self._sent.append(message)
@@ -960,6 +964,7 @@ class GraphEmulator:
             request_id=request.request_id,
         )
         self._faults.served(record)
+        self.events.publish("faults", {})  # one fewer armed
 
     def _respond(self, request: Request, kind: str) -> Response:
         """Route to Entra or Graph; an emulator bug answers 500, never a hung client."""

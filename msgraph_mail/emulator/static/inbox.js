@@ -48,8 +48,9 @@
   function showUnseen() {
     document.title = (unseen ? "(" + unseen + " new) " : "") + baseTitle;
   }
+  // "New" means arrived since the reader last came back to the page or used it.
   function seen() {
-    if (document.visibilityState === "visible" && document.hasFocus()) {
+    if (document.visibilityState === "visible") {
       unseen = 0;
       showUnseen();
     }
@@ -63,7 +64,6 @@
       unseen += 1;
       showUnseen();
       refreshList();
-      seen();
     });
     events.addEventListener("request", function () {
       refreshLog();
@@ -73,6 +73,8 @@
     events.addEventListener("reload", () => window.location.reload());
     window.addEventListener("focus", seen);
     document.addEventListener("visibilitychange", seen);
+    document.addEventListener("keydown", seen);
+    document.addEventListener("pointerdown", seen);
   }
 
   // The faults panel: the same JSON API a test suite uses.
