@@ -804,8 +804,8 @@ class GraphEmulator:
     def _deliver(self, message: SentMessage | Screened) -> None:
         if self._store is not None or self.parse_on_delivery:  # the dev inbox: parse now
             message = _complete(message)
-        if self._store is not None:
-            self._store.save(message)
+            if self._store is not None:
+                self._store.save(message)
         with self._lock:
             self._sent.append(message)
         self.events.publish("message", {"id": message.id})
