@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import mimetypes
 from email import policy
+from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage as MIMEMessage
+from email.message import Message
 from email.parser import BytesParser
 from typing import Any
 
@@ -53,10 +55,15 @@ def build_json(message: EmailMessage) -> bytes:
     """
     if beyond_send_mail(message):
         raise NotExpressible("its attachments exceed Graph's 4 MB request limit")
-    mime = BytesParser(policy=policy.default).parsebytes(build_mime(message))
+    raw = build_mime(message)
+    # The top-level headers through the header registry (decoded names and addresses); the
+    # parts with the older, string-based API: ten times cheaper than the registry per part.
+    mime = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
     assert isinstance(mime, MIMEMessage)  # policy.default makes email.message.EmailMessage
     resource: dict[str, Any] = {"subject": str(mime.get("Subject") or "")}
-    resource["body"], attachments = _body_and_attachments(mime)
+    resource["body"], attachments = _body_and_attachments(
+        BytesParser(policy=policy.compat32).parsebytes(raw)
+    )
     for key, name in (
         ("toRecipients", "To"),
         ("ccRecipients", "Cc"),
@@ -111,7 +118,7 @@ def _headers(message: EmailMessage, mime: MIMEMessage) -> dict[str, Any]:
     return properties
 
 
-def _body_and_attachments(mime: MIMEMessage) -> tuple[dict[str, str], list[Part]]:
+def _body_and_attachments(mime: Message) -> tuple[dict[str, str], list[Part]]:
     """The one body the JSON holds (the HTML, when there is an HTML alternative) and the
     attachments; NotExpressible for structures it cannot hold."""
     bodies: list[tuple[str, str, str]] = []  # (content type, text, parent's content type)
@@ -134,7 +141,7 @@ def _body_and_attachments(mime: MIMEMessage) -> tuple[dict[str, str], list[Part]
 
 
 def _collect(
-    part: MIMEMessage, parent: str, bodies: list[tuple[str, str, str]], attachments: list[Part]
+    part: Message, parent: str, bodies: list[tuple[str, str, str]], attachments: list[Part]
 ) -> None:
     kind = part.get_content_type()
     if part.get_content_maintype() == "message":
@@ -142,32 +149,40 @@ def _collect(
     if kind in OPAQUE_MULTIPARTS:
         raise NotExpressible(f"a {kind} part (signed or encrypted mail needs MIME)")
     if part.is_multipart():
-        for child in part.iter_parts():
-            assert isinstance(child, MIMEMessage)
-            _collect(child, kind, bodies, attachments)
+        for child in part.get_payload():
+            if isinstance(child, Message):
+                _collect(child, kind, bodies, attachments)
         return
     disposition = part.get_content_disposition()
     content_id = str(part.get("Content-ID") or "").strip().strip("<>") or None
-    filename = part.get_filename()
+    filename = _decoded(part.get_filename())
+    decoded = part.get_payload(decode=True)
+    payload = decoded if isinstance(decoded, bytes) else b""
     if disposition is None and filename is None and content_id is None:
         if kind in ("text/plain", "text/html"):
-            content = part.get_content()
-            bodies.append((kind, str(content).replace("\r\n", "\n"), parent))
+            text = payload.decode(part.get_content_charset() or "utf-8", "replace")
+            bodies.append((kind, text.replace("\r\n", "\n"), parent))
             return
         if parent == "multipart/alternative":
             raise NotExpressible(
                 f"an alternative of type {kind} (the JSON body takes HTML or text)"
             )
-    payload = part.get_payload(decode=True)
     attachments.append(
         Part(
             name=filename or f"{content_id or 'attachment'}{_extension(kind)}",
             content_type=kind,
-            content=payload if isinstance(payload, bytes) else b"",
+            content=payload,
             inline=disposition == "inline" or (disposition is None and content_id is not None),
             content_id=content_id,
         )
     )
+
+
+def _decoded(filename: str | None) -> str | None:
+    """A file name as written: RFC 2231 is decoded by the parser, RFC 2047 words here."""
+    if filename is None or "=?" not in filename:
+        return filename
+    return str(make_header(decode_header(filename)))
 
 
 def _extension(kind: str) -> str:
