@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from email.message import MIMEPart
 from email.mime.text import MIMEText
 from typing import Any
 
@@ -179,7 +180,12 @@ def _many_x_headers() -> EmailMessage:
 
 def _text_attachment_without_name() -> EmailMessage:
     message = EmailMessage("Two bodies", "first", FROM, ["a@example.com"])
-    message.attach(MIMEText("<p>second</p>", "html"))
+    if django.VERSION >= (6, 0):  # MIMEBase attachments are deprecated from 6.0 on
+        part = MIMEPart()
+        part.set_content("<p>second</p>", subtype="html")
+        message.attach(part)
+    else:
+        message.attach(MIMEText("<p>second</p>", "html"))
     return message
 
 
