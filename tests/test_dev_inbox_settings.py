@@ -8,12 +8,7 @@ AUTHORITY_URL pointing at it, and the message is read back from the inbox's JSON
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -24,49 +19,9 @@ from django.test import override_settings
 from msgraph_mail.emulator import GraphEmulator
 from msgraph_mail.exceptions import AuthenticationError
 
-from .helpers import make_pair
+from .helpers import developer_settings, make_pair, running_cli
 
 BACKEND = "msgraph_mail.backend.EmailBackend"
-#: Generous: the machine may be loaded; a healthy start takes well under a second.
-START_TIMEOUT = 60
-
-
-@contextmanager
-def running_cli(*options: str) -> Iterator[tuple[str, str]]:
-    """``python -m msgraph_mail.emulator --port 0 [options]``: its URL and start-up text,
-    once it is serving."""
-    command = [sys.executable, "-m", "msgraph_mail.emulator", "--port", "0", *options]
-    with subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
-        command, stdout=subprocess.PIPE, text=True
-    ) as process:
-        watchdog = threading.Timer(START_TIMEOUT, process.kill)  # a hung start fails, not hangs
-        watchdog.start()
-        try:
-            assert process.stdout is not None
-            lines: list[str] = []
-            while not lines or "Press Ctrl-C" not in lines[-1]:
-                lines.append(process.stdout.readline())
-                assert lines[-1], "the emulator exited early:\n" + "".join(lines)
-            watchdog.cancel()
-            banner = "".join(lines)
-            url = next(line for line in lines if "listening on" in line).split()[-1]
-            yield url, banner
-        finally:
-            watchdog.cancel()
-            process.terminate()
-            process.wait(timeout=START_TIMEOUT)
-
-
-def developer_settings(url: str, **settings: Any) -> dict[str, Any]:
-    """A developer's own settings (not the emulator's), with the two URLs pointed at it."""
-    return {
-        "TENANT_ID": "fabrikam.onmicrosoft.com",
-        "CLIENT_ID": str(uuid.uuid4()),
-        "CLIENT_SECRET": "fabrikam-dev~secret-of-their-own",
-        **settings,
-        "GRAPH_URL": url,
-        "AUTHORITY_URL": url,
-    }
 
 
 def inbox(url: str) -> list[dict[str, Any]]:

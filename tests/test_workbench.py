@@ -16,8 +16,7 @@ from django.core.mail import EmailMessage
 from django.test import override_settings
 
 from msgraph_mail.emulator import CLIENT_ID, CLIENT_SECRET, GraphEmulator
-from tests.helpers import get_token
-from tests.test_dev_inbox_settings import developer_settings, running_cli
+from tests.helpers import developer_settings, get_token, running_cli
 
 FROM = "noreply@contoso.com"
 BACKEND = "msgraph_mail.backend.EmailBackend"
