@@ -165,12 +165,12 @@ class EmailBackend(BaseEmailBackend):
             status.route, status.message_id = payload.route, payload.message_id
             mailbox = self.resolver.resolve(message)
             status.mailbox = mailbox.address
-            resolver, sender = self.resolver, sender_address(message)
+            resolver = self.resolver
             response = routes.send(
                 self.client,
                 mailbox.id,
                 payload,
-                lambda error: resolver.explain(error, mailbox, sender),
+                lambda error: resolver.explain(error, mailbox, sender_address(message)),
                 recipients=len(message.recipients()),
             )
         except MSGraphMailError as exc:

@@ -31,9 +31,11 @@ class EventHub:
         self._closed = False
 
     def publish(self, event: str, data: dict[str, Any]) -> None:
-        frame = f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
         with self._lock:
             subscribers = list(self._subscribers)
+        if not subscribers:  # no page open: every request pays nothing more
+            return
+        frame = f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
         for subscriber in subscribers:
             # a full queue misses the event; its stream is told to reload (see stream())
             with contextlib.suppress(queue.Full):

@@ -193,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
         refusal = self._read_body(request, kind == "token")
         if refusal is None and serves(request.path):  # the dev inbox: not Graph, not recorded
             if request.path == EVENTS_PATH and request.method == "GET":
-                self._stream(emulator)
+                self._stream(emulator, request)
             else:
                 self._write(emulator.inbox.handle(request))
             return
@@ -215,9 +215,9 @@ class _Handler(BaseHTTPRequestHandler):
         # that starts its next request on receipt must not find the slot still taken.
         self._answer(outcome)
 
-    def _stream(self, emulator: GraphEmulator) -> None:
+    def _stream(self, emulator: GraphEmulator, request: Request) -> None:
         """``/api/events``: server-sent events until the page or the emulator goes away."""
-        refusal = emulator.inbox.refuse(self._request_for_checks())
+        refusal = emulator.inbox.refuse(request)
         if refusal is not None:
             self._write(refusal)
             return
@@ -232,19 +232,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
         except OSError:
             pass  # the page closed or reloaded
-
-    def _request_for_checks(self) -> Request:
-        """The current request's line and headers, for the inbox's Host and Origin checks."""
-        path, _, query = self.path.partition("?")
-        return Request(
-            method=self.command,
-            path=path,
-            query=parse_qsl(query, keep_blank_values=True),
-            headers={name: value for name, value in self.headers.items()},
-            body=b"",
-            request_id="",
-            client_request_id=None,
-        )
 
     def _answer(self, outcome: _Outcome) -> None:
         """Wait (holding the request in flight), then answer or reset the connection."""
