@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import django
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
-from django.utils.module_loading import import_string
 
+from . import mailers
 from .certificate import INSTALL_COMMAND
 from .conf import (
     LEGACY_SETTINGS,
@@ -194,6 +194,19 @@ W011 = Warning(
     "X-MSGraph-Save-To-Sent-Items: false.",
     id="msgraph_mail.W011",
 )
+# Warnings, not errors: `migrate` runs the database checks before it migrates, and an error
+# would stop the very command that fixes it.
+W012 = Warning(
+    "The outbox table {table} does not exist in database {database!r}.",
+    hint="QueuedEmailBackend records every message there and raises OutboxNotMigrated until "
+    "it exists: run `python manage.py migrate msgraph_mail`.",
+    id="msgraph_mail.W012",
+)
+W013 = Warning(
+    "Migrations of msgraph_mail are not applied to database {database!r}: {names}.",
+    hint="QueuedEmailBackend's outbox needs them: run `python manage.py migrate msgraph_mail`.",
+    id="msgraph_mail.W013",
+)
 
 #: Problems of the settings model, by (key, pydantic error type), and the check reporting it.
 BY_PROBLEM: dict[tuple[str, str], CheckMessage] = {
@@ -260,6 +273,43 @@ def check_queue(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return _unique(messages)
 
 
+def check_outbox_database(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``check --database``: the outbox's table and migrations, where a QueuedEmailBackend
+    mailer keeps its outbox in the database (QUEUE "tasks")."""
+    from django.db import connections, router
+    from django.db.migrations.loader import MigrationLoader
+
+    from .models import OutboxMessage
+
+    database = router.db_for_write(OutboxMessage)
+    if database not in (databases or ()) or not _database_outbox():
+        return []
+    connection = connections[database]
+    table = OutboxMessage._meta.db_table
+    if table not in connection.introspection.table_names():
+        return [at(_format(W012, table=table, database=database), database)]
+    loader = MigrationLoader(connection, ignore_no_migrations=True)
+    ours = sorted(
+        name
+        for app, name in loader.graph.nodes
+        if app == OutboxMessage._meta.app_label and (app, name) not in loader.applied_migrations
+    )
+    if ours:
+        return [at(_format(W013, database=database, names=", ".join(ours)), database)]
+    return []
+
+
+def _database_outbox() -> bool:
+    """Whether a QueuedEmailBackend mailer with valid settings uses QUEUE "tasks"."""
+    for _, options in _queued_mailers():
+        config, _ = validate(options)
+        if config is not None and config.queue == "tasks":
+            return True
+    return False
+
+
 def _queue_problems(queue: str) -> list[CheckMessage]:
     if queue == "celery":
         if importlib.util.find_spec("celery") is None:
@@ -291,40 +341,21 @@ def _queue_problems(queue: str) -> list[CheckMessage]:
     return []
 
 
-def _queued_mailers() -> Iterator[tuple[str, dict[str, Any]]]:
-    mailers = getattr(settings, "MAILERS", None)
-    if mailers is not None:
-        for alias, config in mailers.items():
-            if _is_queued(config.get("BACKEND", "")):
-                yield f"MAILERS[{alias!r}]", dict(config.get("OPTIONS") or {})
-    elif _is_queued(getattr(settings, "EMAIL_BACKEND", "")):
-        yield "EMAIL_BACKEND", {}
-
-
-def _is_queued(path: str) -> bool:
-    from .backend import QueuedEmailBackend
-
-    try:
-        backend = import_string(path)
-    except ImportError:
-        return False
-    return isinstance(backend, type) and issubclass(backend, QueuedEmailBackend)
-
-
 register(check_settings, "mail")
 register(check_queue, "mail")
 register(check_deploy, "mail", deploy=True)
+register(check_outbox_database, "database")
 
 
 def our_mailers() -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, options) for each configured mailer that is this backend."""
-    mailers = getattr(settings, "MAILERS", None)
-    if mailers is not None:  # Django 6.1: EMAIL_BACKEND is not read when MAILERS is set
-        for alias, config in mailers.items():
-            if _is_ours(config.get("BACKEND", "")):
-                yield f"MAILERS[{alias!r}]", dict(config.get("OPTIONS") or {})
-    elif _is_ours(getattr(settings, "EMAIL_BACKEND", "")):
-        yield "EMAIL_BACKEND", {}
+    for mailer in mailers.configured():
+        yield mailer.where, mailer.options
+
+
+def _queued_mailers() -> Iterator[tuple[str, dict[str, Any]]]:
+    for mailer in mailers.configured(queued=True):
+        yield mailer.where, mailer.options
 
 
 def at(message: CheckMessage, where: str) -> CheckMessage:
@@ -396,16 +427,6 @@ def _address(value: str) -> str:
     from email.utils import parseaddr
 
     return parseaddr(str(value))[1].lower()
-
-
-def _is_ours(path: str) -> bool:
-    from .backend import EmailBackend
-
-    try:
-        backend = import_string(path)
-    except ImportError:
-        return False
-    return isinstance(backend, type) and issubclass(backend, EmailBackend)
 
 
 def _unique(messages: list[CheckMessage]) -> list[CheckMessage]:

@@ -7,6 +7,7 @@ ever hides a misconfigured backend::
 
     ImproperlyConfigured
     └── ConfigurationError               settings are missing or invalid
+        └── OutboxNotMigrated            the outbox's table is missing: run migrate
 
     MSGraphMailError                     a message could not be sent (carries Graph's context)
     ├── InvalidMessage (ValueError)      the message itself cannot be sent as it is
@@ -56,6 +57,7 @@ __all__ = [
     "MailboxNotEnabled",
     "MailboxOutOfScope",
     "MessageTooLarge",
+    "OutboxNotMigrated",
     "SendAsDenied",
     "SenderError",
     "SenderNotAllowed",
@@ -66,6 +68,11 @@ __all__ = [
 
 class ConfigurationError(ImproperlyConfigured):
     """The backend's settings are missing or invalid; never swallowed by fail_silently."""
+
+
+class OutboxNotMigrated(ConfigurationError):
+    """QueuedEmailBackend's outbox table is missing or behind its migrations: nothing was
+    queued. Run ``manage.py migrate`` (``manage.py check --database default`` tells first)."""
 
 
 class MSGraphMailError(Exception):

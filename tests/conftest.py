@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,11 +92,12 @@ def redis_url() -> Iterator[str]:
     Skipped where redis-server is not installed (CI installs it; there, a missing server
     fails instead of skipping).
     """
+    from tests.helpers import in_ci
     from tests.redis_server import RedisServer, find_redis_server
 
     if find_redis_server() is None:
         reason = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(reason)
         pytest.skip(reason)
     with RedisServer() as server:

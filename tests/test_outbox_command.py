@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from io import StringIO
 from typing import Any
 
+import django
 import pytest
 from django.core import mail
 from django.core.management import call_command
@@ -17,7 +18,7 @@ from django.test import override_settings
 from msgraph_mail.emulator import GraphEmulator
 from msgraph_mail.outbox.store import DatabaseStore
 
-from .helpers import IMMEDIATE, QUEUED
+from .helpers import DUMMY, IMMEDIATE, QUEUED
 
 pytestmark = pytest.mark.django_db
 
@@ -117,3 +118,150 @@ def test_resend_delivers_once_the_cause_is_fixed(msgraph_emulator: GraphEmulator
         outbox("--resend", row["message_id"])
     assert [m.subject for m in msgraph_emulator.sent] == ["Welcome"]
     assert DatabaseStore().get(row["message_id"]).status == "sent"  # type: ignore[union-attr]
+
+
+def test_the_list_says_which_message_is_which(dummy_tasks: Any) -> None:
+    message = mail.EmailMessage(
+        "Invoice 42",
+        "Body",
+        "noreply@contoso.com",
+        ["a@example.com", "b@example.com"],
+        cc=["c@example.com"],
+    )
+    assert mail.get_connection().send_messages([message]) == 1
+    text = outbox()
+    assert '"Invoice 42" to a@example.com and 2 more' in text
+    [row] = json.loads(outbox("--json"))
+    assert (row["subject"], row["recipients"], row["first_recipient"]) == (
+        "Invoice 42",
+        3,
+        "a@example.com",
+    )
+
+
+def test_an_envelope_queued_before_subjects_were_kept_is_described_from_its_mime(
+    dummy_tasks: Any,
+) -> None:
+    from msgraph_mail.models import OutboxMessage
+
+    [message_id] = queue("Older")
+    row = OutboxMessage.objects.get(message_id=message_id)
+    data = json.loads(row.envelope)
+    del data["subject"], data["first_recipient"]
+    row.envelope = json.dumps(data)
+    row.save()
+    [listed] = json.loads(outbox("--json"))
+    assert (listed["subject"], listed["first_recipient"]) == ("Older", "a@example.com")
+
+
+def test_a_missing_outbox_table_is_named_with_what_to_do(dummy_tasks: Any) -> None:
+    """Without migrate: our typed error in the caller and in the command, and check names it."""
+    from django.core.management import CommandError as ManagementError
+    from django.core.management.base import SystemCheckError
+    from django.db import connection
+
+    from msgraph_mail.exceptions import OutboxNotMigrated
+
+    with connection.cursor() as cursor:  # rolled back with the test's transaction
+        cursor.execute("ALTER TABLE msgraph_mail_outboxmessage RENAME TO not_migrated")
+    with pytest.raises(OutboxNotMigrated, match=r"manage\.py migrate msgraph_mail"):
+        mail.send_mail("Hi", "Body", "noreply@contoso.com", ["a@example.com"])
+    assert dummy_tasks.results == []  # nothing enqueued without its outbox row
+    with pytest.raises(ManagementError, match="outbox table msgraph_mail_outboxmessage is missing"):
+        outbox()
+    with pytest.raises(SystemCheckError, match=r"msgraph_mail\.W012"):
+        call_command(
+            "check",
+            "--database",
+            "default",
+            "--fail-level",
+            "WARNING",
+            stdout=StringIO(),
+            stderr=StringIO(),
+        )
+    call_command("check", stdout=StringIO())  # offline, without --database: no query
+
+
+def test_an_unapplied_migration_is_reported_by_the_database_check(dummy_tasks: Any) -> None:
+    from django.core.management.base import SystemCheckError
+    from django.db.migrations.recorder import MigrationRecorder
+
+    MigrationRecorder.Migration.objects.filter(app="msgraph_mail").delete()
+    with pytest.raises(SystemCheckError, match=r"msgraph_mail\.W013.*0001_initial"):
+        call_command(
+            "check",
+            "--database",
+            "default",
+            "--fail-level",
+            "WARNING",
+            stdout=StringIO(),
+            stderr=StringIO(),
+        )
+
+
+def test_the_database_check_says_nothing_when_the_outbox_is_migrated(dummy_tasks: Any) -> None:
+    from msgraph_mail import checks
+
+    assert checks.check_outbox_database(databases=["default"]) == []
+
+
+MAILERS_ONLY = pytest.mark.skipif(django.VERSION < (6, 1), reason="MAILERS is new in Django 6.1")
+
+
+def _mailers(emulator: GraphEmulator, *queued: str, default: str | None = None) -> Any:
+    options = {key.lower(): value for key, value in emulator.settings().items()}
+    mailers = {alias: {"BACKEND": QUEUED, "OPTIONS": options} for alias in queued}
+    mailers["default"] = {"BACKEND": default or QUEUED, "OPTIONS": options}
+    if default is not None and default != QUEUED:
+        mailers["default"] = {"BACKEND": default}
+    return override_settings(MAILERS=mailers, MSGRAPH_MAIL=None, TASKS=DUMMY)
+
+
+@MAILERS_ONLY
+def test_a_mailers_only_project_is_found_without_using(msgraph_emulator: GraphEmulator) -> None:
+    with _mailers(msgraph_emulator):
+        mail.send_mail("Hello", "Body", "noreply@contoso.com", ["a@example.com"])
+        assert '"Hello" to a@example.com' in outbox()
+
+
+@MAILERS_ONLY
+def test_the_only_queued_mailer_is_used_when_default_is_another_backend(
+    msgraph_emulator: GraphEmulator,
+) -> None:
+    console = "django.core.mail.backends.locmem.EmailBackend"
+    with _mailers(msgraph_emulator, "bulk", default=console):
+        mail.send_mail("Hello", "Body", "noreply@contoso.com", ["a@example.com"], using="bulk")
+        assert '"Hello" to a@example.com' in outbox()
+
+
+@MAILERS_ONLY
+def test_several_queued_mailers_without_default_need_using(
+    msgraph_emulator: GraphEmulator,
+) -> None:
+    console = "django.core.mail.backends.locmem.EmailBackend"
+    with (
+        _mailers(msgraph_emulator, "bulk", "billing", default=console),
+        pytest.raises(CommandError, match=r"--using \(bulk, billing\)"),
+    ):
+        outbox()
+    with _mailers(msgraph_emulator, "bulk", "billing", default=console):
+        assert (
+            outbox("--using", "billing")
+            == "No queued or deferred or sending or failed or unknown messages.\n"
+        )
+        with pytest.raises(CommandError, match="No mailer 'nope' in MAILERS"):
+            outbox("--using", "nope")
+        with pytest.raises(CommandError, match="does not use QueuedEmailBackend"):
+            outbox("--using", "default")
+
+
+@MAILERS_ONLY
+def test_default_is_chosen_among_several_and_the_others_are_named(
+    msgraph_emulator: GraphEmulator,
+) -> None:
+    err = StringIO()
+    with _mailers(msgraph_emulator, "bulk"):
+        call_command("msgraph_outbox", stdout=StringIO(), stderr=err)
+    assert (
+        "Using MAILERS['default']; also configured: bulk (choose with --using)." in err.getvalue()
+    )

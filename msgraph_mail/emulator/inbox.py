@@ -66,11 +66,36 @@ Handler = Callable[[Request, "re.Match[str]"], Response]
 
 
 def settings_snippet(emulator: GraphEmulator) -> str:
-    """What to paste into a development settings file to send mail to ``emulator``.
+    """What to paste into a development settings file to send mail to ``emulator``, in the
+    form of the installed Django: ``MAILERS`` OPTIONS on 6.1, ``EMAIL_BACKEND`` and
+    ``MSGRAPH_MAIL`` before (6.1 refuses ``EMAIL_BACKEND`` beside ``MAILERS``).
 
     Strict: the emulator's own tenant and application. Permissive (the CLI's default): the
     developer's own settings, with only GRAPH_URL and AUTHORITY_URL pointed here.
     """
+    if _has_mailers():
+        if emulator.strict:
+            settings = emulator.settings().items()
+            lines = [f"        {json.dumps(k.lower())}: {json.dumps(v)}," for k, v in settings]
+        else:
+            lines = [
+                '        **MAILERS["default"].get("OPTIONS", {}),  # your tenant_id, client_id, '
+                "credential, mode, mailbox",
+                f'        "graph_url": "{emulator.url}",',
+                f'        "authority_url": "{emulator.url}",',
+            ]
+        return "\n".join(
+            [
+                "MAILERS = {",
+                '    "default": {',
+                '        "BACKEND": "msgraph_mail.backend.EmailBackend",',
+                '        "OPTIONS": {',
+                *("    " + line for line in lines),
+                "        },",
+                "    },",
+                "}",
+            ]
+        )
     backend = 'EMAIL_BACKEND = "msgraph_mail.backend.EmailBackend"'
     if emulator.strict:
         graph = pprint.pformat(emulator.settings(), sort_dicts=False)
@@ -83,6 +108,15 @@ def settings_snippet(emulator: GraphEmulator) -> str:
         f'    "AUTHORITY_URL": "{emulator.url}",\n'
         "}"
     )
+
+
+def _has_mailers() -> bool:
+    """Whether the installed Django configures mail with ``MAILERS`` (6.1 and later)."""
+    try:
+        import django
+    except ImportError:  # the emulator itself needs only the standard library
+        return False
+    return bool(django.VERSION >= (6, 1))
 
 
 def serves(path: str) -> bool:

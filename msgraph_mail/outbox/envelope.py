@@ -22,7 +22,9 @@ from __future__ import annotations
 import base64
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from email.utils import make_msgid
+from email import policy
+from email.parser import BytesParser
+from email.utils import getaddresses, make_msgid
 from typing import Any
 
 from django.core.mail import EmailMessage
@@ -51,6 +53,8 @@ class Envelope:
     enqueued_at: str  # ISO 8601, aware UTC
     draft: dict[str, Any] | None = None  # LARGE_MESSAGES: the draft plan (see the module)
     json_body: str | None = None  # SAVE_TO_SENT_ITEMS off: the JSON sendMail body
+    subject: str | None = None  # what msgraph_outbox lists, beside the Message-ID
+    first_recipient: str | None = None  # the first of To + Cc + Bcc, as listed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +67,18 @@ class Envelope:
     @property
     def enqueued(self) -> datetime:
         return datetime.fromisoformat(self.enqueued_at)
+
+    def described(self) -> tuple[str, str]:
+        """(subject, first recipient) for listings; read from the MIME's headers for an
+        envelope queued before both were recorded."""
+        if self.subject is not None or not self.mime:
+            return self.subject or "", self.first_recipient or ""
+        headers = BytesParser(policy=policy.default).parsebytes(
+            base64.b64decode(self.mime), headersonly=True
+        )
+        fields = [str(headers[name]) for name in ("To", "Cc", "Bcc") if headers[name]]
+        first = getaddresses(fields)
+        return str(headers.get("Subject", "")), next((a for _, a in first if a), "")
 
 
 def build_envelope(
@@ -97,6 +113,8 @@ def build_envelope(
         enqueued_at=datetime.now(timezone.utc).isoformat(),
         draft=_plan_data(payload.plan) if payload.plan is not None else None,
         json_body=payload.body.decode("utf-8") if payload.route == "sendMail-json" else None,
+        subject=str(message.subject or ""),
+        first_recipient=str(message.recipients()[0]),
     )
 
 

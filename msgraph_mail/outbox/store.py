@@ -9,14 +9,18 @@ other sees the message taken, so a task that runs twice never sends twice.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
+from django.db import DatabaseError, router
 from django.db.models import F
 from django.utils import timezone
 
+from ..exceptions import OutboxNotMigrated
 from .envelope import Envelope
 
 __all__ = ["ClaimStore", "DatabaseStore", "StoredMessage"]
@@ -77,10 +81,40 @@ class ClaimStore(Protocol):
         ...
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def migrated(method: Callable[P, R]) -> Callable[P, R]:
+    """A database error naming the outbox's table becomes :class:`OutboxNotMigrated`, which
+    says to run migrate, instead of ``OperationalError: no such table``."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except DatabaseError as exc:
+            from ..models import OutboxMessage
+
+            table = OutboxMessage._meta.db_table
+            if table not in str(exc).lower():
+                raise
+            database = router.db_for_write(OutboxMessage)
+            raise OutboxNotMigrated(
+                f"msgraph_mail's outbox table {table} is missing from database {database!r}, "
+                "or lacks a column of a newer migration. Run "
+                "`python manage.py migrate msgraph_mail`; `python manage.py check --database "
+                f"{database}` reports what is missing."
+            ) from exc
+
+    return wrapper
+
+
 class DatabaseStore:
     """The store of the ``tasks`` engine: :class:`msgraph_mail.models.OutboxMessage` rows in
     the default database, written in the caller's transaction."""
 
+    @migrated
     def add(self, envelope: Envelope) -> None:
         from ..models import OutboxMessage
 
@@ -88,6 +122,7 @@ class DatabaseStore:
             message_id=envelope.message_id, envelope=_json(envelope), status="queued"
         )
 
+    @migrated
     def claim(self, message_id: str) -> bool:
         from ..models import OutboxMessage
 
@@ -96,6 +131,7 @@ class DatabaseStore:
         )
         return claimed == 1
 
+    @migrated
     def defer(self, message_id: str, until: datetime) -> None:
         from ..models import OutboxMessage
 
@@ -103,12 +139,14 @@ class DatabaseStore:
             status="queued", next_try_at=until, updated_at=timezone.now()
         )
 
+    @migrated
     def note(self, message_id: str, error: str) -> None:
         """Keep why the last attempt failed (a deferred message shows it)."""
         from ..models import OutboxMessage
 
         OutboxMessage.objects.filter(message_id=message_id).update(last_error=error[:2000])
 
+    @migrated
     def resolved(self, message_id: str, note: str) -> bool:
         """An unknown message found in Sent Items: ``unknown`` -> ``sent`` in one step (False
         when it is not unknown any more: resent by hand, or resolved by another run)."""
@@ -120,6 +158,7 @@ class DatabaseStore:
         )
         return updated == 1
 
+    @migrated
     def finish(
         self,
         message_id: str,
@@ -137,12 +176,14 @@ class DatabaseStore:
             updated_at=timezone.now(),
         )
 
+    @migrated
     def get(self, message_id: str) -> StoredMessage | None:
         from ..models import OutboxMessage
 
         row = OutboxMessage.objects.filter(message_id=message_id).first()
         return _stored(row) if row is not None else None
 
+    @migrated
     def list(self, status: str | None = None) -> list[StoredMessage]:
         from ..models import OutboxMessage
 
@@ -151,6 +192,7 @@ class DatabaseStore:
             rows = rows.filter(status=status)
         return [_stored(row) for row in rows]
 
+    @migrated
     def requeue(
         self, message_id: str, *, force: bool = False, envelope: Envelope | None = None
     ) -> bool:
@@ -171,6 +213,7 @@ class DatabaseStore:
         updated: int = rows.update(**changes)
         return updated == 1
 
+    @migrated
     def orphans(self, stale_after: float) -> builtins.list[StoredMessage]:
         """Queued messages due more than ``stale_after`` seconds ago and untouched since: their
         task was lost (a worker killed after it took the task and before it claimed the
@@ -189,6 +232,7 @@ class DatabaseStore:
         ).update(updated_at=now)
         return [_stored(row) for row in rows] if touched else []
 
+    @migrated
     def stale(self, stale_after: float) -> builtins.list[str]:
         """Ids of the messages claimed (``sending``) more than ``stale_after`` seconds ago."""
         from ..models import OutboxMessage
@@ -197,6 +241,7 @@ class DatabaseStore:
         rows = OutboxMessage.objects.filter(status="sending", updated_at__lt=cutoff)
         return list(rows.values_list("message_id", flat=True))
 
+    @migrated
     def reap(self, stale_after: float) -> int:
         """Mark messages claimed longer than ``stale_after`` seconds ago as unknown.
 

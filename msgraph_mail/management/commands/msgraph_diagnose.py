@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from msgraph_mail.backend import EmailBackend
+from msgraph_mail import mailers
 from msgraph_mail.checks import sends_admin_mail
 from msgraph_mail.conf import validate
 from msgraph_mail.diagnose import Finding, diagnose
@@ -38,7 +38,9 @@ class Command(BaseCommand):
             "--send-test", metavar="TO", help="Send one real test message to this address."
         )
         parser.add_argument(
-            "--using", default="default", metavar="ALIAS", help="The MAILERS alias to diagnose."
+            "--using",
+            metavar="ALIAS",
+            help="The MAILERS alias to diagnose (default: 'default', or the only mailer of ours).",
         )
         parser.add_argument("--json", action="store_true", help="Print the findings as JSON.")
 
@@ -61,23 +63,8 @@ class Command(BaseCommand):
         if errors:
             raise CommandError(f"{errors} error{'s' if errors > 1 else ''} found.")
 
-    def _backend_options(self, alias: str) -> dict[str, Any]:
-        mailers = getattr(settings, "MAILERS", None)
-        if mailers is None:
-            if alias != "default":
-                raise CommandError("--using needs Django 6.1's MAILERS setting.")
-            return {}
-        if alias not in mailers:
-            raise CommandError(f"No mailer {alias!r} in MAILERS ({', '.join(mailers)}).")
-        config = mailers[alias]
-        from django.utils.module_loading import import_string
-
-        backend = import_string(
-            config.get("BACKEND", "django.core.mail.backends.smtp.EmailBackend")
-        )
-        if not (isinstance(backend, type) and issubclass(backend, EmailBackend)):
-            raise CommandError(f"MAILERS[{alias!r}] does not use msgraph_mail's backend.")
-        return dict(config.get("OPTIONS") or {})
+    def _backend_options(self, alias: str | None) -> dict[str, Any]:
+        return mailers.for_command(self, alias).options
 
     def _report(self, findings: list[Finding], *, as_json: bool) -> None:
         if as_json:

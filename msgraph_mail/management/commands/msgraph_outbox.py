@@ -9,7 +9,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from msgraph_mail import mailers
 from msgraph_mail.conf import MSGraphMailSettings
+from msgraph_mail.exceptions import ConfigurationError
 from msgraph_mail.outbox.deliver import settings_for
 from msgraph_mail.outbox.engines import engine_for, store_for
 from msgraph_mail.outbox.store import StoredMessage
@@ -44,12 +46,21 @@ class Command(BaseCommand):
             "delivered already.",
         )
         parser.add_argument(
-            "--using", metavar="ALIAS", help="The MAILERS alias whose outbox to read."
+            "--using",
+            metavar="ALIAS",
+            help="The MAILERS alias whose outbox to read (default: 'default', or the only "
+            "QueuedEmailBackend mailer).",
         )
         parser.add_argument("--json", action="store_true", help="Print the list as JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        settings = settings_for(options["using"])
+        try:
+            self._handle(options)
+        except ConfigurationError as exc:  # invalid settings, or the outbox not migrated
+            raise CommandError(str(exc)) from exc
+
+    def _handle(self, options: dict[str, Any]) -> None:
+        settings = settings_for(mailers.for_command(self, options["using"], queued=True).alias)
         if options["resend"]:
             self._resend(settings, options["resend"], force=options["force"])
             return
@@ -65,6 +76,7 @@ class Command(BaseCommand):
         for message in found:
             row = _row(message)
             line = f"{row['status']:<8}  {row['message_id']}  attempts {row['attempts']}"
+            line += f"\n          {_who(row)}"
             if row["next_try_at"] and row["status"] == "deferred":
                 line += f"  next try {row['next_try_at']}"
             if row["last_error"]:
@@ -107,9 +119,20 @@ def _when(message: StoredMessage) -> float:
     return when.timestamp() if when is not None else 0.0
 
 
+def _who(row: dict[str, Any]) -> str:
+    """``"Subject" to first@example.com and 2 more``."""
+    others = row["recipients"] - 1
+    more = f" and {others} more" if others > 0 else ""
+    return f"{json.dumps(row['subject'], ensure_ascii=False)} to {row['first_recipient']}{more}"
+
+
 def _row(message: StoredMessage) -> dict[str, Any]:
+    subject, first_recipient = message.envelope.described()
     return {
         "message_id": message.message_id,
+        "subject": subject,
+        "recipients": message.envelope.recipients,
+        "first_recipient": first_recipient,
         "status": _status(message),
         "attempts": message.attempts,
         "next_try_at": message.next_try_at.isoformat() if message.next_try_at else None,
