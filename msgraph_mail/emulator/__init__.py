@@ -6,9 +6,13 @@ seen here is behaviour to expect from the real services. It also fails the way t
 demand: throttling, outages, gateway timeouts that hide a delivery, dropped connections. And
 it enforces Graph's per-application-and-mailbox limits (4 requests in flight, 10,000 requests
 per 10 minutes, 150 MB of upload per 5 minutes) and Exchange's 10,000 recipients per mailbox
-per 24 hours, with a time scale that runs those windows in seconds. Standard library only.
+per 24 hours, with a time scale that runs those windows in seconds. After the 202 it decides
+each recipient's fate by rule, puts Exchange-shaped NDRs into the sender's Inbox (read by
+delta, get and ``$value``) and answers message trace with its permission, paging and
+100-requests-per-5-minutes limit. Standard library only.
 """
 
+from .delivery import OUTCOMES
 from .directory import (
     ALICE_ID,
     BOB_ID,
@@ -22,6 +26,7 @@ from .directory import (
     User,
 )
 from .faults import ALL_FAULTS, FAULTS, PAGE_FAULT_NAMES, InjectedFault
+from .inbox_folder import InboxMessage
 from .limits import DEFAULT_LIMITS
 from .mail import Attachment, SentMessage
 from .request_log import RecordedRequest
@@ -39,12 +44,14 @@ __all__ = [
     "GUEST_ID",
     "MAX_REQUEST_BYTES",
     "NOREPLY_ID",
+    "OUTCOMES",
     "PAGE_FAULT_NAMES",
     "SERVICE_PRINCIPAL_ID",
     "TENANT_DOMAIN",
     "TENANT_ID",
     "Attachment",
     "GraphEmulator",
+    "InboxMessage",
     "InjectedFault",
     "RecordedRequest",
     "SentMessage",

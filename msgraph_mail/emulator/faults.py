@@ -52,6 +52,11 @@ FAULT_KINDS = (
     "draft_send",
     "draft_delete",
     "sent_items",
+    "inbox_delta",
+    "message_get",
+    "message_value",
+    "message_trace",
+    "message_trace_detail",
 )
 #: Faults that let the request be processed normally first (the work is done, then lost).
 PROCESSING_FAULTS = frozenset({"gateway_timeout", "reset_after", "slow", "bad_gateway"})

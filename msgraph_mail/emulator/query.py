@@ -1,4 +1,5 @@
-"""The slice of OData that mailbox resolution needs: ``$filter`` on addresses and ``$select``.
+"""The slice of OData that mailbox resolution needs: ``$filter`` on addresses and ``$select``;
+and the ``$select`` of messages and the ``$filter`` of message trace (its own small grammar).
 
 The grammar is deliberately small and strict: a clause the emulator does not understand is
 refused with Graph's ``Request_UnsupportedQuery`` instead of being guessed at, so a client
@@ -9,13 +10,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from .directory import SELECTABLE_PROPERTIES, User
 from .errors import GraphError
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<string>'(?:[^']|'')*')|(?P<punct>[():])|(?P<word>[A-Za-z_$][A-Za-z0-9_./$]*))"
+    r"\s*(?:(?P<string>'(?:[^']|'')*')|(?P<punct>[():,])"
+    r"|(?P<datetime>\d{4}-\d\d-\d\dT[0-9:.]+(?:Z|[+-]\d\d:\d\d))"
+    r"|(?P<word>[A-Za-z_$][A-Za-z0-9_./$]*))"
 )
 _FIELDS = {"mail": "mail", "userprincipalname": "userPrincipalName"}
 
@@ -190,9 +194,83 @@ def message_list_query(
         wanted = match.group(1).replace("''", "'")
     if "$select" not in options:
         return wanted, None
-    names = [n.strip().lower() for n in options["$select"].split(",") if n.strip()]
+    return wanted, select_fields(options["$select"], properties)
+
+
+def select_fields(text: str, properties: dict[str, str]) -> list[str]:
+    """A message ``$select``: ``id`` first, then the properties named (``properties`` maps
+    each selectable one, lower-cased, to its name); an unknown one is Graph's 400."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
     if not names or any(n not in properties for n in names):
         raise GraphError(
             400, "RequestBroker--ParseUri", "Could not find a property named in $select."
         )
-    return wanted, ["id", *(properties[n] for n in names if n != "id")]
+    return ["id", *(properties[n] for n in names if n != "id")]
+
+
+# message trace ---------------------------------------------------------------------------
+
+#: exchangeMessageTrace properties ``$filter`` compares with ``eq`` (Learn: the resource page).
+TRACE_EQ_FIELDS = {
+    name.lower(): name
+    for name in ("id", "messageId", "senderAddress", "recipientAddress", "status", "fromIP", "toIP")
+}
+_SUBJECT_FUNCTIONS = ("contains", "startswith", "endswith")
+
+
+@dataclass
+class TraceFilter:
+    """A message trace ``$filter``: clauses joined with ``and`` (``or`` is not documented)."""
+
+    equals: dict[str, str] = field(default_factory=dict)  # property -> value
+    subject: list[tuple[str, str]] = field(default_factory=list)  # (function, text)
+    since: datetime | None = None  # receivedDateTime ge
+    until: datetime | None = None  # receivedDateTime le
+
+
+class _TraceParser(_Parser):
+    """clauses := clause ('and' clause)*; clause := property eq 'text' |
+    receivedDateTime (ge|le) <DateTimeOffset> | contains|startsWith|endsWith(subject, 'text')."""
+
+    def trace_filter(self) -> TraceFilter:
+        found = TraceFilter()
+        self.clause(found)
+        while self.peek_word("and"):
+            self.pos += 1
+            self.clause(found)
+        if self.pos != len(self.tokens):
+            raise unsupported()
+        return found
+
+    def clause(self, found: TraceFilter) -> None:
+        name = self.expect("word").lower()
+        if name in _SUBJECT_FUNCTIONS:
+            self.expect("punct", "(")
+            if self.expect("word").lower() != "subject":
+                raise unsupported()
+            self.expect("punct", ",")
+            found.subject.append((name, self.string()))
+            self.expect("punct", ")")
+        elif name == "receiveddatetime":
+            bound = "since" if self.peek_word("ge") else "until" if self.peek_word("le") else ""
+            self.pos += 1
+            if not bound or getattr(found, bound) is not None:
+                raise unsupported()
+            setattr(found, bound, _moment(self.expect("datetime")))
+        elif name in TRACE_EQ_FIELDS and TRACE_EQ_FIELDS[name] not in found.equals:
+            self.expect_word("eq")
+            found.equals[TRACE_EQ_FIELDS[name]] = self.string()
+        else:
+            raise unsupported()
+
+
+def _moment(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise unsupported() from None
+
+
+def parse_trace_filter(text: str) -> TraceFilter:
+    """The message trace ``$filter``; anything else is ``Request_UnsupportedQuery``."""
+    return _TraceParser(text).trace_filter()

@@ -1,4 +1,5 @@
-"""Graph ``/v1.0`` endpoints: user get/list and ``sendMail``, with Graph's checks and order.
+"""Graph ``/v1.0`` endpoints: user get/list and ``sendMail``, with Graph's checks and order;
+the mailbox's folders, drafts and message trace are in their own modules.
 
 Routing is separate from HTTP plumbing so that the request kind ("user_get", "sendMail", ...)
 can be known before the body is read (the 4 MB limit is enforced on ``Content-Length``).
@@ -9,10 +10,11 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from .delivery import Deliveries
 from .directory import Tenant, User
 from .entra import IssuedToken, TokenStore
 from .errors import GraphError, access_denied, send_as_denied
@@ -29,6 +31,12 @@ from .query import filter_addresses, parse_filter, parse_select, unsupported
 ODATA_JSON = "application/json;odata.metadata=minimal;odata.streaming=true;charset=utf-8"
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 _USERS_KEY = re.compile(r"users\('((?:[^']|'')*)'\)", re.IGNORECASE)
+_FOLDER_KEY = re.compile(r"mailFolders\('((?:[^']|'')*)'\)", re.IGNORECASE)
+_DETAILS = re.compile(
+    r"(?:microsoft\.graph\.)?getDetailsByRecipient\(recipientAddress='((?:[^']|'')*)'\)",
+    re.IGNORECASE,
+)
+_TRACES = ["admin", "exchange", "tracing", "messagetraces"]
 _SEND_MAIL = ("sendmail", "microsoft.graph.sendmail")
 _DIRECTORY_OPTIONS = ("$select", "$filter", "$top")
 _WWW_AUTHENTICATE = (
@@ -68,7 +76,8 @@ class Route:
     key: str | None = None
     bad: str | None = None
     method: str | None = None
-    item: str | None = None  # a message id (drafts)
+    item: str | None = None  # a message id (drafts, Inbox), a folder, a message trace id
+    argument: str | None = None  # getDetailsByRecipient's recipientAddress
 
 
 def _segments(path: str) -> list[str]:
@@ -115,6 +124,8 @@ def resolve(path: str) -> Route:
         return Route("other", bad="")
     if [s.lower() for s in segments] == ["users"]:
         return Route("user_list", method="GET")
+    if segments[0].lower() == "admin":
+        return _trace_route(segments)
     found = _user_key(segments)
     if found is None:
         return Route("other", bad=segments[0])
@@ -127,15 +138,49 @@ def resolve(path: str) -> Route:
         return Route("sendMail", key=key, method="POST")
     if rest[0].lower() == "messages":
         return _message_route(key, rest[1:])
-    if rest[0].lower() == "mailfolders" and len(rest) == 3 and rest[2].lower() == "messages":
-        if rest[1].lower() == "sentitems":  # the well-known folder name, in any case
-            return Route("sent_items", key=key, method="GET")
-        return Route("other", bad=rest[1])
+    if rest[0].lower().startswith("mailfolders"):
+        return _folder_route(key, rest)
     return Route("other", bad=rest[0])
 
 
+def _folder_route(key: str, rest: list[str]) -> Route:
+    """``mailFolders/{folder}/messages[/delta]``, also spelled ``mailFolders('{folder}')``."""
+    match = _FOLDER_KEY.fullmatch(rest[0])
+    if match:
+        folder, tail = match.group(1).replace("''", "'"), [s.lower() for s in rest[1:]]
+    elif rest[0].lower() == "mailfolders" and len(rest) > 1:
+        folder, tail = rest[1], [s.lower() for s in rest[2:]]
+    else:
+        return Route("other", bad=rest[0])
+    if tail == ["messages"]:
+        if folder.lower() == "sentitems":  # the well-known folder name, in any case
+            return Route("sent_items", key=key, method="GET")
+        return Route("other", bad=folder)
+    if tail in (["messages", "delta"], ["messages", "microsoft.graph.delta"]):
+        return Route("inbox_delta", key=key, method="GET", item=folder)  # inbox_folder.py
+    return Route("other", bad=rest[0])
+
+
+def _trace_route(segments: list[str]) -> Route:
+    """``admin/exchange/tracing/messageTraces[/{id}/getDetailsByRecipient(...)]``."""
+    for segment, expected in zip(segments, _TRACES, strict=False):
+        if segment.lower() != expected:
+            return Route("other", bad=segment)
+    if len(segments) < len(_TRACES):
+        return Route("other", bad=segments[-1])
+    rest = segments[len(_TRACES) :]
+    if not rest:
+        return Route("message_trace", method="GET")
+    match = _DETAILS.fullmatch(rest[-1]) if len(rest) == 2 else None
+    if match is None:
+        return Route("other", bad=rest[-1])
+    recipient = match.group(1).replace("''", "'")
+    return Route("message_trace_detail", method="GET", item=rest[0], argument=recipient)
+
+
 def _message_route(key: str, rest: list[str]) -> Route:
-    """``messages``, ``messages/{id}``, its ``send``, ``attachments``, ``createUploadSession``."""
+    """``messages``, ``messages/{id}``, its ``send``, ``$value``, ``attachments``,
+    ``createUploadSession``."""
     if not rest:
         return Route("draft_create", key=key, method="POST")
     item, tail = rest[0], [s.lower() for s in rest[1:]]
@@ -143,6 +188,8 @@ def _message_route(key: str, rest: list[str]) -> Route:
         return Route("draft_delete", key=key, method="DELETE", item=item)
     if tail in (["send"], ["microsoft.graph.send"]):
         return Route("draft_send", key=key, method="POST", item=item)
+    if tail == ["$value"]:
+        return Route("message_value", key=key, method="GET", item=item)
     if tail == ["attachments"]:
         return Route("attachment", key=key, method="POST", item=item)
     if tail[0] == "attachments" and tail[1:] in (
@@ -157,6 +204,8 @@ def _for_method(route: Route, method: str) -> Route:
     """``GET .../messages`` lists the mailbox's messages where ``POST`` creates a draft."""
     if route.name == "draft_create" and method == "GET":
         return Route("message_list", key=route.key, method="GET")
+    if route.name == "draft_delete" and method == "GET":
+        return Route("message_get", key=route.key, method="GET", item=route.item)
     return route
 
 
@@ -180,18 +229,35 @@ class GraphApi:
         self.tokens = tokens
         self.base_url = base_url
         self.deliver = deliver
-        from .drafts import DraftStore  # drafts.py builds on this module
-        from .sent_items import SentItems
+        from .drafts import DraftStore  # these modules build on this one
+        from .inbox_folder import FULL_READ_ROLES, Inboxes
+        from .sent_items import SentItems, delivered_message_id
+        from .trace import MessageTraces
 
         self.sent_items = SentItems()
+        self.deliveries = Deliveries(tenant)
 
         def delivered(message: SentMessage | Screened) -> None:
+            message_id = delivered_message_id(message, self.sent_items.rewrite_message_ids)
             deliver(message)
-            self.sent_items.record(message)  # Exchange moves the sent copy to Sent Items
+            self.sent_items.record(message, message_id)  # Exchange moves the copy there
+            self.deliveries.accept(message, message_id)  # and routes it (delivery.py)
+
+        def may_read_full(mailbox: User, roles: Iterable[str]) -> bool:
+            return bool(FULL_READ_ROLES & set(roles)) or self.drafts.may_read_write(mailbox, roles)
+
+        def reports_arrive() -> None:
+            for report in self.deliveries.due():
+                self.inboxes.add(report.mailbox, report.raw, report.arrived)
 
         self.deliver = delivered
         self.drafts = DraftStore(tenant, base_url, delivered)
         self.sent_items.may_read_also = self.drafts.may_read_write
+        self.inboxes = Inboxes(base_url, self.sent_items.may_read, may_read_full)
+        self.inboxes.before_read = reports_arrive
+        #: The tenant's ``time_scale`` (the emulator sets it): message trace's window uses it.
+        self.time_scale: Callable[[], float] = lambda: 1.0
+        self.traces = MessageTraces(self.deliveries, base_url, lambda: self.time_scale())
         #: Called before a message is delivered, with the mailbox and the number of its
         #: recipients; raises the refusal when the mailbox is over its recipient rate limit.
         self.before_send: Callable[[User, int], None] = lambda mailbox, count: None
@@ -212,6 +278,11 @@ class GraphApi:
         if route.name == "sendMail":
             assert route.key is not None
             return self.send_mail(request, route.key, token)
+        if route.name in ("message_trace", "message_trace_detail"):
+            return self.traces.handle(route, request, token)
+        if route.name in ("inbox_delta", "message_get", "message_value"):
+            assert route.key is not None
+            return self.inboxes.handle(route, request, self._mailbox(route.key), token)
         if route.name == "sent_items":
             assert route.key is not None
             mailbox = self._mailbox(route.key)

@@ -41,6 +41,18 @@ _FIELDS = {
 _DEFAULT_FIELDS = ("id", "internetMessageId", "sentDateTime", "subject", "isDraft")
 
 
+def exchange_message_id() -> str:
+    """A Message-ID of Exchange's own making."""
+    return f"<{uuid.uuid4().hex.upper()}@emulator.prod.outlook.com>"
+
+
+def delivered_message_id(message: SentMessage | Screened, rewrite: bool) -> str:
+    """The Message-ID a message travels with (Sent Items, NDRs, message trace): its own,
+    unless the tenant rewrites it (``rewrite``) or it has none; then one of Exchange's."""
+    own = message.header("Message-ID") if isinstance(message, SentMessage) else message.message_id
+    return exchange_message_id() if rewrite or not own else own.strip()
+
+
 @dataclass(frozen=True)
 class SentItem:
     """The copy of a sent message in its mailbox's Sent Items."""
@@ -91,23 +103,16 @@ class SentItems:
         with self._lock:
             self._items.clear()
 
-    def record(self, message: SentMessage | Screened) -> None:
-        """Save the copy of a delivered message (none when ``saveToSentItems`` was false)."""
-        if isinstance(message, SentMessage):
-            if not message.save_to_sent_items:
-                return
-            subject = message.subject
-            message_id = message.header("Message-ID")
-        else:
-            subject = message.subject
-            message_id = message.message_id
-        if self.rewrite_message_ids or not message_id:
-            message_id = f"<{uuid.uuid4().hex.upper()}@emulator.prod.outlook.com>"
+    def record(self, message: SentMessage | Screened, message_id: str) -> None:
+        """Save the copy of a delivered message (none when ``saveToSentItems`` was false);
+        ``message_id`` is the one it travels with (``delivered_message_id``)."""
+        if isinstance(message, SentMessage) and not message.save_to_sent_items:
+            return
         item = SentItem(
             id="AAMk" + uuid.uuid4().hex,
             mailbox_id=message.mailbox.id,
-            internet_message_id=message_id.strip(),
-            subject=subject,
+            internet_message_id=message_id,
+            subject=message.subject,
             sent=datetime.now(timezone.utc),
         )
         with self._lock:

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
+from .delivery import checked_outcome
 from .directory import CLIENT_ID, CLIENT_SECRET, TENANT_DOMAIN, TENANT_ID, Tenant, User
 from .drafts import DRAFT_KINDS, UPLOAD_KINDS, UPLOAD_PREFIX, Draft, upload_kind
 from .entra import (
@@ -50,6 +51,7 @@ from .faults import (
     page_fault,
 )
 from .inbox import EVENTS_PATH, Inbox, serves
+from .inbox_folder import INBOX_KINDS, InboxMessage
 from .limits import (
     CONCURRENCY_RETRY_AFTER,
     MailboxBudgets,
@@ -71,6 +73,7 @@ from .routes import (
 )
 from .sent_items import SentItem
 from .store import EmlStore
+from .trace import TRACE_KINDS
 
 HOST = "127.0.0.1"
 _TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token/?")
@@ -83,6 +86,8 @@ KINDS = (
     *DRAFT_KINDS,
     "sent_items",
     *UPLOAD_KINDS,
+    *INBOX_KINDS,
+    *TRACE_KINDS,
     "other",
 )
 
@@ -361,6 +366,7 @@ class GraphEmulator:
         self._gate = MailboxGate()
         self._budgets = MailboxBudgets(limits, time_scale)
         self._graph.before_send = self._graph.drafts.before_send = self._spend_recipients
+        self._graph.time_scale = lambda: self._budgets.time_scale
         self._applications: dict[str, str] = {}
         self.token_lifetime = 3599
         self.latency: float = 0.0
@@ -457,8 +463,9 @@ class GraphEmulator:
 
     @property
     def rewrite_message_ids(self) -> bool:
-        """Sent Items copies get a Message-ID of Exchange's own, not the MIME's (a tenant that
-        rewrites it; whether Exchange keeps it is UNCONFIRMED)."""
+        """Messages travel with a Message-ID of Exchange's own, not the MIME's: in Sent Items,
+        in NDRs and in message trace (a tenant that rewrites it; whether Exchange keeps it is
+        UNCONFIRMED)."""
         return self._graph.sent_items.rewrite_message_ids
 
     @rewrite_message_ids.setter
@@ -488,6 +495,68 @@ class GraphEmulator:
         """The next upload chunks store only their first ``keep`` bytes; with
         ``fail_next("reset_after", on="upload_chunk")``: a chunk broken off midway."""
         self._graph.drafts.store_partial(*keep)
+
+    # after the 202: delivery, reports, message trace ------------------------------------
+
+    def set_delivery(
+        self,
+        target: str,
+        outcome: str,
+        *,
+        code: str | None = None,
+        diagnostic: str | None = None,
+    ) -> None:
+        """What becomes of messages to ``target`` (an address, or ``"@domain"`` for every
+        address at exactly that domain) accepted from now on, before the built-in rules
+        (unknown users of the tenant's domains bounce with 5.1.10, ``.invalid`` domains with
+        5.1.1; see delivery.py).
+
+        ``outcome``: ``"delivered"``, ``"bounced"`` (``code`` 5.1.1 by default; a sender's
+        problem such as 5.7.233 or 5.1.8 too), ``"deferred"`` (4.4.7 by default: a "Delivery
+        delayed" report and trace status ``pending``, never final), ``"quarantined"`` or
+        ``"filtered_as_spam"`` (no report). ``diagnostic`` is the SMTP reply the report and
+        the trace quote (Exchange's own for its codes, "550 5.1.1 user unknown" by default).
+        """
+        self._graph.deliveries.set_rule(target, checked_outcome(outcome, code, diagnostic))
+
+    def clear_delivery_rules(self) -> None:
+        """Drop every ``set_delivery`` rule; the built-in rules stay."""
+        self._graph.deliveries.clear_rules()
+
+    @property
+    def delivery_delay(self) -> float:
+        """Seconds from a message's acceptance to its recipients' final state and its reports
+        in the sender's Inbox (half of it: trace status ``pending``). 5 by default; read when
+        a message is accepted; not scaled by ``time_scale``."""
+        return self._graph.deliveries.delay
+
+    @delivery_delay.setter
+    def delivery_delay(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("delivery_delay is seconds: >= 0")
+        self._graph.deliveries.delay = float(seconds)
+
+    def deliver_to_inbox(self, mailbox: str, raw: bytes) -> InboxMessage:
+        """Put ``raw`` (any bytes: a foreign DSN, an auto-reply, a malformed report) into the
+        Inbox of ``mailbox`` (an id or any of its addresses), as arrived now."""
+        user = self._tenant.user(mailbox) or self._tenant.user(mailbox.lower())
+        if user is None:
+            raise ValueError(f"no mailbox {mailbox!r}")
+        return self._graph.inboxes.add(user, raw)
+
+    def inbox_messages(self, mailbox: str | None = None) -> list[InboxMessage]:
+        """The Inbox of ``mailbox`` (an id or address; None: every mailbox), oldest first,
+        reports that are due included."""
+        return self._graph.inboxes.messages(None if mailbox is None else self._mailbox_id(mailbox))
+
+    @property
+    def trace_service_principal(self) -> bool:
+        """The tenant holds the service principal message trace needs (False: Graph's 401)."""
+        return self._graph.traces.service_principal
+
+    @trace_service_principal.setter
+    def trace_service_principal(self, present: bool) -> None:
+        self._graph.traces.service_principal = bool(present)
 
     @property
     def rbac_scope(self) -> set[str] | None:
@@ -640,10 +709,13 @@ class GraphEmulator:
     def reset_limits(self) -> None:
         """Graph's default limits again, every window empty and ``throttled()`` at zero."""
         self._budgets.reset()
+        self._graph.traces.window.clear()
 
     def clear_budgets(self) -> None:
-        """Empty every window and zero ``throttled()``; the limits stay (``reset()`` too)."""
+        """Empty every window (message trace's too) and zero ``throttled()``; the limits
+        stay (``reset()`` too)."""
         self._budgets.clear()
+        self._graph.traces.window.clear()
 
     @property
     def time_scale(self) -> float:
@@ -750,7 +822,8 @@ class GraphEmulator:
             self._server.cut_connections()
 
     def count(self, kind: str | None = None) -> int:
-        """Requests so far: "token", "user_get", "user_list", "sendMail", "other" or all."""
+        """Requests so far of one kind ("token", "user_get", "user_list", "sendMail",
+        "message_trace", "message_trace_detail", "inbox_delta", ...: ``KINDS``) or all."""
         if kind is not None and kind not in KINDS:
             raise ValueError(f"unknown request kind {kind!r}; one of {', '.join(KINDS)}")
         with self._lock:
@@ -761,14 +834,18 @@ class GraphEmulator:
         with self._lock:
             self._sent.clear()
         self._graph.sent_items.clear()
+        self._graph.deliveries.clear()
+        self._graph.inboxes.clear()
         if self._store is not None:
             self._store.clear()
 
     def reset(self) -> None:
-        """Forget messages, drafts, requests, connections, served faults, in-flight peaks,
-        what the budgets spent and the 429s counted by ``throttled()``.
+        """Forget messages (their trace and reports, every Inbox), drafts, requests,
+        connections, served faults, in-flight peaks, what the budgets spent and the 429s
+        counted by ``throttled()``.
 
-        Configuration stays: users, grants, tokens, knobs, limits, and faults not yet served.
+        Configuration stays: users, grants, tokens, knobs, limits, delivery rules, and faults
+        not yet served.
         """
         with self._lock:
             self._sent.clear()
@@ -780,7 +857,9 @@ class GraphEmulator:
         self._graph.drafts.clear()
         self._graph.sent_items.clear()
         self._gate.forget_peaks()
-        self._budgets.clear()
+        self.clear_budgets()
+        self._graph.deliveries.clear()
+        self._graph.inboxes.clear()
 
     # called by the server -----------------------------------------------------------------
 
