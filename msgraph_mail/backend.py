@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from django.core.mail import EmailMessage
@@ -33,6 +33,7 @@ from .graph import GraphClient
 from .mime import MAILBOX_HEADER, header, sender_address
 from .resolvers import SenderResolver, refuse_early, resolver_for
 from .routes import Route
+from .tracking import outgoing
 
 logger = logging.getLogger("msgraph_mail")
 
@@ -48,6 +49,8 @@ class MessageStatus:
     (MIME, saved to Sent Items), ``"sendMail-json"`` (JSON, not saved: ``SAVE_TO_SENT_ITEMS``
     off; ``message_id`` is then None, as Exchange assigns the Message-ID), or ``"draft"``
     for a message too large for sendMail (``LARGE_MESSAGES``: draft, upload sessions, send).
+    ``suppressed`` names the recipients left out because an earlier hard bounce put them on
+    the suppression list (``SUPPRESS_BOUNCED``).
     """
 
     status: Literal["queued", "sent", "failed", "unknown"]
@@ -57,6 +60,7 @@ class MessageStatus:
     message_id: str | None = None
     error: MSGraphMailError | None = None
     route: Route = "sendMail"
+    suppressed: list[str] = field(default_factory=list)
 
 
 class EmailBackend(BaseEmailBackend):
@@ -108,13 +112,17 @@ class EmailBackend(BaseEmailBackend):
             return 0
         failures: list[tuple[EmailMessage, MSGraphMailError]] = []
         sent = 0
+        # The tracking store is read and written here, in the caller's thread: the sending
+        # threads never open a database connection of their own.
+        suppressed = outgoing.suppressed_in(email_messages, self.settings)
         with self._lock:
             opened = self.open()
             try:
-                statuses = self._send_all(email_messages)
+                statuses = self._send_all(email_messages, suppressed)
             finally:
                 if opened:
                     self.close()
+        outgoing.record_all(self.settings, email_messages, statuses)
         for message, status in zip(email_messages, statuses, strict=True):
             if status.status == "sent":
                 sent += 1
@@ -123,10 +131,12 @@ class EmailBackend(BaseEmailBackend):
         if failures and not self.fail_silently:
             if len(failures) == 1:
                 raise failures[0][1]
-            raise BatchSendError(failures, sent)
+            raise BatchSendError(failures, sent, _suppressed(email_messages, statuses))
         return sent
 
-    def _send_all(self, messages: list[EmailMessage]) -> list[MessageStatus]:
+    def _send_all(
+        self, messages: list[EmailMessage], suppressed: frozenset[str] = frozenset()
+    ) -> list[MessageStatus]:
         """Send concurrently, up to MAX_CONCURRENCY threads; one message needs no thread.
 
         How many requests reach one mailbox at once is bounded separately, by Graph's own
@@ -140,18 +150,18 @@ class EmailBackend(BaseEmailBackend):
             slots = self.settings.mailbox_limits.concurrent_requests * _senders(messages)
             workers = min(workers, slots)
         if workers <= 1:
-            return [self._send(message) for message in messages]
+            return [self._send(message, suppressed) for message in messages]
         with ThreadPoolExecutor(workers, thread_name_prefix="msgraph_mail") as pool:
-            return list(pool.map(self._send, messages))
+            return list(pool.map(lambda message: self._send(message, suppressed), messages))
 
-    def _send(self, message: EmailMessage) -> MessageStatus:
+    def _send(self, message: EmailMessage, suppressed: frozenset[str]) -> MessageStatus:
         """One message's pipeline, then its outcome announced (:mod:`msgraph_mail.signals`)."""
-        status = self._deliver(message)
+        status = self._deliver(message, suppressed)
         if message.recipients():  # skipped without a request, as Django's SMTP backend does
             signals.announce(type(self), message, status)
         return status
 
-    def _deliver(self, message: EmailMessage) -> MessageStatus:
+    def _deliver(self, message: EmailMessage, suppressed: frozenset[str]) -> MessageStatus:
         """The per-message pipeline: payload -> mailbox -> sendMail -> status."""
         assert self.client is not None
         assert self.resolver is not None
@@ -161,6 +171,7 @@ class EmailBackend(BaseEmailBackend):
             if not message.recipients():
                 # Django's SMTP backend skips these silently; so do we (not counted).
                 raise InvalidMessage("The message has no recipients", email_message=message)
+            message, status.suppressed = outgoing.prepare(message, self.settings, suppressed)
             payload = routes.build(message, self.settings)
             status.route, status.message_id = payload.route, payload.message_id
             mailbox = self.resolver.resolve(message)
@@ -196,6 +207,13 @@ class EmailBackend(BaseEmailBackend):
             status.request_id,
         )
         return status
+
+
+def _suppressed(
+    messages: list[EmailMessage], statuses: list[MessageStatus]
+) -> list[tuple[EmailMessage, list[str]]]:
+    """The messages sent without some suppressed recipients, for BatchSendError."""
+    return [(m, s.suppressed) for m, s in zip(messages, statuses, strict=True) if s.suppressed]
 
 
 def _senders(messages: list[EmailMessage]) -> int:
@@ -237,6 +255,7 @@ class QueuedEmailBackend(EmailBackend):
         if not email_messages:
             return 0
         engine, store = engine_for(self.settings), store_for(self.settings)
+        suppressed = outgoing.suppressed_in(email_messages, self.settings)
         alias = getattr(self, "alias", None)
         failures: list[tuple[EmailMessage, MSGraphMailError]] = []
         queued = 0
@@ -244,7 +263,8 @@ class QueuedEmailBackend(EmailBackend):
             status = MessageStatus(status="failed")
             message.msgraph_status = status
             try:
-                envelope = build_envelope(message, self.settings, alias)
+                prepared, status.suppressed = outgoing.prepare(message, self.settings, suppressed)
+                envelope = build_envelope(prepared, self.settings, alias)
                 # What the mode refuses without a request is refused here, as EmailBackend does.
                 refuse_early(self.settings, envelope.from_address, envelope.mailbox_override)
             except MSGraphMailError as exc:

@@ -194,6 +194,21 @@ W011 = Warning(
     "X-MSGraph-Save-To-Sent-Items: false.",
     id="msgraph_mail.W011",
 )
+E023 = Error(
+    "DELIVERY_TRACKING has nowhere to keep its state: {why}.",
+    hint="The tracker keeps the messages sent, the events reported, its cursors and the "
+    "suppression list in the database (msgraph_mail in INSTALLED_APPS, then migrate) or, "
+    "with REDIS_URL, in Redis; every process that sends and the tracker must share it.",
+    id="msgraph_mail.E023",
+)
+W014 = Warning(
+    "SUPPRESS_BOUNCED is on without DELIVERY_TRACKING: no bounce is ever read.",
+    hint="The suppression list then holds only what `manage.py msgraph_suppressions --add` "
+    'puts there. Set DELIVERY_TRACKING to ["bounces"] and/or ["trace"], or turn '
+    "SUPPRESS_BOUNCED off.",
+    id="msgraph_mail.W014",
+)
+
 # Warnings, not errors: `migrate` runs the database checks before it migrates, and an error
 # would stop the very command that fixes it.
 W012 = Warning(
@@ -242,6 +257,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 messages.append(at(_format(E013, mixture=mixture), where))
             if config.share_token and not config.redis_url:
                 messages.append(at(W008, where))
+            messages += [at(message, where) for message in _tracking(config)]
         messages += [at(message, where) for message in _legacy_overlap()]
     return _unique(messages)
 
@@ -403,6 +419,20 @@ def _senders(config: MSGraphMailSettings) -> list[CheckMessage]:
     elif config.allowed_senders:
         messages.append(_format(W004, mode=config.mode))
     return messages
+
+
+def _tracking(config: MSGraphMailSettings) -> list[CheckMessage]:
+    """Delivery tracking needs a state every process shares; suppression needs tracking."""
+    from django.apps import apps
+
+    if not config.delivery_tracking:
+        explicit = "suppress_bounced" in config.model_fields_set
+        return [W014] if explicit and config.suppress_bounced else []
+    if config.redis_url:
+        return []
+    if not apps.is_installed("msgraph_mail"):
+        return [_format(E023, why="no REDIS_URL, and msgraph_mail is not in INSTALLED_APPS")]
+    return []
 
 
 def sends_admin_mail() -> bool:

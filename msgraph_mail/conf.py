@@ -48,6 +48,7 @@ Cloud = Literal["global", "usgov", "usgovdod", "china"]
 Priority = Literal["normal", "bulk"]
 Queue = Literal["tasks", "celery"]
 SentItemsFallback = Literal["mime", "fail"]
+TrackingSource = Literal["trace", "bounces"]
 
 #: URL schemes REDIS_URL may use (redis-py's ``Redis.from_url``).
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -239,6 +240,8 @@ class MSGraphMailSettings(BaseModel):
     resolve_unknown: float | None = Field(default=None, ge=0, le=300)
     save_to_sent_items: bool = True
     sent_items_fallback: SentItemsFallback = "mime"
+    delivery_tracking: tuple[TrackingSource, ...] = ()
+    suppress_bounced: bool | None = Field(default=None, validate_default=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -349,6 +352,19 @@ class MSGraphMailSettings(BaseModel):
             if not (_ADDRESS.match(entry) or _DOMAIN.match(entry)):
                 raise ValueError(f"'{entry}' is neither an address nor an '@domain' entry")
         return entries
+
+    @field_validator("delivery_tracking", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError('must be a list such as ["trace", "bounces"], not a string')
+        return tuple(dict.fromkeys(value))  # each source once, in the order given
+
+    @field_validator("suppress_bounced", mode="after")
+    @classmethod
+    def _suppress_by_default(cls, value: bool | None, info: ValidationInfo) -> bool:
+        """SUPPRESS_BOUNCED defaults to True once delivery tracking can see bounces."""
+        return bool(info.data.get("delivery_tracking")) if value is None else value
 
     @field_validator("graph_url", "authority_url")
     @classmethod

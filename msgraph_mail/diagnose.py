@@ -23,6 +23,7 @@ from .conf import MSGraphMailSettings, mask_url
 from .exceptions import AuthenticationError, MSGraphMailError, SentItemsDenied
 from .graph import GraphClient
 from .limits import limits_for, redis_client
+from .tracking import diagnose as tracking
 
 Level = Literal["ok", "info", "warning", "error"]
 
@@ -71,10 +72,14 @@ def diagnose(
         token = _token(config, client.session, findings)
         if token is None:
             return findings
-        findings += list(judge_roles(config, token_roles(token)))
+        granted = token_roles(token)
+        findings += list(judge_roles(config, granted))
         found: dict[str, dict[str, Any]] = {}
         findings += list(check_senders(config, client, senders, roles, found))
         findings += list(check_limits(config, found))
+        if config.delivery_tracking:
+            findings += list(tracking.judge_roles(config, set(granted or ())))
+            findings += tracking.probe(config, _tracked_mailboxes(config, found))
         if send_test:
             findings += send_test_message(config, send_test, next(iter(senders), None))
     finally:
@@ -477,7 +482,14 @@ def send_test_message(config: MSGraphMailSettings, to: str, sender: str | None) 
     )
     if not status.mailbox or not status.message_id:
         return [sent]
-    return [sent, check_message_id(config, status.mailbox, status.message_id)]
+    found = [sent, check_message_id(config, status.mailbox, status.message_id)]
+    if "trace" in config.delivery_tracking:
+        from .mime import sender_address
+
+        found.append(
+            tracking.find_in_trace(config, status.message_id, sender_address(message), to.lower())
+        )
+    return found
 
 
 def check_message_id(
@@ -534,6 +546,16 @@ def check_message_id(
         "Run --send-test again later; if it still warns, leave RESOLVE_UNKNOWN off and check "
         "unknown messages by hand (manage.py msgraph_outbox)",
     )
+
+
+def _tracked_mailboxes(config: MSGraphMailSettings, found: dict[str, dict[str, Any]]) -> list[str]:
+    """The mailboxes whose Inbox the tracker reads: MAILBOX, or the senders' mailboxes."""
+    if config.mode == "single_mailbox" and config.mailbox:
+        return [config.mailbox]
+    mailboxes = {
+        str(user.get("userPrincipalName") or user.get("mail") or "") for user in found.values()
+    }
+    return sorted(m for m in mailboxes if m)
 
 
 def _options(config: MSGraphMailSettings) -> dict[str, Any]:

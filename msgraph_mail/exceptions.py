@@ -12,6 +12,7 @@ ever hides a misconfigured backend::
     MSGraphMailError                     a message could not be sent (carries Graph's context)
     ├── InvalidMessage (ValueError)      the message itself cannot be sent as it is
     │   ├── InvalidMailboxHeader         X-MSGraph-Mailbox is malformed
+    │   ├── RecipientsSuppressed         every recipient hard-bounced before (SUPPRESS_BOUNCED)
     │   └── MessageTooLarge              the request would exceed Graph's 4 MB limit
     ├── SenderError                      no mailbox may send this message
     │   ├── SenderNotFound               the address is not a mailbox of the tenant
@@ -58,6 +59,7 @@ __all__ = [
     "MailboxOutOfScope",
     "MessageTooLarge",
     "OutboxNotMigrated",
+    "RecipientsSuppressed",
     "SendAsDenied",
     "SenderError",
     "SenderNotAllowed",
@@ -120,6 +122,16 @@ class InvalidMessage(MSGraphMailError, ValueError):
 
 class InvalidMailboxHeader(InvalidMessage):
     """The X-MSGraph-Mailbox header does not hold one address or user id."""
+
+
+class RecipientsSuppressed(InvalidMessage):
+    """Every recipient of the message is on the suppression list (an earlier hard bounce):
+    nothing was sent. ``suppressed`` lists them; ``manage.py msgraph_suppressions --remove``
+    takes an address off the list once it is fixed."""
+
+    def __init__(self, message: str, *, suppressed: list[str], **context: Any) -> None:
+        super().__init__(message, **context)
+        self.suppressed = suppressed
 
 
 class MessageTooLarge(InvalidMessage):
@@ -260,15 +272,27 @@ class BatchSendError(MSGraphMailError):
     """Several messages of one send_messages() call failed.
 
     ``failures`` lists ``(email_message, exception)`` pairs; ``sent`` counts the messages
-    that Graph accepted in the same call.
+    that Graph accepted in the same call; ``suppressed`` lists ``(email_message, addresses)``
+    for the messages sent without some recipients on the suppression list.
     """
 
-    def __init__(self, failures: list[tuple[Any, MSGraphMailError]], sent: int) -> None:
+    def __init__(
+        self,
+        failures: list[tuple[Any, MSGraphMailError]],
+        sent: int,
+        suppressed: list[tuple[Any, list[str]]] | None = None,
+    ) -> None:
         lines = [f"{len(failures)} messages could not be sent ({sent} sent):"]
         lines += [f"  - {describe(message)}: {error}" for message, error in failures]
+        lines += [
+            f"  - {describe(message)}: sent without {', '.join(addresses)} (suppressed: an "
+            "earlier hard bounce)"
+            for message, addresses in suppressed or []
+        ]
         super().__init__("\n".join(lines))
         self.failures = failures
         self.sent = sent
+        self.suppressed = suppressed or []
 
 
 def describe(email_message: Any) -> str:

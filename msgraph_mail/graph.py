@@ -293,7 +293,7 @@ class GraphClient:
             raise error
         return Response(
             status=response.status_code,
-            body=response.json() if response.content else None,
+            body=_body(response),
             request_id=response.headers.get("request-id"),
             client_request_id=client_request_id,
         )
@@ -390,6 +390,16 @@ def mailbox_of(path: str) -> str | None:
     segment, key = found.group("segment", "key")
     mailbox = unquote(segment) if segment is not None else unquote(key).replace("''", "'")
     return mailbox.lower()
+
+
+def _body(response: requests.Response) -> Any:
+    """JSON as Python data; any other content (a message's ``$value``: its MIME) as bytes."""
+    if not response.content:
+        return None
+    content_type = response.headers.get("Content-Type", "")
+    if content_type and "json" not in content_type.lower():
+        return response.content
+    return response.json()
 
 
 def _body_size(method: str, kwargs: dict[str, Any]) -> int:

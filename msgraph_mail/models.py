@@ -34,3 +34,70 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_id} ({self.status})"
+
+
+class TrackedMessage(models.Model):
+    """A message sent with DELIVERY_TRACKING on: what correlates Exchange's reports with it.
+
+    ``tracking_id`` is the value of our ``X-MSGraph-Tracking-Id`` header; ``settled`` turns
+    True once every recipient has a final event, and the trace stops asking about it.
+    """
+
+    tracking_id = models.CharField(max_length=64, unique=True)
+    message_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    sender = models.CharField(max_length=320)
+    mailbox = models.CharField(max_length=320, blank=True, default="")
+    recipients = models.TextField()  # JSON list of addresses, lower-case
+    outbox_id = models.CharField(max_length=255, blank=True, default="")
+    sent_at = models.DateTimeField(db_index=True)
+    settled = models.BooleanField(default=False, db_index=True)
+
+    class Meta:
+        verbose_name = "tracked message"
+
+    def __str__(self) -> str:
+        return f"{self.message_id or self.tracking_id} ({self.sender})"
+
+
+class DeliveryRecord(models.Model):
+    """One reported delivery event: its unique ``key`` is how an event is reported once."""
+
+    key = models.CharField(max_length=500, unique=True)
+    tracking_id = models.CharField(max_length=64, db_index=True)
+    recipient = models.CharField(max_length=320)
+    event_type = models.CharField(max_length=20)
+    final = models.BooleanField(default=False)
+    event = models.TextField()  # DeliveryEvent.as_dict() as JSON
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "delivery event"
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.recipient}"
+
+
+class Suppression(models.Model):
+    """An address that hard-bounced (SUPPRESS_BOUNCED): later messages leave it out."""
+
+    address = models.CharField(max_length=320, unique=True)
+    status_code = models.CharField(max_length=16, blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+    message_id = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+
+class TrackerState(models.Model):
+    """The tracker's cursors (delta links, the trace's budget) and its lease."""
+
+    name = models.CharField(max_length=255, unique=True)
+    value = models.TextField(blank=True, default="")
+    holder = models.CharField(max_length=100, blank=True, default="")
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return str(self.name)

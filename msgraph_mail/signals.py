@@ -21,6 +21,15 @@ through, when known), ``status`` (the :class:`~msgraph_mail.backend.MessageStatu
 
 Receivers run after the outcome and cannot change it: an exception in one is logged and the
 others still run (``send_robust``), so a broken delivery log never fails or repeats a send.
+
+After the 202, delivery tracking (``DELIVERY_TRACKING``) sends one more signal from the
+tracker's process, ``delivery_event``, with ``sender`` the tracker class and ``event`` (a
+:class:`~msgraph_mail.tracking.events.DeliveryEvent`: ``event_type`` delivered, bounced,
+deferred, quarantined, filtered_as_spam or pending; recipient, status code, reason,
+timestamp, mailbox, Message-ID) and ``outbox_message`` (the outbox entry of a queued message,
+else None). One signal with a normalised ``event_type``, as django-anymail's ``tracking``:
+a project keeps one receiver and one table whatever happened, and a new kind of event
+(Exchange's ``recalled``) needs no new signal. Each event is sent once.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ message_queued = Signal()
 message_sent = Signal()
 message_failed = Signal()
 message_unknown = Signal()
+delivery_event = Signal()
 
 #: The signal for each outcome of ``MessageStatus.status``.
 BY_STATUS = {
@@ -79,6 +89,21 @@ def announce(sender: type, message: Any, status: Any) -> None:
             logger.error(
                 "A receiver of msgraph_mail's %s signal raised %s: %s",
                 status.status,
+                type(result).__name__,
+                result,
+            )
+            logger.debug("Receiver: %r", receiver)
+
+
+def announce_delivery(sender: type, event: Any, outbox_message: Any = None) -> None:
+    """Send ``delivery_event``; log (never raise) what a receiver raised."""
+    if not delivery_event.has_listeners(sender):
+        return
+    results = delivery_event.send_robust(sender, event=event, outbox_message=outbox_message)
+    for receiver, result in results:
+        if isinstance(result, Exception):
+            logger.error(
+                "A receiver of msgraph_mail's delivery_event signal raised %s: %s",
                 type(result).__name__,
                 result,
             )

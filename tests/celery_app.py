@@ -19,7 +19,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.celery_settings")
 #: Seconds before an unacknowledged task is delivered again.
 VISIBILITY_TIMEOUT = float(os.environ.get("MSGRAPH_TEST_VISIBILITY_TIMEOUT", "4"))
 
-app = Celery("msgraph_mail_tests", include=["msgraph_mail.outbox.celery"])
+app = Celery(
+    "msgraph_mail_tests",
+    include=["msgraph_mail.outbox.celery", "msgraph_mail.tracking.celery"],
+)
 app.conf.update(
     broker_url=os.environ.get("MSGRAPH_TEST_BROKER_URL", "redis://127.0.0.1:6379/1"),
     broker_transport_options={
@@ -67,3 +70,21 @@ if SIGNALS_URL:
 
     for _signal in signals.BY_STATUS.values():
         _signal.connect(_record, weak=False, dispatch_uid=f"msgraph-test-{id(_signal)}")
+
+    def _record_delivery(sender: object, event: object, **kwargs: object) -> None:
+        import redis
+
+        client = _clients.get(os.getpid())
+        if client is None:
+            client = _clients[os.getpid()] = redis.Redis.from_url(SIGNALS_URL)
+        row = {"signal": "delivery_event", "pid": os.getpid(), **event.as_dict()}  # type: ignore[attr-defined]
+        client.rpush(SIGNALS_KEY, json.dumps(row, default=str))  # type: ignore[attr-defined]
+
+    signals.delivery_event.connect(_record_delivery, weak=False, dispatch_uid="msgraph-test-dlv")
+
+#: When set (seconds), Celery beat runs the tracking task that often (test_tracking_celery).
+BEAT = os.environ.get("MSGRAPH_TEST_BEAT")
+if BEAT:
+    app.conf.beat_schedule = {
+        "msgraph-mail-track": {"task": "msgraph_mail.track", "schedule": float(BEAT)},
+    }

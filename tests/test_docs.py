@@ -301,7 +301,7 @@ def needs(tree: ast.Module, code: str, skipped: set[str]) -> str | None:
         for module in modules:
             if module.split(".")[0] in {*stand_in_modules(), "myproject"}:
                 continue
-            if importlib.util.find_spec(module) is None:
+            if not _importable(module):
                 return f"needs {module}"
     if django.VERSION < (6, 1) and re.search(r"\busing=|\bmail\.mailers\b", code):
         return "needs Django 6.1 MAILERS"
@@ -309,6 +309,14 @@ def needs(tree: ast.Module, code: str, skipped: set[str]) -> str | None:
     if used & skipped:
         return f"uses {', '.join(sorted(used & skipped))} from a block this Django cannot run"
     return None
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be found (a reader's own ``accounts.models`` cannot)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
 
 
 def defined_names(tree: ast.Module) -> set[str]:

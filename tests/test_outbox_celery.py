@@ -213,7 +213,8 @@ class Worker:
                 return
         raise AssertionError(f"the worker did not start in {timeout} s:\n{self.output()}")
 
-    def start(self) -> Worker:
+    def start(self, extra: tuple[str, ...] = ()) -> Worker:
+        """Start it; ``extra``: more options (``-B`` runs beat in the worker)."""
         command = [
             sys.executable,
             "-m",
@@ -228,6 +229,7 @@ class Worker:
             "--without-gossip",
             "--without-mingle",
             f"--hostname={self.name}",
+            *extra,
         ]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 -- our interpreter, fixed arguments

@@ -47,6 +47,7 @@ from ..exceptions import (
 )
 from ..graph import GraphClient
 from ..resolvers import resolver_for
+from ..tracking import outgoing
 from .envelope import Envelope, payload_of
 from .store import ClaimStore
 
@@ -254,9 +255,31 @@ def _attempt(envelope: Envelope, attempt: int) -> Outcome:
     except MSGraphMailError as exc:
         if isinstance(exc, MailboxBudgetExhausted) and mailbox_address:
             exc = exc.naming(mailbox_address)
-        return classify(exc, envelope, attempt, settings, mailbox_address)
+        outcome = classify(exc, envelope, attempt, settings, mailbox_address)
+        if outcome.status == "unknown":
+            _track(settings, envelope, mailbox_address)
+        return outcome
+    _track(settings, envelope, mailbox_address)
     return Outcome(
         status="sent", request_id=response.request_id, mailbox=mailbox_address, error=None
+    )
+
+
+def announce_resolved(envelope: Envelope, request_id: str | None) -> None:
+    """``message_sent`` for an unknown message found sent afterwards (by the trace)."""
+    _signal(envelope, Outcome(status="sent", request_id=request_id))
+
+
+def _track(settings: MSGraphMailSettings, envelope: Envelope, mailbox: str | None) -> None:
+    """Keep a sent (or maybe sent) message for the delivery tracker (DELIVERY_TRACKING)."""
+    outgoing.record(
+        settings,
+        tracking_id=envelope.tracking_id,
+        message_id=envelope.message_id if envelope.json_body is None else None,
+        sender=envelope.from_address,
+        mailbox=mailbox,
+        recipients=envelope.recipient_addresses or [],
+        outbox_id=envelope.message_id,
     )
 
 

@@ -35,6 +35,7 @@ from ..conf import MSGraphMailSettings
 from ..exceptions import InvalidMessage, MessageTooLarge
 from ..large import DraftPlan, Part
 from ..mime import header, mailbox_override, sender_address
+from ..tracking.outgoing import tracking_id_of
 
 __all__ = ["Envelope", "build_envelope", "draft_plan", "payload_of"]
 
@@ -55,6 +56,8 @@ class Envelope:
     json_body: str | None = None  # SAVE_TO_SENT_ITEMS off: the JSON sendMail body
     subject: str | None = None  # what msgraph_outbox lists, beside the Message-ID
     first_recipient: str | None = None  # the first of To + Cc + Bcc, as listed
+    tracking_id: str | None = None  # DELIVERY_TRACKING: X-MSGraph-Tracking-Id's value
+    recipient_addresses: list[str] | None = None  # DELIVERY_TRACKING: what the trace matches
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +118,8 @@ def build_envelope(
         json_body=payload.body.decode("utf-8") if payload.route == "sendMail-json" else None,
         subject=str(message.subject or ""),
         first_recipient=str(message.recipients()[0]),
+        tracking_id=tracking_id_of(message) if settings.delivery_tracking else None,
+        recipient_addresses=list(message.recipients()) if settings.delivery_tracking else None,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,6 +16,7 @@ from msgraph_mail.exceptions import ConfigurationError
 from msgraph_mail.outbox.deliver import settings_for
 from msgraph_mail.outbox.engines import engine_for, store_for
 from msgraph_mail.outbox.store import StoredMessage
+from msgraph_mail.tracking.store import store_for as tracking_store
 
 #: What the listing shows by default: everything not sent.
 OPEN = ("queued", "deferred", "sending", "failed", "unknown")
@@ -67,18 +69,21 @@ class Command(BaseCommand):
         wanted = options["status"] or list(OPEN)
         found = [m for m in store_for(settings).list() if _status(m) in wanted]
         found.sort(key=lambda m: (STATUSES.index(_status(m)), _when(m)))
+        events = _delivery(settings)
         if options["json"]:
-            self.stdout.write(json.dumps([_row(m) for m in found], indent=2))
+            self.stdout.write(json.dumps([_row(m, events) for m in found], indent=2))
             return
         if not found:
             self.stdout.write(f"No {' or '.join(wanted)} messages.")
             return
         for message in found:
-            row = _row(message)
+            row = _row(message, events)
             line = f"{row['status']:<8}  {row['message_id']}  attempts {row['attempts']}"
             line += f"\n          {_who(row)}"
             if row["next_try_at"] and row["status"] == "deferred":
                 line += f"  next try {row['next_try_at']}"
+            if row["delivery"]:
+                line += "\n          delivery: " + "; ".join(map(_event, row["delivery"]))
             if row["last_error"]:
                 line += f"\n          {row['last_error'][:300]}"
             self.stdout.write(line)
@@ -126,7 +131,22 @@ def _who(row: dict[str, Any]) -> str:
     return f"{json.dumps(row['subject'], ensure_ascii=False)} to {row['first_recipient']}{more}"
 
 
-def _row(message: StoredMessage) -> dict[str, Any]:
+def _delivery(settings: MSGraphMailSettings) -> Callable[[str | None], list[dict[str, Any]]]:
+    """The delivery events of a message, by its tracking id (DELIVERY_TRACKING)."""
+    if not settings.delivery_tracking:
+        return lambda _: []
+    store = tracking_store(settings)
+    return lambda tracking_id: store.events(tracking_id) if tracking_id else []
+
+
+def _event(event: dict[str, Any]) -> str:
+    code = f" {event['status_code']}" if event.get("status_code") else ""
+    return f"{event['event_type']} {event['recipient']}{code}"
+
+
+def _row(
+    message: StoredMessage, events: Callable[[str | None], list[dict[str, Any]]]
+) -> dict[str, Any]:
     subject, first_recipient = message.envelope.described()
     return {
         "message_id": message.message_id,
@@ -140,4 +160,5 @@ def _row(message: StoredMessage) -> dict[str, Any]:
         "request_id": message.request_id,
         "from": message.envelope.from_address,
         "queued_at": message.envelope.enqueued_at,
+        "delivery": events(message.envelope.tracking_id),
     }
