@@ -208,6 +208,24 @@ W014 = Warning(
     "SUPPRESS_BOUNCED off.",
     id="msgraph_mail.W014",
 )
+W015 = Warning(
+    "NOTIFICATION_URL is set but msgraph_mail.urls is not included in the URLconf.",
+    hint='Add path("msgraph/", include("msgraph_mail.urls")) to your urls.py, and set '
+    "NOTIFICATION_URL to the public https:// URL of that prefix.",
+    id="msgraph_mail.W015",
+)
+W016 = Warning(
+    'NOTIFICATION_URL is set but DELIVERY_TRACKING has no "bounces": nothing subscribes.',
+    hint="Change notifications tell the tracker that an NDR arrived in a sending mailbox; "
+    'add "bounces" to DELIVERY_TRACKING, or remove NOTIFICATION_URL.',
+    id="msgraph_mail.W016",
+)
+W017 = Warning(
+    "NOTIFICATION_URL ends in {configured}, but msgraph_mail.urls is served at {served}.",
+    hint="Graph posts to NOTIFICATION_URL + 'notifications/': make it the public URL of the "
+    "prefix where msgraph_mail.urls is included (a proxy that rewrites paths may explain it).",
+    id="msgraph_mail.W017",
+)
 
 # Warnings, not errors: `migrate` runs the database checks before it migrates, and an error
 # would stop the very command that fixes it.
@@ -238,6 +256,7 @@ BY_PROBLEM: dict[tuple[str, str], CheckMessage] = {
     ("MAILBOX", "mailbox_required"): E007,
     ("GRAPH_URL", "insecure_url"): E010,
     ("AUTHORITY_URL", "insecure_url"): E010,
+    ("NOTIFICATION_URL", "insecure_url"): E010,
 }
 
 DJANGO_DEFAULT_FROM = "webmaster@localhost"
@@ -425,14 +444,34 @@ def _tracking(config: MSGraphMailSettings) -> list[CheckMessage]:
     """Delivery tracking needs a state every process shares; suppression needs tracking."""
     from django.apps import apps
 
+    found: list[CheckMessage] = []
+    if config.notification_url is not None:
+        found += _webhook(config)
     if not config.delivery_tracking:
         explicit = "suppress_bounced" in config.model_fields_set
-        return [W014] if explicit and config.suppress_bounced else []
-    if config.redis_url:
-        return []
-    if not apps.is_installed("msgraph_mail"):
-        return [_format(E023, why="no REDIS_URL, and msgraph_mail is not in INSTALLED_APPS")]
-    return []
+        return found + ([W014] if explicit and config.suppress_bounced else [])
+    if not config.redis_url and not apps.is_installed("msgraph_mail"):
+        found.append(_format(E023, why="no REDIS_URL, and msgraph_mail is not in INSTALLED_APPS"))
+    return found
+
+
+def _webhook(config: MSGraphMailSettings) -> list[CheckMessage]:
+    """NOTIFICATION_URL: the views are routed, where it says, and bounces are tracked."""
+    from urllib.parse import urlsplit
+
+    from django.urls import NoReverseMatch, reverse
+
+    found: list[CheckMessage] = []
+    if "bounces" not in config.delivery_tracking:
+        found.append(W016)
+    try:
+        served = reverse("msgraph_mail:notifications")
+    except NoReverseMatch:
+        return [*found, W015]
+    configured = urlsplit(f"{config.notification_url}notifications/").path
+    if not configured.endswith(served) and not served.endswith(configured):
+        found.append(_format(W017, configured=configured, served=served))
+    return found
 
 
 def sends_admin_mail() -> bool:

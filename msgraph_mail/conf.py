@@ -242,6 +242,7 @@ class MSGraphMailSettings(BaseModel):
     sent_items_fallback: SentItemsFallback = "mime"
     delivery_tracking: tuple[TrackingSource, ...] = ()
     suppress_bounced: bool | None = Field(default=None, validate_default=True)
+    notification_url: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -365,6 +366,34 @@ class MSGraphMailSettings(BaseModel):
     def _suppress_by_default(cls, value: bool | None, info: ValidationInfo) -> bool:
         """SUPPRESS_BOUNCED defaults to True once delivery tracking can see bounces."""
         return bool(info.data.get("delivery_tracking")) if value is None else value
+
+    @field_validator("notification_url")
+    @classmethod
+    def _notification_url(cls, value: str | None) -> str | None:
+        """Where ``include("msgraph_mail.urls")`` is served publicly; Graph posts there."""
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if not parts.hostname or parts.scheme not in {"https", "http"}:
+            raise PydanticCustomError(
+                "url", "must be the public https:// URL where msgraph_mail.urls is included"
+            )
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise PydanticCustomError(
+                "insecure_url",
+                "Graph posts change notifications to https:// URLs only (http:// is accepted "
+                "for a loopback host, the bundled emulator)",
+            )
+        if parts.query or parts.fragment:
+            raise PydanticCustomError("url", "must not have a query or fragment")
+        return value.strip().rstrip("/") + "/"
+
+    @property
+    def notification_endpoints(self) -> tuple[str, str] | None:
+        """(notificationUrl, lifecycleNotificationUrl) of our views, or None when off."""
+        if self.notification_url is None:
+            return None
+        return f"{self.notification_url}notifications/", f"{self.notification_url}lifecycle/"
 
     @field_validator("graph_url", "authority_url")
     @classmethod

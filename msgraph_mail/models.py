@@ -101,3 +101,36 @@ class TrackerState(models.Model):
 
     def __str__(self) -> str:
         return str(self.name)
+
+
+class Subscription(models.Model):
+    """A Graph change-notification subscription on a sending mailbox's Inbox.
+
+    ``client_state`` is the secret Graph returns with every notification; it is checked in
+    constant time and never shown (not in ``__str__``, not in the admin, not in logs).
+    """
+
+    subscription_id = models.CharField(max_length=100, unique=True)
+    mailbox = models.CharField(max_length=320, db_index=True)
+    client_state = models.CharField(max_length=128)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.subscription_id} ({self.mailbox})"
+
+
+class Notification(models.Model):
+    """A change or lifecycle notification the webhook view accepted, until the tracker has
+    handled it (then the row is deleted)."""
+
+    subscription_id = models.CharField(max_length=100, db_index=True)
+    kind = models.CharField(max_length=40)  # "created", or the lifecycle event
+    resource = models.TextField(blank=True, default="")
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.subscription_id}"

@@ -12,3 +12,4 @@ SERVER_EMAIL = "noreply@contoso.com"
 ADMINS = (
     ["Admin <alice@contoso.com>"] if django.VERSION >= (6, 0) else [("Admin", "alice@contoso.com")]
 )
+ROOT_URLCONF = "tests.urls"

@@ -362,6 +362,44 @@ class Killed(BaseException):
     """The tracker's process dying in the middle of ``announce``."""
 
 
+def test_change_notification_subscriptions(store: TrackingStore) -> None:
+    from msgraph_mail.tracking.store import Watch
+
+    later = datetime.now(timezone.utc) + timedelta(days=6)
+    watch = Watch("sub-1", "NoReply@contoso.com", "secret-state-" + "x" * 50, later)
+    store.save_watch(watch)
+    store.save_watch(Watch("sub-2", "alice@contoso.com", "other", later))
+    found = store.watch("sub-1")
+    assert found is not None
+    assert (found.mailbox, found.client_state) == ("noreply@contoso.com", watch.client_state)
+    assert abs((found.expires_at - later).total_seconds()) < 0.001
+    assert [w.subscription_id for w in store.watches()] == ["sub-2", "sub-1"]  # by mailbox
+    renewed = later + timedelta(days=1)
+    store.save_watch(Watch("sub-1", "noreply@contoso.com", watch.client_state, renewed))
+    assert store.watch("sub-1").expires_at > later  # type: ignore[union-attr]
+    assert len(store.watches()) == 2
+    assert "secret-state" not in repr(watch) + repr(store)
+    store.drop_watch("sub-1")
+    assert store.watch("sub-1") is None
+    assert store.watch("nope") is None
+
+
+def test_notices_in_order_until_handled(store: TrackingStore) -> None:
+    store.notify([("sub-1", "created", "r1"), ("sub-1", "missed", ""), ("sub-2", "created", "r3")])
+    found = store.notices()
+    assert [(n.subscription_id, n.kind, n.resource) for n in found] == [
+        ("sub-1", "created", "r1"),
+        ("sub-1", "missed", ""),
+        ("sub-2", "created", "r3"),
+    ]
+    assert len({n.id for n in found}) == 3
+    assert [n.resource for n in store.notices(limit=2)] == ["r1", ""]
+    store.handled([found[0].id, found[2].id])
+    assert [n.kind for n in store.notices()] == ["missed"]
+    store.handled([])
+    assert len(store.notices()) == 1
+
+
 def test_an_event_left_announcing_is_handed_over_once(rstore: RedisStore) -> None:
     sent = tracked()
     rstore.track(sent)

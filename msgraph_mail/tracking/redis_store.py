@@ -28,6 +28,11 @@ slot; times are Unix seconds):
   when they were recorded; each member is ``{"tracking_id": ..., "event": ...}`` as JSON.
 - ``...:cursor:<name>``: a STRING per cursor (never expires).
 - ``...:lease:<name>``: a STRING, the lease's holder, expiring with the lease.
+- ``...:watches``: a HASH subscription id -> ``{"mailbox", "client_state", "expires_at"}``
+  as JSON: the change-notification subscriptions (dropped by the tracker, never expiring).
+- ``...:notices``: a STREAM of the notifications the webhook view accepted
+  (``subscription_id``, ``kind``, ``resource``), deleted once handled, capped at
+  :data:`NOTICES_KEPT`.
 - ``...:suppressions``: a HASH address -> ``{"status_code", "reason", "message_id",
   "since"}`` as JSON (never expires: an address stays suppressed until removed).
 
@@ -64,7 +69,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from .events import DeliveryEvent
-from .store import Tracked, event_key
+from .store import Notice, Tracked, Watch, event_key
 
 if TYPE_CHECKING:
     import redis
@@ -75,6 +80,8 @@ __all__ = ["HANDOVER_BATCH", "NEAR_CANDIDATES", "PREFIX", "RETENTION", "RedisSto
 
 #: Every key of the store starts with this (the hash tag keeps them in one cluster slot).
 PREFIX = "msgraph_mail:tracking:{tracking}:"
+#: Notifications kept at most while no tracker handles them (the stream's MAXLEN, about).
+NOTICES_KEPT = 100_000
 #: How long everything about a tracked message is kept (seconds): 14 days.
 RETENTION = 14 * 24 * 3600
 #: :meth:`RedisStore.near` looks at no more than this many messages sent in its window.
@@ -461,6 +468,58 @@ class RedisStore:
             )
         return sorted(rows, key=lambda row: str(row["address"]))
 
+    # change notifications -----------------------------------------------------------------
+
+    @_hiding_password
+    def save_watch(self, watch: Watch) -> None:
+        entry = {
+            "mailbox": watch.mailbox.lower(),
+            "client_state": watch.client_state,
+            "expires_at": _seconds(watch.expires_at),
+        }
+        self.client.hset(self.key("watches"), watch.subscription_id, json.dumps(entry))
+
+    @_hiding_password
+    def watches(self) -> list[Watch]:
+        found = [
+            _watch(_text(sub), raw)
+            for sub, raw in self.client.hscan_iter(self.key("watches"), count=1000)
+        ]
+        return sorted(found, key=lambda w: (w.mailbox, w.expires_at))
+
+    @_hiding_password
+    def watch(self, subscription_id: str) -> Watch | None:
+        raw = self.client.hget(self.key("watches"), subscription_id)
+        return _watch(subscription_id, raw) if raw else None
+
+    @_hiding_password
+    def drop_watch(self, subscription_id: str) -> None:
+        self.client.hdel(self.key("watches"), subscription_id)
+
+    @_hiding_password
+    def notify(self, notices: list[tuple[str, str, str]]) -> None:
+        """One MULTI/EXEC: all or none; the stream is capped so a stopped tracker cannot
+        make it grow without bound (the oldest notices go first; polling finds their NDRs)."""
+        pipe = self.client.pipeline(transaction=True)
+        for subscription_id, kind, resource in notices:
+            fields: dict[Any, Any] = {
+                "subscription_id": subscription_id,
+                "kind": kind,
+                "resource": resource,
+            }
+            pipe.xadd(self.key("notices"), fields, maxlen=NOTICES_KEPT, approximate=True)
+        pipe.execute()
+
+    @_hiding_password
+    def notices(self, limit: int = 1000) -> list[Notice]:
+        rows: list[Any] = self.client.xrange(self.key("notices"), count=limit) or []
+        return [_notice(notice_id, fields or {}) for notice_id, fields in rows]
+
+    @_hiding_password
+    def handled(self, notice_ids: list[str]) -> None:
+        if notice_ids:
+            self.client.xdel(self.key("notices"), *notice_ids)
+
     # helpers ------------------------------------------------------------------------------
 
     def _get(self, tracking_id: str) -> Tracked | None:
@@ -511,3 +570,17 @@ class RedisStore:
 
 def _address(address: str) -> str:
     return address.strip().lower()
+
+
+def _watch(subscription_id: str, raw: Any) -> Watch:
+    entry = json.loads(raw)
+    return Watch(
+        subscription_id, entry["mailbox"], entry["client_state"], _datetime(entry["expires_at"])
+    )
+
+
+def _notice(notice_id: Any, fields: dict[Any, Any]) -> Notice:
+    def field(name: str) -> str:
+        return _text(fields.get(name.encode(), fields.get(name, b"")))
+
+    return Notice(_text(notice_id), field("subscription_id"), field("kind"), field("resource"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ from django.utils import timezone
 from ..conf import MSGraphMailSettings
 from .events import DeliveryEvent
 
-__all__ = ["DatabaseStore", "Tracked", "TrackingStore", "store_for"]
+__all__ = ["DatabaseStore", "Notice", "Tracked", "TrackingStore", "Watch", "store_for"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,28 @@ class Tracked:
     recipients: tuple[str, ...]
     sent_at: datetime
     outbox_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A change-notification subscription on one mailbox's Inbox (``client_state`` is its
+    secret: kept here and in Graph, never shown)."""
+
+    subscription_id: str
+    mailbox: str
+    client_state: str = field(repr=False)
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A notification the webhook view accepted: ``kind`` is ``created`` or a lifecycle
+    event (``reauthorizationRequired``, ``subscriptionRemoved``, ``missed``)."""
+
+    id: str
+    subscription_id: str
+    kind: str
+    resource: str = ""
 
 
 def event_key(tracking_id: str, event: DeliveryEvent) -> str:
@@ -94,6 +116,24 @@ class TrackingStore(Protocol):
         """Which of ``addresses`` (lower-cased) are on the suppression list."""
 
     def suppressions(self) -> list[dict[str, Any]]: ...
+
+    def save_watch(self, watch: Watch) -> None:
+        """Record a subscription, or its new expiry."""
+
+    def watches(self) -> list[Watch]: ...
+
+    def watch(self, subscription_id: str) -> Watch | None: ...
+
+    def drop_watch(self, subscription_id: str) -> None: ...
+
+    def notify(self, notices: list[tuple[str, str, str]]) -> None:
+        """Record (subscription id, kind, resource) notifications, all or none."""
+
+    def notices(self, limit: int = 1000) -> list[Notice]:
+        """Notifications not handled yet, oldest first."""
+
+    def handled(self, notice_ids: list[str]) -> None:
+        """Forget notifications the tracker has acted on."""
 
 
 def store_for(settings: MSGraphMailSettings) -> TrackingStore:
@@ -267,6 +307,56 @@ class DatabaseStore:
             }
             for row in Suppression.objects.order_by("address")
         ]
+
+    def save_watch(self, watch: Watch) -> None:
+        from ..models import Subscription
+
+        Subscription.objects.update_or_create(
+            subscription_id=watch.subscription_id,
+            defaults={
+                "mailbox": watch.mailbox.lower(),
+                "client_state": watch.client_state,
+                "expires_at": watch.expires_at,
+            },
+        )
+
+    def watches(self) -> list[Watch]:
+        from ..models import Subscription
+
+        return [_watch(row) for row in Subscription.objects.order_by("mailbox", "expires_at")]
+
+    def watch(self, subscription_id: str) -> Watch | None:
+        from ..models import Subscription
+
+        row = Subscription.objects.filter(subscription_id=subscription_id).first()
+        return _watch(row) if row is not None else None
+
+    def drop_watch(self, subscription_id: str) -> None:
+        from ..models import Subscription
+
+        Subscription.objects.filter(subscription_id=subscription_id).delete()
+
+    def notify(self, notices: list[tuple[str, str, str]]) -> None:
+        from ..models import Notification
+
+        Notification.objects.bulk_create(
+            [Notification(subscription_id=s, kind=k, resource=r) for s, k, r in notices]
+        )
+
+    def notices(self, limit: int = 1000) -> list[Notice]:
+        from ..models import Notification
+
+        rows = Notification.objects.order_by("id")[:limit]
+        return [Notice(str(r.pk), r.subscription_id, r.kind, r.resource) for r in rows]
+
+    def handled(self, notice_ids: list[str]) -> None:
+        from ..models import Notification
+
+        Notification.objects.filter(pk__in=[int(i) for i in notice_ids]).delete()
+
+
+def _watch(row: Any) -> Watch:
+    return Watch(row.subscription_id, row.mailbox, row.client_state, row.expires_at)
 
 
 def _free(holder: str, now: datetime) -> Any:

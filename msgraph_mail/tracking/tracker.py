@@ -26,8 +26,9 @@ from typing import Any
 
 from .. import signals
 from ..conf import MSGraphMailSettings
+from ..exceptions import MSGraphMailError
 from ..graph import GraphClient
-from . import bounces, ndr, trace
+from . import bounces, ndr, subscriptions, trace
 from .events import DeliveryEvent
 from .store import Tracked, TrackingStore, store_for
 
@@ -92,41 +93,102 @@ class Tracker:
         for tracked, event in getattr(self.store, "unannounced", lambda _: [])(60.0):
             self._announce(tracked, event)  # a tracker killed between record and signal
         if "bounces" in self.settings.delivery_tracking:
-            self._bounces(done)
+            if self.settings.notification_url:
+                self._subscribe()
+                self._react(done)
+            for mailbox in self._mailboxes():
+                self._bounces(mailbox, done)
         if "trace" in self.settings.delivery_tracking:
             self._trace(done)
         return done
 
+    def react(self, lease_ttl: float = 300.0) -> Pass | None:
+        """Act at once on what the webhook view recorded (NOTIFICATION_URL): read the NDRs
+        of the mailboxes notified; None when there was nothing (one cheap store read)."""
+        if not self.store.notices(limit=1):
+            return None
+        self._lease_ttl = lease_ttl
+        if not self._renew():
+            return None
+        done = Pass()
+        self._react(done)
+        return done
+
+    def _react(self, done: Pass) -> None:
+        notices = self.store.notices()
+        mailboxes: set[str] = set()
+        for notice in notices:
+            watch = self.store.watch(notice.subscription_id)
+            if watch is None:
+                continue
+            mailboxes.add(watch.mailbox)  # created, missed, and after any lifecycle event
+            try:
+                if notice.kind == "reauthorizationRequired":
+                    subscriptions.reauthorize(self.client, self.store, self.settings, watch)
+                elif notice.kind == "subscriptionRemoved":
+                    self.store.drop_watch(watch.subscription_id)
+                    subscriptions.create(self.client, self.store, self.settings, watch.mailbox)
+            except MSGraphMailError as exc:
+                logger.error(
+                    "The subscription on %s could not be restored after %s: %s (polling goes "
+                    "on; the next pass tries again)",
+                    watch.mailbox,
+                    notice.kind,
+                    exc,
+                )
+        for mailbox in sorted(mailboxes):
+            self._bounces(mailbox, done)
+        self.store.handled([notice.id for notice in notices])
+
+    def _subscribe(self) -> None:
+        """One live subscription per sending mailbox; a failure leaves polling to it."""
+        try:
+            for line in subscriptions.ensure(
+                self.client, self.store, self.settings, self._mailboxes()
+            ):
+                logger.info("Change notifications: %s", line)
+        except MSGraphMailError as exc:
+            logger.error(
+                "Cannot subscribe to change notifications (%s); NDRs are found by polling "
+                "until it works. Check that NOTIFICATION_URL reaches this site from the "
+                "internet and that msgraph_mail.urls is included there.",
+                exc,
+            )
+
     # sources -------------------------------------------------------------------------------
+
+    def mailboxes(self) -> list[str]:
+        """The mailboxes whose Inbox is read: MAILBOX, or those that sent lately."""
+        return self._mailboxes()
 
     def _mailboxes(self) -> list[str]:
         if self.settings.mode == "single_mailbox" and self.settings.mailbox:
             return [self.settings.mailbox]
         return self.store.mailboxes(datetime.now(timezone.utc) - LOOKBACK)
 
-    def _bounces(self, done: Pass) -> None:
-        for mailbox in self._mailboxes():
-            since = datetime.now(timezone.utc) - LOOKBACK
-            delta = bounces.arrivals(self.client, self.store, mailbox, since)
-            for arrival in delta.arrivals():
-                done.reports += 1
-                try:
-                    report = ndr.parse(arrival.raw, mailbox=mailbox, received=arrival.received)
-                except ndr.NotAReport:
-                    continue
-                except ndr.MalformedReport as exc:
-                    done.skipped += 1
-                    logger.warning(
-                        "Skipped a malformed delivery report in %s (message %s): %s",
-                        mailbox,
-                        arrival.graph_id,
-                        exc,
-                    )
-                    continue
-                for event in report.events:
-                    self._handle(event, self._match(event, report.tracking_id), done)
-            delta.commit()
-            self._renew()
+    def _bounces(self, mailbox: str, done: Pass) -> None:
+        """The reports that arrived in ``mailbox`` since its last delta link."""
+        since = datetime.now(timezone.utc) - LOOKBACK
+        delta = bounces.arrivals(self.client, self.store, mailbox, since)
+        for arrival in delta.arrivals():
+            done.reports += 1
+            try:
+                report = ndr.parse(arrival.raw, mailbox=mailbox, received=arrival.received)
+            except ndr.NotAReport:
+                continue
+            except ndr.MalformedReport as exc:
+                done.skipped += 1
+                logger.warning(
+                    "Skipped a malformed delivery report in %s (message %s): %s",
+                    mailbox,
+                    arrival.graph_id,
+                    exc,
+                )
+                continue
+            for event in report.events:
+                self._handle(event, self._match(event, report.tracking_id), done)
+        delta.commit()
+        self._renew()
 
     def _trace(self, done: Pass) -> None:
         now = datetime.now(timezone.utc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -16,6 +17,8 @@ from msgraph_mail.tracking.tracker import Pass, Tracker
 #: The shortest lease (seconds): a killed tracker's lease frees within this long, or within
 #: three intervals, whichever is longer; a live tracker renews it as it works.
 LEASE_MIN = 5.0
+#: Seconds between two looks at the notifications the webhook view recorded.
+NOTICE_POLL = 0.25
 
 
 class Command(BaseCommand):
@@ -48,13 +51,34 @@ class Command(BaseCommand):
         if not options["once"]:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, lambda *_: stop.set())
+        lease_ttl = max(3 * options["interval"], LEASE_MIN)
         try:
             while True:
-                self._pass(tracker, once=options["once"], lease_ttl=3 * options["interval"])
-                if options["once"] or stop.wait(options["interval"]):
+                self._pass(tracker, once=options["once"], lease_ttl=lease_ttl)
+                if options["once"] or self._wait(tracker, stop, options["interval"], lease_ttl):
                     return
         finally:
             tracker.close()
+
+    def _wait(
+        self, tracker: Tracker, stop: threading.Event, interval: float, lease_ttl: float
+    ) -> bool:
+        """Until the next pass; meanwhile act on webhook notifications as they come
+        (NOTIFICATION_URL). True when stopped."""
+        deadline = time.monotonic() + interval
+        while time.monotonic() < deadline:
+            if stop.wait(min(NOTICE_POLL, max(0.0, deadline - time.monotonic()))):
+                return True
+            if tracker.settings.notification_url is None:
+                continue
+            try:
+                done = tracker.react(lease_ttl=lease_ttl)
+            except MSGraphMailError as exc:
+                self.stderr.write(f"Acting on notifications failed: {exc}")
+                continue
+            if done is not None:
+                self.stdout.write("Notified: " + _summary(done))
+        return False
 
     def _settings(self, alias: str | None) -> MSGraphMailSettings:
         mailer = mailers.for_command(self, alias)
@@ -71,7 +95,7 @@ class Command(BaseCommand):
 
     def _pass(self, tracker: Tracker, *, once: bool, lease_ttl: float) -> None:
         try:
-            done = tracker.run_once(lease_ttl=max(lease_ttl, LEASE_MIN))
+            done = tracker.run_once(lease_ttl=lease_ttl)
         except (MSGraphMailError, ConfigurationError) as exc:
             if once:
                 raise CommandError(str(exc)) from exc
