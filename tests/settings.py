@@ -13,3 +13,4 @@ ADMINS = (
     ["Admin <alice@contoso.com>"] if django.VERSION >= (6, 0) else [("Admin", "alice@contoso.com")]
 )
 ROOT_URLCONF = "tests.urls"
+STATIC_URL = "/static/"  # the live server (tests/test_webhook.py) serves static files

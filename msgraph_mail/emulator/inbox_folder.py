@@ -172,11 +172,14 @@ class Inboxes:
         self._states: dict[str, _SyncState] = {}
         #: Called before every read, to let what is due arrive (the delivery reports).
         self.before_read: Callable[[], None] = lambda: None
+        #: Called with (mailbox id, message id) for each arrival (change notifications).
+        self.on_arrival: Callable[[str, str], None] = lambda mailbox_id, message_id: None
 
     def add(self, mailbox: User, raw: bytes, received: datetime | None = None) -> InboxMessage:
         message = InboxMessage.parse(mailbox.id, raw, received or datetime.now(timezone.utc))
         with self._lock:
             self._messages.append(message)
+        self.on_arrival(mailbox.id, message.id)
         return message
 
     def messages(self, mailbox_id: str | None = None) -> list[InboxMessage]:

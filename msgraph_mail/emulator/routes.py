@@ -126,6 +126,8 @@ def resolve(path: str) -> Route:
         return Route("user_list", method="GET")
     if segments[0].lower() == "admin":
         return _trace_route(segments)
+    if segments[0].lower() == "subscriptions":
+        return _subscription_route(segments[1:])
     found = _user_key(segments)
     if found is None:
         return Route("other", bad=segments[0])
@@ -178,6 +180,17 @@ def _trace_route(segments: list[str]) -> Route:
     return Route("message_trace_detail", method="GET", item=rest[0], argument=recipient)
 
 
+def _subscription_route(rest: list[str]) -> Route:
+    """``subscriptions``, ``subscriptions/{id}`` and its ``reauthorize`` (subscriptions.py)."""
+    if not rest:
+        return Route("subscription_create", method="POST")
+    if len(rest) == 1:
+        return Route("subscription_get", method="GET", item=rest[0])
+    if len(rest) == 2 and rest[1].lower() in ("reauthorize", "microsoft.graph.reauthorize"):
+        return Route("subscription_reauthorize", method="POST", item=rest[0])
+    return Route("other", bad=rest[-1])
+
+
 def _message_route(key: str, rest: list[str]) -> Route:
     """``messages``, ``messages/{id}``, its ``send``, ``$value``, ``attachments``,
     ``createUploadSession``."""
@@ -206,6 +219,11 @@ def _for_method(route: Route, method: str) -> Route:
         return Route("message_list", key=route.key, method="GET")
     if route.name == "draft_delete" and method == "GET":
         return Route("message_get", key=route.key, method="GET", item=route.item)
+    if route.name == "subscription_create" and method == "GET":
+        return Route("subscription_list", method="GET")
+    if route.name == "subscription_get" and method in ("PATCH", "DELETE"):
+        name = "subscription_update" if method == "PATCH" else "subscription_delete"
+        return Route(name, method=method, item=route.item)
     return route
 
 
@@ -255,6 +273,11 @@ class GraphApi:
         self.sent_items.may_read_also = self.drafts.may_read_write
         self.inboxes = Inboxes(base_url, self.sent_items.may_read, may_read_full)
         self.inboxes.before_read = reports_arrive
+        from .subscriptions import Subscriptions
+
+        self.subscriptions = Subscriptions(tenant, base_url, self.sent_items.may_read)
+        self.subscriptions.tick = reports_arrive
+        self.inboxes.on_arrival = self.subscriptions.arrived
         #: The tenant's ``time_scale`` (the emulator sets it): message trace's window uses it.
         self.time_scale: Callable[[], float] = lambda: 1.0
         self.traces = MessageTraces(self.deliveries, base_url, lambda: self.time_scale())
@@ -280,6 +303,8 @@ class GraphApi:
             return self.send_mail(request, route.key, token)
         if route.name in ("message_trace", "message_trace_detail"):
             return self.traces.handle(route, request, token)
+        if route.name.startswith("subscription_"):
+            return self.subscriptions.handle(route, request, token)
         if route.name in ("inbox_delta", "message_get", "message_value"):
             assert route.key is not None
             return self.inboxes.handle(route, request, self._mailbox(route.key), token)

@@ -73,6 +73,7 @@ from .routes import (
 )
 from .sent_items import SentItem
 from .store import EmlStore
+from .subscriptions import Delivery
 from .trace import TRACE_KINDS
 
 HOST = "127.0.0.1"
@@ -389,6 +390,7 @@ class GraphEmulator:
         server = _Server(self, self._port)
         self._port = server.server_address[1]
         self.events.open()
+        self._graph.subscriptions.start()
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -406,6 +408,7 @@ class GraphEmulator:
         if server is None:
             return
         self.events.close()
+        self._graph.subscriptions.stop()
         server.shutdown()
         server.cut_connections()
         server.server_close()
@@ -497,6 +500,20 @@ class GraphEmulator:
         self._graph.drafts.store_partial(*keep)
 
     # after the 202: delivery, reports, message trace ------------------------------------
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        """The live change-notification subscriptions, as Graph shows them."""
+        return self._graph.subscriptions.listed()
+
+    def notifications(self, subscription_id: str | None = None) -> list[Delivery]:
+        """Every notification posted (or tried), with each attempt's (status, seconds,
+        error); ``delivered`` tells whether one attempt got a 2xx in time."""
+        return self._graph.subscriptions.deliveries(subscription_id)
+
+    def send_lifecycle(self, subscription_id: str, event: str) -> None:
+        """Post a lifecycle notification (``reauthorizationRequired``,
+        ``subscriptionRemoved``: also removes the subscription, ``missed``)."""
+        self._graph.subscriptions.send_lifecycle(subscription_id, event)
 
     def set_delivery(
         self,
