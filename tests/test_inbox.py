@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from email import policy
 from email.parser import BytesParser
 from html import unescape
@@ -19,6 +20,7 @@ from typing import Any
 import django
 import pytest
 import requests
+from django.core import mail
 from django.core.mail import EmailMultiAlternatives
 
 from msgraph_mail.emulator import CLIENT_ID, CLIENT_SECRET, NOREPLY_ID, TENANT_ID, GraphEmulator
@@ -333,3 +335,27 @@ def test_cli_prints_settings_and_inbox_url(tmp_path: Path, module: list[str]) ->
     url = re.search(r"listening on (http://127\.0\.0\.1:\d+)", out).group(1)  # type: ignore[union-attr]
     assert f"Inbox: {url}/" in out
     assert f"Store: {tmp_path} (0 messages loaded)" in out
+
+
+def test_the_message_page_shows_delivery_and_the_reports(emulator: GraphEmulator) -> None:
+    """After the 202: each recipient's trace status and code, and the NDR as plain text."""
+    emulator.delivery_delay = 0.05
+    mail.send_mail(
+        "<b>Hostile</b> subject", "Body", "noreply@contoso.com", ["x@nowhere.invalid", "ok@a.com"]
+    )
+    time.sleep(0.2)
+    [message] = emulator.sent
+    page = requests.get(f"{emulator.url}/messages/{message.id}", timeout=5).text
+    assert "<h2>Delivery</h2>" in page
+    assert re.search(r"x@nowhere\.invalid</td><td>failed</td><td>5\.1\.1 550 5\.1\.1", page)
+    assert "ok@a.com</td><td>delivered</td>" in page
+    assert "Undeliverable: &lt;b&gt;Hostile&lt;/b&gt; subject" in page
+    [link] = re.findall(r'href="(/reports/[^"]+\.txt)"', page)
+    report = requests.get(f"{emulator.url}{link}", timeout=5)
+    assert report.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert report.headers["X-Content-Type-Options"] == "nosniff"
+    assert b"multipart/report" in report.content
+    body = requests.get(f"{emulator.url}/api/messages/{message.id}", timeout=5).json()
+    states = {d["recipient"]: (d["status"], d["code"]) for d in body["delivery"]}
+    assert states == {"x@nowhere.invalid": ("failed", "5.1.1"), "ok@a.com": ("delivered", None)}
+    assert [r["subject"] for r in body["reports"]] == ["Undeliverable: <b>Hostile</b> subject"]

@@ -1,8 +1,9 @@
 """The tracking store's promises, run against both stores: the database and Redis.
 
 What only Redis shows (events left announcing by a killed tracker, the key layout, the
-password of REDIS_URL) is tested against the Redis store alone, on a redis-server of our own
-(the ``redis`` fixture).
+password of REDIS_URL, the webhook view's calls in one round trip each, the cap on the
+notices kept) is tested against the Redis store alone, on a redis-server of our own (the
+``redis`` fixture).
 """
 
 from __future__ import annotations
@@ -11,21 +12,24 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from django.db import IntegrityError
 
 redis_py = pytest.importorskip("redis")
 
 from redis.crc import key_slot  # noqa: E402
 
 from msgraph_mail.conf import MSGraphMailSettings  # noqa: E402
+from msgraph_mail.tracking import redis_store  # noqa: E402
 from msgraph_mail.tracking.events import DeliveryEvent, EventType  # noqa: E402
 from msgraph_mail.tracking.redis_store import PREFIX, RedisStore  # noqa: E402
 from msgraph_mail.tracking.store import (  # noqa: E402
     DatabaseStore,
     Tracked,
     TrackingStore,
+    Watch,
     store_for,
 )
 from tests.redis_server import free_port  # noqa: E402
@@ -355,49 +359,101 @@ def test_the_suppression_list(store: TrackingStore) -> None:
     assert store.suppressed(["bob@example.com", "alice@example.com"]) == {"alice@example.com"}
 
 
-# -- Redis only --------------------------------------------------------------------------
+# -- change notifications ----------------------------------------------------------------
+
+STATE = "secret-state-" + "x" * 50
 
 
-class Killed(BaseException):
-    """The tracker's process dying in the middle of ``announce``."""
-
-
-def test_change_notification_subscriptions(store: TrackingStore) -> None:
-    from msgraph_mail.tracking.store import Watch
-
-    later = datetime.now(timezone.utc) + timedelta(days=6)
-    watch = Watch("sub-1", "NoReply@contoso.com", "secret-state-" + "x" * 50, later)
-    store.save_watch(watch)
+def test_a_watch_is_saved_found_listed_renewed_and_dropped(store: TrackingStore) -> None:
+    later = NOW + timedelta(days=6)
+    assert store.watches() == []
+    store.save_watch(Watch("sub-1", "NoReply@Contoso.com", STATE, later))
     store.save_watch(Watch("sub-2", "alice@contoso.com", "other", later))
+    store.save_watch(Watch("sub-3", "noreply@contoso.com", "third", later - timedelta(days=1)))
+    # the mailbox lower-cased, the expiry to the microsecond, the secret kept
+    assert store.watch("sub-1") == Watch("sub-1", "noreply@contoso.com", STATE, later)
+    assert store.watch("nope") is None
+    # by mailbox, then expiry
+    assert [w.subscription_id for w in store.watches()] == ["sub-2", "sub-3", "sub-1"]
+
+    renewed = later + timedelta(days=1, microseconds=1)
+    store.save_watch(Watch("sub-3", "noreply@contoso.com", "third", renewed))
+    assert store.watch("sub-3") == Watch("sub-3", "noreply@contoso.com", "third", renewed)
+    assert [w.subscription_id for w in store.watches()] == ["sub-2", "sub-1", "sub-3"]
+
+    store.drop_watch("sub-1")
+    store.drop_watch("nope")  # nothing to drop: no error
+    assert store.watch("sub-1") is None
+    assert [w.subscription_id for w in store.watches()] == ["sub-2", "sub-3"]
+
+
+def test_the_client_state_never_shows(store: TrackingStore) -> None:
+    watch = Watch("sub-1", "noreply@contoso.com", STATE, NOW)
+    store.save_watch(watch)
     found = store.watch("sub-1")
     assert found is not None
-    assert (found.mailbox, found.client_state) == ("noreply@contoso.com", watch.client_state)
-    assert abs((found.expires_at - later).total_seconds()) < 0.001
-    assert [w.subscription_id for w in store.watches()] == ["sub-2", "sub-1"]  # by mailbox
-    renewed = later + timedelta(days=1)
-    store.save_watch(Watch("sub-1", "noreply@contoso.com", watch.client_state, renewed))
-    assert store.watch("sub-1").expires_at > later  # type: ignore[union-attr]
-    assert len(store.watches()) == 2
-    assert "secret-state" not in repr(watch) + repr(store)
-    store.drop_watch("sub-1")
-    assert store.watch("sub-1") is None
-    assert store.watch("nope") is None
+    assert found.client_state == STATE  # kept, but not shown:
+    for shown in (repr(watch), str(found), repr(store.watches()), repr(store)):
+        assert "secret-state" not in shown
+        assert "sub-1" in shown or "Store" in shown
 
 
-def test_notices_in_order_until_handled(store: TrackingStore) -> None:
+def test_notices_in_order_with_distinct_ids_until_handled(store: TrackingStore) -> None:
+    assert store.notices() == []
     store.notify([("sub-1", "created", "r1"), ("sub-1", "missed", ""), ("sub-2", "created", "r3")])
+    store.notify([("sub-2", "created", "r4")])
     found = store.notices()
     assert [(n.subscription_id, n.kind, n.resource) for n in found] == [
         ("sub-1", "created", "r1"),
         ("sub-1", "missed", ""),
         ("sub-2", "created", "r3"),
+        ("sub-2", "created", "r4"),
     ]
-    assert len({n.id for n in found}) == 3
-    assert [n.resource for n in store.notices(limit=2)] == ["r1", ""]
+    assert all(isinstance(n.id, str) for n in found)
+    assert len({n.id for n in found}) == 4
+
     store.handled([found[0].id, found[2].id])
-    assert [n.kind for n in store.notices()] == ["missed"]
+    assert store.notices() == [found[1], found[3]]  # exactly those two gone
     store.handled([])
-    assert len(store.notices()) == 1
+    store.handled([found[0].id])  # handled before: nothing changes
+    assert store.notices() == [found[1], found[3]]
+
+    store.notify([("sub-3", "created", "r5")])
+    after = store.notices()
+    assert [n.resource for n in after] == ["", "r4", "r5"]  # the newest last
+    assert after[2].id not in {n.id for n in found}  # never the id of one handled
+    store.handled([n.id for n in after])
+    assert store.notices() == []
+
+
+def test_notices_honour_the_limit(store: TrackingStore) -> None:
+    store.notify([("sub-1", "created", f"r{i}") for i in range(5)])
+    assert [n.resource for n in store.notices(limit=2)] == ["r0", "r1"]
+    assert [n.resource for n in store.notices(limit=1)] == ["r0"]
+    assert [n.resource for n in store.notices(limit=10)] == [f"r{i}" for i in range(5)]
+    assert store.notices(limit=0) == []
+    store.notify([])  # nothing to record
+    assert len(store.notices()) == 5
+
+
+def test_a_notify_records_all_or_none(store: TrackingStore) -> None:
+    broken = [
+        ("sub-1", "created", "r1"),
+        ("sub-1", "created", "r2"),
+        ("sub-1", "created", cast(str, None)),  # the third cannot be stored
+    ]
+    with pytest.raises((IntegrityError, redis_py.DataError)):
+        store.notify(broken)
+    assert store.notices() == []  # not even the first two
+    store.notify(broken[:2])
+    assert [n.resource for n in store.notices()] == ["r1", "r2"]
+
+
+# -- Redis only --------------------------------------------------------------------------
+
+
+class Killed(BaseException):
+    """The tracker's process dying in the middle of ``announce``."""
 
 
 def test_an_event_left_announcing_is_handed_over_once(rstore: RedisStore) -> None:
@@ -420,6 +476,50 @@ def test_an_event_left_announcing_is_handed_over_once(rstore: RedisStore) -> Non
     assert rstore.unannounced(0) == []  # announced and marked
 
 
+def test_the_webhook_view_s_calls_take_one_round_trip_each(
+    rstore: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``watch`` and ``notify`` run on every request of the webhook view: each is one write
+    to Redis (then its replies), and ``notify`` is one MULTI/EXEC, so all or none."""
+    rstore.save_watch(Watch("sub-1", "noreply@contoso.com", STATE, NOW))  # connects, too
+    sent: list[bytes] = []
+    original = redis_py.connection.AbstractConnection.send_packed_command
+
+    def counting(connection: Any, command: Any, *args: Any, **kwargs: Any) -> None:
+        sent.append(command if isinstance(command, bytes) else b"".join(command))
+        original(connection, command, *args, **kwargs)
+
+    monkeypatch.setattr(redis_py.connection.AbstractConnection, "send_packed_command", counting)
+    assert rstore.watch("sub-1") is not None
+    assert len(sent) == 1
+    sent.clear()
+    rstore.notify([("sub-1", "created", f"r{i}") for i in range(3)])
+    assert len(sent) == 1
+    assert sent[0].startswith(b"*1\r\n$5\r\nMULTI\r\n")
+    assert sent[0].endswith(b"*1\r\n$4\r\nEXEC\r\n")
+    assert sent[0].count(b"XADD") == 3
+    kept = str(redis_store.NOTICES_KEPT)
+    assert sent[0].count(f"MAXLEN\r\n$1\r\n~\r\n${len(kept)}\r\n{kept}\r\n".encode()) == 3
+    sent.clear()
+    rstore.notify([])
+    assert sent == []  # nothing to send
+    assert [n.resource for n in rstore.notices()] == ["r0", "r1", "r2"]
+
+
+def test_the_notices_kept_are_capped(redis: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tracker that stops handling notices cannot make Redis grow without bound: the
+    oldest go first (about: XADD MAXLEN ~ trims whole stream nodes, 100 entries each)."""
+    monkeypatch.setattr(redis_store, "NOTICES_KEPT", 10)
+    client = redis_client(redis)
+    store = RedisStore(client)
+    for batch in range(5):
+        store.notify([("sub-1", "created", f"r{batch * 100 + i}") for i in range(100)])
+    kept = client.xlen(PREFIX + "notices")
+    assert 10 <= kept <= 10 + 100
+    resources = [n.resource for n in store.notices()]
+    assert resources == [f"r{i}" for i in range(500 - kept, 500)]  # the newest, in order
+
+
 def test_keys_share_the_hash_tag_and_expire_with_the_message(redis: str) -> None:
     client = redis_client(redis)
     store = RedisStore(client, ttl=600)
@@ -429,13 +529,18 @@ def test_keys_share_the_hash_tag_and_expire_with_the_message(redis: str) -> None
     store.suppress("bob@example.com")
     store.set_cursor("trace", "1")
     store.acquire("tracker", "a", 30)
+    store.save_watch(Watch("sub-1", "noreply@contoso.com", STATE, NOW))
+    store.notify([("sub-1", "created", "r1")])
     keys = [key.decode() for key in client.keys("*")]
     assert all(key.startswith(PREFIX) for key in keys), keys
     assert {key_slot(key.encode()) for key in keys} == {key_slot(b"{tracking}")}
     for name in ("message:t1", "message-id:<t1@contoso.com>", "events:t1", "reported:t1"):
         assert 0 < client.ttl(PREFIX + name) <= 600, name
-    for name in ("suppressions", "cursor:trace"):
+    for name in ("suppressions", "cursor:trace", "watches", "notices"):
         assert client.ttl(PREFIX + name) == -1, name  # never expire
+    assert client.type(PREFIX + "watches") == b"hash"
+    assert client.hkeys(PREFIX + "watches") == [b"sub-1"]
+    assert client.type(PREFIX + "notices") == b"stream"
     # the message sent before the retention was trimmed from the sorted sets
     assert [t.tracking_id for t in store.unsettled(NOW - timedelta(days=1))] == []
     assert client.zrange(PREFIX + "sent", 0, -1) == [b"t1"]

@@ -50,6 +50,7 @@ _PREFIXES = (
     "/api/faults",
     "/api/events",
     "/messages/",
+    "/reports/",
     "/static/",
 )
 #: The server-sent events stream; the server answers it itself (it never ends).
@@ -145,6 +146,7 @@ class Inbox:
             ("GET", re.compile(rf"/messages/{_ID}"), self._message_page),
             ("GET", re.compile(rf"/messages/{_ID}\.eml"), self._eml),
             ("GET", re.compile(rf"/messages/{_ID}/attachments/(\d+)"), self._attachment),
+            ("GET", re.compile(rf"/reports/{_ID}\.txt"), self._report),
         ]
 
     def handle(self, request: Request) -> Response:
@@ -264,9 +266,22 @@ class Inbox:
         images = ("images", "1") in request.query
         rows = self.request_log(message.id)
         carried = log_html.log_fragment(rows, len(rows)) if rows else ""
-        body = html.message_page(message, self._base(request), images, _size(message), carried)
+        delivery = html.delivery_section(
+            self.emulator.delivery_of(message.request_id),
+            self.emulator.reports_of(message.request_id),
+        )
+        body = html.message_page(
+            message, self._base(request), images, _size(message), carried, delivery
+        )
         frame_images = "http: https:" if images else ""
         return _page(body, {"Content-Security-Policy": html.csp(frame_images)})
+
+    def _report(self, request: Request, match: re.Match[str]) -> Response:
+        """An NDR's raw MIME, as plain text (never rendered: it is mail from outside)."""
+        found = next((m for m in self.emulator.inbox_messages() if m.id == match.group(1)), None)
+        if found is None:
+            return _not_found("No such report")
+        return Response(200, found.raw, {"Content-Type": "text/plain; charset=utf-8", **_NO_SNIFF})
 
     def _static(self, request: Request, match: re.Match[str]) -> Response:
         name = match.group(1)
@@ -334,7 +349,13 @@ class Inbox:
         message = self.find(match.group(1))
         if message is None:
             return _json(404, {"error": "not found", "id": match.group(1)})
-        return _json(200, detail(message, self._base(request)))
+        body = detail(message, self._base(request))
+        body["delivery"] = self.emulator.delivery_of(message.request_id)
+        body["reports"] = [
+            {"id": r.id, "subject": r.subject, "url": f"{self._base(request)}/reports/{r.id}.txt"}
+            for r in self.emulator.reports_of(message.request_id)
+        ]
+        return _json(200, body)
 
     def _api_budgets(self, request: Request, match: re.Match[str]) -> Response:
         body = {

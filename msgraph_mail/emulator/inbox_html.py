@@ -250,7 +250,12 @@ def _meter(name: str, budget: dict[str, Any]) -> str:
 
 
 def message_page(
-    message: SentMessage, base: str, images: bool, count: int, requests: str = ""
+    message: SentMessage,
+    base: str,
+    images: bool,
+    count: int,
+    requests: str = "",
+    delivery: str = "",
 ) -> str:
     """Summary, HTML body (phone and desktop widths), text part, attachments, the requests
     that carried it (``requests``: the log's fragment) and every header of one message."""
@@ -258,6 +263,7 @@ def message_page(
         f'<p class="back"><a href="/">&larr; All messages</a></p>'
         f"<h1>{e(message.subject or '(no subject)')}</h1>",
         _summary(message, count),
+        delivery,
         _html_section(message, base, images),
         f'<section><h2>Requests</h2><div class="carried">{requests}</div>'
         f'<p class="note"><a href="/requests?message={e(message.id)}">In the request log</a>'
@@ -269,6 +275,33 @@ def message_page(
         _headers_section(message),
     ]
     return page(message.subject or "(no subject)", "".join(s for s in sections if s))
+
+
+def delivery_section(states: list[dict[str, Any]], reports: list[Any]) -> str:
+    """After the 202: each recipient's status as the message trace shows it, and the NDRs
+    the message brought into its sender's Inbox (links to their raw MIME, as text)."""
+    if not states:
+        return ""
+    rows = "".join(
+        f'<tr class="{e(s["outcome"])}"><td>{e(s["recipient"])}</td><td>{e(s["status"])}</td>'
+        f"<td>{e(' '.join(filter(None, (s['code'], s['diagnostic']))))}</td></tr>"
+        for s in states
+    )
+    links = "".join(
+        f'<li><a href="/reports/{e(r.id)}.txt">{e(r.subject or "(no subject)")}</a></li>'
+        for r in reports
+    )
+    return (
+        "<section><h2>Delivery</h2>"
+        '<table class="delivery"><tr><th>Recipient</th><th>Trace status</th><th>Code</th></tr>'
+        f"{rows}</table>"
+        + (
+            f'<h3>Reports in the sender\'s Inbox</h3><ul class="reports">{links}</ul>'
+            if links
+            else ""
+        )
+        + "</section>"
+    )
 
 
 def _summary(message: SentMessage, count: int) -> str:

@@ -501,6 +501,36 @@ class GraphEmulator:
 
     # after the 202: delivery, reports, message trace ------------------------------------
 
+    def delivery_of(self, request_id: str) -> list[dict[str, Any]]:
+        """What became of each recipient of the message sent by request ``request_id``, as the
+        message trace shows it now: status, and the code and diagnostic of a bounce or a
+        deferral (the dev inbox's message page and ``/api/messages/<id>``)."""
+        now = time.monotonic()
+        for delivery in self._graph.deliveries.deliveries:
+            if delivery.message.request_id != request_id:
+                continue
+            return [
+                {
+                    "recipient": address,
+                    "status": delivery.status(outcome, now),
+                    "outcome": outcome.kind,
+                    "code": outcome.code,
+                    "diagnostic": outcome.diagnostic,
+                    "final_at": delivery.finished.isoformat(),
+                }
+                for address, outcome in delivery.recipients
+            ]
+        return []
+
+    def reports_of(self, request_id: str) -> list[InboxMessage]:
+        """The NDRs and delayed DSNs that message brought into its sender's Inbox."""
+        for delivery in self._graph.deliveries.deliveries:
+            if delivery.message.request_id == request_id:
+                wanted = f"Message-ID: {delivery.message_id}".encode()
+                mailbox = delivery.message.mailbox.id
+                return [m for m in self.inbox_messages(mailbox) if wanted in m.raw]
+        return []
+
     def subscriptions(self) -> list[dict[str, Any]]:
         """The live change-notification subscriptions, as Graph shows them."""
         return self._graph.subscriptions.listed()

@@ -29,10 +29,14 @@ slot; times are Unix seconds):
 - ``...:cursor:<name>``: a STRING per cursor (never expires).
 - ``...:lease:<name>``: a STRING, the lease's holder, expiring with the lease.
 - ``...:watches``: a HASH subscription id -> ``{"mailbox", "client_state", "expires_at"}``
-  as JSON: the change-notification subscriptions (dropped by the tracker, never expiring).
-- ``...:notices``: a STREAM of the notifications the webhook view accepted
-  (``subscription_id``, ``kind``, ``resource``), deleted once handled, capped at
-  :data:`NOTICES_KEPT`.
+  as JSON: the change-notification subscriptions (``expires_at`` as ``sent_at``; no TTL:
+  the tracker drops them). The webhook view reads one with one HGET.
+- ``...:notices``: a STREAM of the notifications the webhook view accepted, one entry each
+  (``subscription_id``, ``kind``, ``resource``; the entry's ID, ordered and unique, is the
+  notice's ``id``), added by one MULTI/EXEC per request, deleted (XDEL) once handled, and
+  capped at about :data:`NOTICES_KEPT` (``XADD MAXLEN ~``): a tracker that stops handling
+  them cannot make Redis grow without bound; the oldest go first, and the tracker's polling
+  still finds what they announced.
 - ``...:suppressions``: a HASH address -> ``{"status_code", "reason", "message_id",
   "since"}`` as JSON (never expires: an address stays suppressed until removed).
 
@@ -76,7 +80,14 @@ if TYPE_CHECKING:
 
     from ..conf import MSGraphMailSettings
 
-__all__ = ["HANDOVER_BATCH", "NEAR_CANDIDATES", "PREFIX", "RETENTION", "RedisStore"]
+__all__ = [
+    "HANDOVER_BATCH",
+    "NEAR_CANDIDATES",
+    "NOTICES_KEPT",
+    "PREFIX",
+    "RETENTION",
+    "RedisStore",
+]
 
 #: Every key of the store starts with this (the hash tag keeps them in one cluster slot).
 PREFIX = "msgraph_mail:tracking:{tracking}:"
@@ -472,6 +483,7 @@ class RedisStore:
 
     @_hiding_password
     def save_watch(self, watch: Watch) -> None:
+        """Record a subscription, or its new expiry (one HSET: insert or update)."""
         entry = {
             "mailbox": watch.mailbox.lower(),
             "client_state": watch.client_state,
@@ -481,6 +493,7 @@ class RedisStore:
 
     @_hiding_password
     def watches(self) -> list[Watch]:
+        """Every subscription, by mailbox, then expiry."""
         found = [
             _watch(_text(sub), raw)
             for sub, raw in self.client.hscan_iter(self.key("watches"), count=1000)
@@ -489,6 +502,8 @@ class RedisStore:
 
     @_hiding_password
     def watch(self, subscription_id: str) -> Watch | None:
+        """The subscription, or None: one round trip (the webhook view asks on every
+        notification)."""
         raw = self.client.hget(self.key("watches"), subscription_id)
         return _watch(subscription_id, raw) if raw else None
 
@@ -498,8 +513,10 @@ class RedisStore:
 
     @_hiding_password
     def notify(self, notices: list[tuple[str, str, str]]) -> None:
-        """One MULTI/EXEC: all or none; the stream is capped so a stopped tracker cannot
-        make it grow without bound (the oldest notices go first; polling finds their NDRs)."""
+        """Record them all or none, in one round trip: one MULTI/EXEC of XADDs (nothing is
+        sent for none). The stream is capped at about :data:`NOTICES_KEPT` so a stopped
+        tracker cannot make it grow without bound (the oldest go first; polling finds their
+        NDRs)."""
         pipe = self.client.pipeline(transaction=True)
         for subscription_id, kind, resource in notices:
             fields: dict[Any, Any] = {
@@ -512,11 +529,15 @@ class RedisStore:
 
     @_hiding_password
     def notices(self, limit: int = 1000) -> list[Notice]:
+        """Notifications not handled yet, oldest first (their stream IDs as ``id``)."""
+        if limit < 1:
+            return []
         rows: list[Any] = self.client.xrange(self.key("notices"), count=limit) or []
         return [_notice(notice_id, fields or {}) for notice_id, fields in rows]
 
     @_hiding_password
     def handled(self, notice_ids: list[str]) -> None:
+        """Delete these notifications (IDs gone already are ignored)."""
         if notice_ids:
             self.client.xdel(self.key("notices"), *notice_ids)
 
