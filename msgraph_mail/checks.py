@@ -226,6 +226,13 @@ W017 = Warning(
     "prefix where msgraph_mail.urls is included (a proxy that rewrites paths may explain it).",
     id="msgraph_mail.W017",
 )
+W018 = Warning(
+    "{where} still points at smtp.office365.com, while mail goes through msgraph_mail.",
+    hint="SMTP AUTH is off by default in Exchange Online from the end of December 2026. "
+    "Remove the Office 365 SMTP settings ({names}), and the mailbox password with them, once "
+    "msgraph_diagnose --send-test passes (see the page 'Moving from SMTP AUTH').",
+    id="msgraph_mail.W018",
+)
 
 # Warnings, not errors: `migrate` runs the database checks before it migrates, and an error
 # would stop the very command that fixes it.
@@ -279,6 +286,32 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             messages += [at(message, where) for message in _tracking(config)]
         messages += [at(message, where) for message in _legacy_overlap()]
     return _unique(messages)
+
+
+#: Exchange Online's SMTP AUTH hosts (client submission).
+OFFICE365_SMTP = frozenset({"smtp.office365.com", "smtp-mail.outlook.com"})
+SMTP_SETTINGS = ("EMAIL_HOST", "EMAIL_PORT", "EMAIL_HOST_USER", "EMAIL_HOST_PASSWORD")
+
+
+def check_smtp_leftovers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """A hint, not an error: Office 365 SMTP settings left beside this backend."""
+    if not list(our_mailers()):
+        return []
+    messages: list[CheckMessage] = []
+    mailers = getattr(settings, "MAILERS", None)
+    if mailers is None:
+        host = str(getattr(settings, "EMAIL_HOST", "") or "").lower()
+        if host in OFFICE365_SMTP:
+            names = ", ".join(n for n in SMTP_SETTINGS if getattr(settings, n, None))
+            messages.append(_format(W018, where="EMAIL_HOST", names=names))
+        return messages
+    for alias, config in mailers.items():
+        options = config.get("OPTIONS") or {}
+        if str(options.get("host") or "").lower() in OFFICE365_SMTP:
+            where = f"MAILERS[{alias!r}]"
+            names = f"{where}, or its host/username/password OPTIONS"
+            messages.append(_format(W018, where=where, names=names))
+    return messages
 
 
 def check_deploy(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -379,6 +412,7 @@ def _queue_problems(queue: str) -> list[CheckMessage]:
 register(check_settings, "mail")
 register(check_queue, "mail")
 register(check_deploy, "mail", deploy=True)
+register(check_smtp_leftovers, "mail")
 register(check_outbox_database, "database")
 
 

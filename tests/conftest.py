@@ -131,3 +131,16 @@ def dummy_tasks(msgraph_emulator: GraphEmulator) -> Iterator[Any]:
         backend.clear()
         yield backend
         backend.clear()
+
+
+@pytest.fixture(scope="session")
+def live_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]:
+    """pytest-django's live server, started once the test database (a file, see
+    tests/settings.py) exists: its threads then open connections of their own, which wait
+    for a write lock, instead of sharing the test thread's connection."""
+    from pytest_django.live_server_helper import LiveServer
+
+    with django_db_blocker.unblock():
+        server = LiveServer("localhost")
+    yield server
+    server.stop()

@@ -219,3 +219,34 @@ def test_ids_are_unique_constants() -> None:
     for name, check in constants.items():
         assert check.id == f"msgraph_mail.{name}"
         assert check.hint
+
+
+def test_office365_smtp_settings_left_beside_the_backend_get_a_hint() -> None:
+    leftovers = {
+        "EMAIL_HOST": "smtp.office365.com",
+        "EMAIL_PORT": 587,
+        "EMAIL_HOST_USER": "noreply@contoso.com",
+        "EMAIL_HOST_PASSWORD": "mailbox-password",
+    }
+    found = [m for m in run_checks() if m.id == "msgraph_mail.W018"]
+    assert found == []
+    with override_settings(MSGRAPH_MAIL=GOOD, EMAIL_BACKEND=BACKEND, **CONTOSO, **leftovers):
+        [hint] = [m for m in run_checks() if m.id == "msgraph_mail.W018"]
+    assert "EMAIL_HOST_PASSWORD" in (hint.hint or "")
+    assert "mailbox-password" not in hint.msg + (hint.hint or "")
+    with override_settings(MSGRAPH_MAIL=GOOD, EMAIL_BACKEND="x.Other", **leftovers):
+        assert [m for m in run_checks() if m.id == "msgraph_mail.W018"] == []
+
+
+@pytest.mark.skipif(django.VERSION < (6, 1), reason="MAILERS is new in Django 6.1")
+def test_an_office365_smtp_mailer_beside_ours_gets_a_hint() -> None:
+    mailers = {
+        "default": {"BACKEND": BACKEND, "OPTIONS": {k.lower(): v for k, v in GOOD.items()}},
+        "old": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {"host": "smtp.office365.com", "port": 587},
+        },
+    }
+    with override_settings(MAILERS=mailers, **CONTOSO):
+        [hint] = [m for m in run_checks() if m.id == "msgraph_mail.W018"]
+    assert "MAILERS['old']" in hint.msg

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from msgraph_mail.emulator import NOREPLY_ID, GraphEmulator
+from msgraph_mail.tracking.trace import _parse_time
 
 from .helpers import get_token
 
@@ -139,7 +140,7 @@ def test_a_short_lifetime_is_raised_to_45_minutes_and_permission_is_needed(
 ) -> None:
     soon = (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()
     created = subscribe(graph, receiver.url, expirationDateTime=soon).json()
-    expires = datetime.fromisoformat(created["expirationDateTime"].replace("Z", "+00:00"))
+    expires = _parse_time(created["expirationDateTime"])
     assert expires > datetime.now(timezone.utc) + timedelta(minutes=44)
     emulator, http = graph
     emulator.roles = ["Mail.Send"]

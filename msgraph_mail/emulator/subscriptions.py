@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import re
 import threading
 import time
 import uuid
@@ -337,8 +338,10 @@ def _url(value: Any) -> str:
 
 
 def _expiry(value: Any) -> datetime:
-    try:
-        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    text = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "000000")[:6], str(value), count=1)
+    try:  # Graph's seven decimals and Z, which Python 3.10's fromisoformat refuses
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        when = when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
     except ValueError:
         raise GraphError(400, "InvalidRequest", "Invalid expirationDateTime.") from None
     now = datetime.now(timezone.utc)

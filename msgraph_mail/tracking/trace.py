@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ WINDOW = 300.0
 #: The widest window one query may span (Graph refuses more than 10 days).
 MAX_SPAN = timedelta(days=10)
 TOP = 5000
+_FRACTION = re.compile(r"\.(\d+)")
 
 #: A trace status and the event it reports; gettingStatus, expanded (a group) and
 #: recalled report nothing.
@@ -171,7 +173,12 @@ def _iso(when: datetime) -> str:
 
 
 def _parse_time(value: Any) -> datetime:
+    """Graph's ``2026-12-05T16:52:39.0000000Z`` (seven decimals, ``Z``), which Python 3.10's
+    ``fromisoformat`` refuses: the fraction is cut to microseconds first."""
+    text = str(value).strip().replace("Z", "+00:00")
+    text = _FRACTION.sub(lambda found: "." + (found.group(1) + "000000")[:6], text, count=1)
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        when = datetime.fromisoformat(text)
     except ValueError:
         return datetime.now(timezone.utc)
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
