@@ -238,6 +238,8 @@ class MSGraphMailSettings(BaseModel):
     queue: Queue = "tasks"
     queue_max_age: float = Field(default=86400.0, gt=0)
     resolve_unknown: float | None = Field(default=None, ge=0, le=300)
+    outbox_retention: float = Field(default=30 * 86400.0, gt=0)
+    outbox_keep_content: bool = False
     save_to_sent_items: bool = True
     sent_items_fallback: SentItemsFallback = "mime"
     delivery_tracking: tuple[TrackingSource, ...] = ()

@@ -588,3 +588,22 @@ def test_check_requires_redis_url_for_celery(msgraph_emulator: GraphEmulator) ->
     options["REDIS_URL"] = "redis://127.0.0.1:6379/0"
     with override_settings(EMAIL_BACKEND=QUEUED, MSGRAPH_MAIL=options):
         assert "msgraph_mail.E020" not in [m.id for m in checks.check_queue()]
+
+
+def test_purge_and_content_dropped_once_sent(redis: str) -> None:
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis)
+    store = RedisStore(client, keep_content=False)
+    for message_id in ("<old@x>", "<new@x>"):
+        store.add(envelope(message_id))
+        assert store.claim(message_id)
+        store.finish(message_id, "sent")
+    kept = store.get("<new@x>")
+    assert kept is not None
+    assert kept.envelope.mime == ""  # OUTBOX_KEEP_CONTENT off: only the listing is kept
+    client.zadd(store.status_key("sent"), {"<old@x>": time.time() - 40 * 86400})
+    assert store.purge(30 * 86400) == 1
+    assert store.get("<old@x>") is None
+    assert store.get("<new@x>") is not None
+    client.close()

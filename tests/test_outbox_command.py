@@ -265,3 +265,66 @@ def test_default_is_chosen_among_several_and_the_others_are_named(
     assert (
         "Using MAILERS['default']; also configured: bulk (choose with --using)." in err.getvalue()
     )
+
+
+def test_purge_deletes_finished_messages_older_than_the_retention(dummy_tasks: Any) -> None:
+    from msgraph_mail.models import OutboxMessage
+
+    old_sent, old_failed, recent, waiting = queue("a", "b", "c", "d")
+    store = DatabaseStore()
+    for message_id, status in ((old_sent, "sent"), (old_failed, "failed"), (recent, "sent")):
+        assert store.claim(message_id)
+        store.finish(message_id, status)
+    long_ago = datetime.now(timezone.utc) - timedelta(days=31)
+    OutboxMessage.objects.filter(message_id__in=[old_sent, old_failed, waiting]).update(
+        updated_at=long_ago
+    )
+    assert "Deleted 2 finished message(s) older than 30 days." in outbox("--purge")
+    left = set(OutboxMessage.objects.values_list("message_id", flat=True))
+    assert left == {recent, waiting}  # a queued message is never purged, however old
+
+
+def test_a_sent_message_keeps_only_what_the_listing_shows(
+    msgraph_emulator: GraphEmulator,
+) -> None:
+    """OUTBOX_KEEP_CONTENT off (the default): the MIME is dropped once sent."""
+    graph = msgraph_emulator.settings()
+    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=IMMEDIATE, MSGRAPH_MAIL=graph):
+        mail.send_mail("Private", "Secret body", "noreply@contoso.com", ["a@example.com"])
+        [row] = json.loads(outbox("--json", "--status", "sent"))
+    stored = DatabaseStore().get(row["message_id"])
+    assert stored is not None
+    assert stored.envelope.mime == ""
+    assert stored.envelope.subject == "Private"
+    assert row["subject"] == "Private"
+    keep = {**graph, "OUTBOX_KEEP_CONTENT": True}
+    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=IMMEDIATE, MSGRAPH_MAIL=keep):
+        mail.send_mail("Kept", "Body", "noreply@contoso.com", ["a@example.com"])
+    [kept] = [m for m in DatabaseStore().list("sent") if m.envelope.subject == "Kept"]
+    assert kept.envelope.mime != ""
+
+
+def test_the_worker_enforces_the_retention_hourly(
+    dummy_tasks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from msgraph_mail.models import OutboxMessage
+    from msgraph_mail.outbox import deliver
+
+    [old] = queue("old")
+    store = DatabaseStore()
+    assert store.claim(old)
+    store.finish(old, "failed")
+    OutboxMessage.objects.filter(message_id=old).update(
+        updated_at=datetime.now(timezone.utc) - timedelta(days=40)
+    )
+    monkeypatch.setattr(deliver, "_last_purge", {})
+    deliver.enforce_retention(store, None)
+    assert not OutboxMessage.objects.filter(message_id=old).exists()
+    [other] = queue("other")
+    assert store.claim(other)
+    store.finish(other, "failed")
+    OutboxMessage.objects.filter(message_id=other).update(
+        updated_at=datetime.now(timezone.utc) - timedelta(days=40)
+    )
+    deliver.enforce_retention(store, None)  # within the hour: no second sweep
+    assert OutboxMessage.objects.filter(message_id=other).exists()

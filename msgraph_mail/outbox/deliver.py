@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
@@ -137,7 +138,30 @@ def deliver(envelope: Envelope, *, attempt: int, store: ClaimStore) -> Outcome:
             f": {outcome.error}" if outcome.error else "",
         )
     _signal(envelope, outcome)
+    enforce_retention(store, envelope.alias)
     return outcome
+
+
+#: Seconds between two retention sweeps of one worker process (OUTBOX_RETENTION).
+PURGE_EVERY = 3600.0
+_last_purge: dict[str, float] = {}
+
+
+def enforce_retention(store: ClaimStore, alias: str | None) -> None:
+    """Delete finished messages older than OUTBOX_RETENTION, at most once an hour per
+    process and store: the worker keeps the outbox bounded without a cron job."""
+    key = f"{type(store).__name__}:{alias}"
+    now = time.monotonic()
+    if now - _last_purge.get(key, -PURGE_EVERY) < PURGE_EVERY or not hasattr(store, "purge"):
+        return
+    _last_purge[key] = now
+    try:
+        removed = store.purge(settings_for(alias).outbox_retention)
+    except Exception as exc:  # a sweep failing must never fail a delivery
+        logger.warning("Outbox retention sweep failed: %s: %s", type(exc).__name__, exc)
+        return
+    if removed:
+        logger.info("Outbox retention: %d finished message(s) deleted", removed)
 
 
 @dataclass(frozen=True)

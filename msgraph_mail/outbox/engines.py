@@ -42,4 +42,4 @@ def store_for(settings: MSGraphMailSettings) -> ClaimStore:
         from .redis_store import RedisStore
 
         return RedisStore.for_settings(settings)
-    return DatabaseStore()
+    return DatabaseStore(keep_content=settings.outbox_keep_content)

@@ -20,6 +20,7 @@ own key (Exchange assigns the delivered message's Message-ID).
 from __future__ import annotations
 
 import base64
+import dataclasses
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from email import policy
@@ -70,6 +71,11 @@ class Envelope:
     @property
     def enqueued(self) -> datetime:
         return datetime.fromisoformat(self.enqueued_at)
+
+    def without_content(self) -> Envelope:
+        """The envelope once sent (OUTBOX_KEEP_CONTENT off): what the listing shows, not the
+        message itself (its MIME, JSON body or draft plan)."""
+        return dataclasses.replace(self, mime="", json_body=None, draft=None)
 
     def described(self) -> tuple[str, str]:
         """(subject, first recipient) for listings; read from the MIME's headers for an

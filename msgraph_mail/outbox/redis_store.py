@@ -19,9 +19,10 @@ so the scripts also run on Redis Cluster, where all their keys must share one sl
 Every change of status is one Lua script (read the status, move the id between the sorted
 sets, write the fields), so the sets never disagree with the records.
 
-Finished messages (``sent``, ``failed``, ``unknown``) expire after :data:`FINISHED_TTL`
-(7 days, ``RedisStore(ttl=...)``); the sorted sets of finished statuses are trimmed to the
-same age whenever a message finishes, so Redis does not grow forever. ``queued`` and
+Finished messages (``sent``, ``failed``, ``unknown``) expire after ``OUTBOX_RETENTION``
+(:meth:`RedisStore.for_settings`; :data:`FINISHED_TTL`, 7 days, for ``RedisStore(client)``);
+the sorted sets of finished statuses are trimmed to the same age whenever a message
+finishes, so Redis does not grow forever. ``queued`` and
 ``sending`` records never expire: a message waiting for its next try, or claimed by a worker
 that died, stays visible until it is finished (``manage.py msgraph_outbox``). Contents: the
 MIME of each message (its recipients and body, never a secret) -- protect this Redis as you
@@ -144,18 +145,26 @@ class RedisStore:
     package's client for ``REDIS_URL`` (made once per process, never shared by a fork).
     """
 
-    def __init__(self, client: redis.Redis, *, ttl: int = FINISHED_TTL) -> None:
+    def __init__(
+        self, client: redis.Redis, *, ttl: int = FINISHED_TTL, keep_content: bool = True
+    ) -> None:
+        self.keep_content = keep_content
         self.client = client
         self.ttl = int(ttl)
         self._move = client.register_script(_MOVE)
         self._forget = client.register_script(_FORGET)
 
     @classmethod
-    def for_settings(cls, settings: MSGraphMailSettings, *, ttl: int = FINISHED_TTL) -> RedisStore:
-        """The store in the Redis of ``settings.redis_url`` (ConfigurationError if unset)."""
+    def for_settings(cls, settings: MSGraphMailSettings, *, ttl: int | None = None) -> RedisStore:
+        """The store in the Redis of ``settings.redis_url`` (ConfigurationError if unset);
+        finished messages kept ``OUTBOX_RETENTION`` unless ``ttl`` says otherwise."""
         from ..limits import redis_client
 
-        return cls(redis_client(settings), ttl=ttl)
+        return cls(
+            redis_client(settings),
+            ttl=int(settings.outbox_retention) if ttl is None else ttl,
+            keep_content=settings.outbox_keep_content,
+        )
 
     # keys -------------------------------------------------------------------------------
 
@@ -361,7 +370,30 @@ class RedisStore:
             fields["last_error"] = error[:2000]
         if request_id is not None:
             fields["request_id"] = request_id
+        if status == "sent" and not self.keep_content:  # OUTBOX_KEEP_CONTENT off
+            found = self.get(message_id)
+            if found is not None:
+                envelope = found.envelope.without_content().to_dict()
+                fields["envelope"] = json.dumps(envelope, separators=(",", ":"))
         return self._run(message_id, status, score=now, expect=expect, fields=fields)
+
+    def purge(self, older_than: float) -> int:
+        """Forget finished messages older than ``older_than`` seconds (they also expire by
+        themselves after the store's TTL, OUTBOX_RETENTION); how many went."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for status in FINISHED:
+            ids = [
+                i.decode() if isinstance(i, bytes) else str(i)
+                for i in self.client.zrangebyscore(self.status_key(status), "-inf", cutoff)
+            ]
+            if not ids:
+                continue
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(*[self.message_key(i) for i in ids])
+            pipe.zrem(self.status_key(status), *ids)
+            removed += int(pipe.execute()[0])
+        return removed
 
     def _ids(self, status: str) -> Iterator[str]:
         for member in self.client.zrange(self.status_key(status), 0, -1):

@@ -72,6 +72,10 @@ class ClaimStore(Protocol):
 
     def get(self, message_id: str) -> StoredMessage | None: ...
 
+    def purge(self, older_than: float) -> int:
+        """Delete finished messages older than ``older_than`` seconds; how many went."""
+        ...
+
     def list(self, status: str | None = None) -> list[StoredMessage]: ...
 
     def requeue(
@@ -112,7 +116,14 @@ def migrated(method: Callable[P, R]) -> Callable[P, R]:
 
 class DatabaseStore:
     """The store of the ``tasks`` engine: :class:`msgraph_mail.models.OutboxMessage` rows in
-    the default database, written in the caller's transaction."""
+    the default database, written in the caller's transaction.
+
+    ``keep_content`` False (``OUTBOX_KEEP_CONTENT``'s default): a sent message keeps only what
+    the listing shows; its MIME is dropped, as stored mail is personal data.
+    """
+
+    def __init__(self, *, keep_content: bool = True) -> None:
+        self.keep_content = keep_content
 
     @migrated
     def add(self, envelope: Envelope) -> None:
@@ -156,6 +167,8 @@ class DatabaseStore:
         updated: int = rows.update(
             status="sent", last_error=note[:2000], next_try_at=None, updated_at=timezone.now()
         )
+        if updated == 1:
+            self._drop_content(message_id)
         return updated == 1
 
     @migrated
@@ -175,6 +188,31 @@ class DatabaseStore:
             next_try_at=None,
             updated_at=timezone.now(),
         )
+        if status == "sent":
+            self._drop_content(message_id)
+
+    @migrated
+    def purge(self, older_than: float) -> int:
+        """Delete finished messages (sent, failed, unknown) untouched for ``older_than``
+        seconds (OUTBOX_RETENTION); how many went."""
+        from ..models import OutboxMessage
+
+        cutoff = timezone.now() - timedelta(seconds=older_than)
+        rows = OutboxMessage.objects.filter(
+            status__in=["sent", "failed", "unknown"], updated_at__lt=cutoff
+        )
+        deleted, _ = rows.delete()
+        return int(deleted)
+
+    def _drop_content(self, message_id: str) -> None:
+        from ..models import OutboxMessage
+
+        if self.keep_content:
+            return
+        row = OutboxMessage.objects.filter(message_id=message_id).first()
+        if row is not None:
+            envelope = Envelope.from_dict(json.loads(row.envelope)).without_content()
+            OutboxMessage.objects.filter(pk=row.pk).update(envelope=_json(envelope))
 
     @migrated
     def get(self, message_id: str) -> StoredMessage | None:

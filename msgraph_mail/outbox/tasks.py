@@ -43,6 +43,7 @@ def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> 
         logger.error("Queued message %s is not in the outbox: nothing to send", message_id)
         return "missing"
     settings = settings_for(found.envelope.alias)
+    store.keep_content = settings.outbox_keep_content  # the mailer's OUTBOX_KEEP_CONTENT
     if resolve_check > 0:
         looked = resolve(found.envelope, check=resolve_check, store=store)
         if looked.status == "again":

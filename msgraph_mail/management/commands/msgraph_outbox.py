@@ -53,6 +53,12 @@ class Command(BaseCommand):
             help="The MAILERS alias whose outbox to read (default: 'default', or the only "
             "QueuedEmailBackend mailer).",
         )
+        parser.add_argument(
+            "--purge",
+            action="store_true",
+            help="Delete the finished messages (sent, failed, unknown) older than "
+            "OUTBOX_RETENTION (the worker also does it, hourly).",
+        )
         parser.add_argument("--json", action="store_true", help="Print the list as JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -65,6 +71,11 @@ class Command(BaseCommand):
         settings = settings_for(mailers.for_command(self, options["using"], queued=True).alias)
         if options["resend"]:
             self._resend(settings, options["resend"], force=options["force"])
+            return
+        if options["purge"]:
+            removed = store_for(settings).purge(settings.outbox_retention)
+            days = settings.outbox_retention / 86400
+            self.stdout.write(f"Deleted {removed} finished message(s) older than {days:g} days.")
             return
         wanted = options["status"] or list(OPEN)
         found = [m for m in store_for(settings).list() if _status(m) in wanted]
