@@ -154,6 +154,19 @@ def test_an_envelope_queued_before_subjects_were_kept_is_described_from_its_mime
     assert (listed["subject"], listed["first_recipient"]) == ("Older", "a@example.com")
 
 
+def database_check() -> None:
+    """``manage.py check --database default --fail-level WARNING``, as a deployment gate."""
+    call_command(
+        "check",
+        "--database",
+        "default",
+        "--fail-level",
+        "WARNING",
+        stdout=StringIO(),
+        stderr=StringIO(),
+    )
+
+
 def test_a_missing_outbox_table_is_named_with_what_to_do(dummy_tasks: Any) -> None:
     """Without migrate: our typed error in the caller and in the command, and check names it."""
     from django.core.management import CommandError as ManagementError
@@ -170,15 +183,7 @@ def test_a_missing_outbox_table_is_named_with_what_to_do(dummy_tasks: Any) -> No
     with pytest.raises(ManagementError, match="outbox table msgraph_mail_outboxmessage is missing"):
         outbox()
     with pytest.raises(SystemCheckError, match=r"msgraph_mail\.W012"):
-        call_command(
-            "check",
-            "--database",
-            "default",
-            "--fail-level",
-            "WARNING",
-            stdout=StringIO(),
-            stderr=StringIO(),
-        )
+        database_check()
     call_command("check", stdout=StringIO())  # offline, without --database: no query
 
 
@@ -188,15 +193,7 @@ def test_an_unapplied_migration_is_reported_by_the_database_check(dummy_tasks: A
 
     MigrationRecorder.Migration.objects.filter(app="msgraph_mail").delete()
     with pytest.raises(SystemCheckError, match=r"msgraph_mail\.W013.*0001_initial"):
-        call_command(
-            "check",
-            "--database",
-            "default",
-            "--fail-level",
-            "WARNING",
-            stdout=StringIO(),
-            stderr=StringIO(),
-        )
+        database_check()
 
 
 def test_the_database_check_says_nothing_when_the_outbox_is_migrated(dummy_tasks: Any) -> None:
