@@ -262,7 +262,8 @@ class Tracker:
             )
         elif event.event_type == "bounced":
             logger.warning("Bounced: %s (%s) %s", where, event.status_code, event.reason or "")
-            if self.settings.suppress_bounced:
+            expired = (event.status_code or "").startswith("4.")  # gave up on a passing cause
+            if self.settings.suppress_bounced and not expired:
                 self.store.suppress(
                     event.recipient,
                     status_code=event.status_code or "",
