@@ -13,7 +13,14 @@ from django.db import models
 STATUSES = ("queued", "sending", "sent", "failed", "unknown")
 
 
+ROUTES = (("mime", "MIME"), ("json", "JSON"), ("draft", "draft"))
+
+
 class OutboxMessage(models.Model):
+    """One queued message. What the admin lists, filters and searches is kept in columns of
+    its own (copied from the envelope when it is queued), so a listing of 100,000 rows never
+    reads or decodes an envelope."""
+
     message_id = models.CharField(max_length=255, unique=True)
     # JSON text, not a JSONField: Django 6.1's checks would open a database connection to
     # test JSON support, and manage.py check must stay offline.
@@ -27,13 +34,38 @@ class OutboxMessage(models.Model):
     request_id = models.CharField(max_length=100, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    subject = models.CharField(max_length=998, blank=True, default="")
+    from_address = models.CharField("from", max_length=320, blank=True, default="")
+    # The From address (or X-MSGraph-Mailbox) when queued; the mailbox it went through after.
+    mailbox = models.CharField(max_length=320, blank=True, default="", db_index=True)
+    recipient_count = models.PositiveIntegerField("recipients", default=0)
+    first_recipient = models.CharField(max_length=320, blank=True, default="")
+    recipients = models.TextField(blank=True, default="")  # every address, one per line
+    route = models.CharField(max_length=8, choices=ROUTES, blank=True, default="")
+    # One JSON object per line: each attempt's outcome and each manual action, oldest first.
+    history = models.TextField(blank=True, default="")
 
     class Meta:
         verbose_name = "outbox message"
         ordering = ["created_at"]
+        indexes = [
+            models.Index(fields=["-created_at"], name="msgraph_outbox_newest"),
+            models.Index(fields=["status", "-created_at"], name="msgraph_outbox_status_newest"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.message_id} ({self.status})"
+
+
+class RedisOutboxMessage(OutboxMessage):
+    """The outbox of ``QUEUE = "celery"``, kept in Redis: a proxy whose only use is to give
+    its admin view a place in the admin and permissions of its own (no row is ever stored
+    through it)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "outbox message (Redis)"
+        verbose_name_plural = "outbox messages (Redis)"
 
 
 class TrackedMessage(models.Model):

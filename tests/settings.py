@@ -6,7 +6,38 @@ import tempfile
 import django
 
 SECRET_KEY = "tests-only-not-secret"
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "msgraph_mail"]
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "msgraph_mail",
+]
+# The outbox admin (tests/test_admin.py): Django's admin as a project sets it up.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
 # The test database is a file, not SQLite's shared-cache memory: there, a thread that meets
 # another's write lock fails at once ("database table is locked") instead of waiting, and
 # the webhook tests run a live server and the tracker in threads of their own.

@@ -118,7 +118,13 @@ def deliver(envelope: Envelope, *, attempt: int, store: ClaimStore) -> Outcome:
         note = getattr(store, "note", None)
         if note is not None and outcome.error:
             note(envelope.message_id, outcome.error)
-        store.defer(envelope.message_id, until)
+        store.defer(
+            envelope.message_id,
+            until,
+            error=outcome.error,
+            request_id=outcome.request_id,
+            mailbox=outcome.mailbox,
+        )
         logger.warning(
             "Message %s deferred %.1f s (attempt %d): %s",
             envelope.message_id,
@@ -127,7 +133,13 @@ def deliver(envelope: Envelope, *, attempt: int, store: ClaimStore) -> Outcome:
             outcome.error,
         )
     else:
-        store.finish(envelope.message_id, outcome.status, outcome.error, outcome.request_id)
+        store.finish(
+            envelope.message_id,
+            outcome.status,
+            outcome.error,
+            outcome.request_id,
+            mailbox=outcome.mailbox,
+        )
         log = logger.info if outcome.status == "sent" else logger.error
         log(
             "Queued message %s %s through mailbox %s (request-id %s)%s",

@@ -58,7 +58,7 @@ class Envelope:
     subject: str | None = None  # what msgraph_outbox lists, beside the Message-ID
     first_recipient: str | None = None  # the first of To + Cc + Bcc, as listed
     tracking_id: str | None = None  # DELIVERY_TRACKING: X-MSGraph-Tracking-Id's value
-    recipient_addresses: list[str] | None = None  # DELIVERY_TRACKING: what the trace matches
+    recipient_addresses: list[str] | None = None  # what the trace matches, the admin searches
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,7 +125,7 @@ def build_envelope(
         subject=str(message.subject or ""),
         first_recipient=str(message.recipients()[0]),
         tracking_id=tracking_id_of(message) if settings.delivery_tracking else None,
-        recipient_addresses=list(message.recipients()) if settings.delivery_tracking else None,
+        recipient_addresses=list(message.recipients()),
     )
 
 

@@ -11,7 +11,9 @@ so the scripts also run on Redis Cluster, where all their keys must share one sl
 - ``msgraph_mail:outbox:{outbox}:message:<message id>``: a HASH per message: ``envelope``
   (the envelope's JSON), ``status``, ``attempts`` (claims so far), ``next_try_at``,
   ``last_error``, ``request_id``, ``created_at``, ``updated_at``, ``claimed_at``,
-  ``finished_at`` (times as Unix seconds, floats).
+  ``finished_at`` (times as Unix seconds, floats), ``mailbox`` (the From address or the
+  override; once tried, the mailbox used) and ``history`` (one JSON object per line: each
+  attempt's outcome and each manual resend).
 - ``msgraph_mail:outbox:{outbox}:status:<status>``: a sorted set per status of message ids,
   scored by time: ``queued`` by the next try, ``sending`` by the claim, ``sent``,
   ``failed`` and ``unknown`` by the end.
@@ -39,7 +41,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .envelope import Envelope
-from .store import StoredMessage
+from .store import StoredMessage, columns, entry, history
 
 if TYPE_CHECKING:
     import redis
@@ -72,7 +74,8 @@ STALE_CLAIM = (
 # ARGV[1]: message id; ARGV[2]: the new status; ARGV[3]: its score; ARGV[4]: TTL in seconds
 # (0: never expires); ARGV[5]: the statuses it may leave, comma-separated ("" = any, "-" =
 # none: the message must not exist yet); ARGV[6]: "1" to count an attempt; ARGV[7]: the
-# finished sets are trimmed of ids older than this (0: no trimming); ARGV[8..]: field, value.
+# finished sets are trimmed of ids older than this (0: no trimming); ARGV[8..]: field, value
+# (a field named "+name" appends the value to field "name").
 _MOVE = """
 local key = KEYS[1]
 local current = redis.call('HGET', key, 'status')
@@ -95,7 +98,10 @@ for i, status in ipairs(statuses) do
 end
 redis.call('HSET', key, 'status', ARGV[2])
 for i = 8, #ARGV, 2 do
-    if ARGV[i + 1] == '' then
+    if string.sub(ARGV[i], 1, 1) == '+' then
+        local name = string.sub(ARGV[i], 2)
+        redis.call('HSET', key, name, (redis.call('HGET', key, name) or '') .. ARGV[i + 1])
+    elseif ARGV[i + 1] == '' then
         redis.call('HDEL', key, ARGV[i])
     else
         redis.call('HSET', key, ARGV[i], ARGV[i + 1])
@@ -130,6 +136,10 @@ def _epoch(value: datetime | float | None) -> float:
             value = value.replace(tzinfo=timezone.utc)
         return value.timestamp()
     return float(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _datetime(value: str | None) -> datetime | None:
@@ -228,6 +238,7 @@ class RedisStore:
                 "next_try_at": repr(due),
                 "created_at": repr(now),
                 "updated_at": repr(now),
+                **columns(envelope),
             },
         )
 
@@ -244,10 +255,25 @@ class RedisStore:
             attempt=True,
         )
 
-    def defer(self, message_id: str, until: datetime | float) -> None:
+    def defer(
+        self,
+        message_id: str,
+        until: datetime | float,
+        *,
+        error: str | None = None,
+        request_id: str | None = None,
+        mailbox: str | None = None,
+    ) -> None:
         """Back to ``queued``, next try at ``until`` (a claimed message only: nothing sent)."""
         due = _epoch(until)
-        fields = {"next_try_at": repr(due), "updated_at": repr(time.time())}
+        line = entry(
+            "deferred",
+            error=error,
+            request_id=request_id,
+            mailbox=mailbox,
+            until=datetime.fromtimestamp(due, tz=timezone.utc),
+        )
+        fields = {"next_try_at": repr(due), "updated_at": repr(time.time()), "+history": line}
         self._run(message_id, "queued", score=due, expect="sending", fields=fields)
 
     def note(self, message_id: str, error: str) -> None:
@@ -259,7 +285,9 @@ class RedisStore:
     def resolved(self, message_id: str, note: str) -> bool:
         """An unknown message found in Sent Items: ``unknown`` -> ``sent`` in one step (False
         when it is not unknown any more: resent by hand, or resolved by another run)."""
-        return self._finish(message_id, "sent", note, None, expect="unknown")
+        return self._finish(
+            message_id, "sent", note, None, expect="unknown", log="found in Sent Items"
+        )
 
     def finish(
         self,
@@ -267,9 +295,11 @@ class RedisStore:
         status: str,
         error: str | None = None,
         request_id: str | None = None,
+        *,
+        mailbox: str | None = None,
     ) -> None:
         """``sent``, ``failed`` or ``unknown``: kept for the store's TTL, then forgotten."""
-        self._finish(message_id, status, error, request_id, expect="")
+        self._finish(message_id, status, error, request_id, expect="", mailbox=mailbox)
 
     def get(self, message_id: str) -> StoredMessage | None:
         """The message as stored, or None (never stored, or expired)."""
@@ -293,7 +323,12 @@ class RedisStore:
     # beyond the protocol: what the outbox command and the worker use ------------------------
 
     def requeue(
-        self, message_id: str, *, force: bool = False, envelope: Envelope | None = None
+        self,
+        message_id: str,
+        *,
+        force: bool = False,
+        envelope: Envelope | None = None,
+        by: str | None = None,
     ) -> bool:
         """A failed message (an unknown one too with ``force``) back to ``queued``, due now,
         to be enqueued again (a manual resend); ``envelope`` replaces the stored one. False
@@ -303,6 +338,7 @@ class RedisStore:
             "next_try_at": repr(now),
             "updated_at": repr(now),
             "finished_at": None,
+            "+history": entry("resent", by=by),
         }
         if envelope is not None:
             fields["envelope"] = json.dumps(envelope.to_dict(), separators=(",", ":"))
@@ -357,6 +393,8 @@ class RedisStore:
         request_id: str | None,
         *,
         expect: str,
+        mailbox: str | None = None,
+        log: str | None = None,
     ) -> bool:
         if status not in FINISHED:
             raise ValueError(f"finish() takes sent, failed or unknown, not {status!r}")
@@ -365,7 +403,10 @@ class RedisStore:
             "finished_at": repr(now),
             "updated_at": repr(now),
             "next_try_at": None,
+            "+history": entry(status, error=log or error, request_id=request_id, mailbox=mailbox),
         }
+        if mailbox:
+            fields["mailbox"] = mailbox
         if error is not None:
             fields["last_error"] = error[:2000]
         if request_id is not None:
@@ -395,6 +436,84 @@ class RedisStore:
             removed += int(pipe.execute()[0])
         return removed
 
+    # what the admin lists ------------------------------------------------------------------
+
+    #: The fields of a message's record the admin's list shows, searches and filters on.
+    LISTED = (
+        "status",
+        "subject",
+        "from_address",
+        "mailbox",
+        "recipient_count",
+        "first_recipient",
+        "recipients",
+        "route",
+        "attempts",
+        "created_at",
+        "next_try_at",
+        "last_error",
+    )
+
+    def listing(
+        self, *, query: str = "", status: str = "", route: str = "", mailbox: str = ""
+    ) -> builtins.list[str]:
+        """Message ids, the most recently changed first, of one status (all when ""), whose
+        route and mailbox match and whose Message-ID, subject or recipients contain every
+        word of ``query`` (case-insensitive). Filtering reads only the listed fields."""
+        statuses = [status] if status in STATUSES else list(STATUSES)
+        scored: builtins.list[tuple[float, str]] = []
+        for name in statuses:
+            for member, score in self.client.zrange(self.status_key(name), 0, -1, withscores=True):
+                scored.append((float(score), _text(member)))
+        scored.sort(reverse=True)
+        ids = [message_id for _, message_id in scored]
+        words = query.lower().split()
+        if not (words or route or mailbox):
+            return ids
+        pipe = self.client.pipeline(transaction=False)
+        for message_id in ids:
+            pipe.hmget(self.message_key(message_id), ["subject", "recipients", "route", "mailbox"])
+        kept = []
+        for message_id, values in zip(ids, pipe.execute(), strict=True):
+            subject, recipients, found_route, found_mailbox = (_text(v or b"") for v in values)
+            if (route and found_route != route) or (mailbox and found_mailbox != mailbox):
+                continue
+            haystack = f"{message_id}\n{subject}\n{recipients}".lower()
+            if all(word in haystack for word in words):
+                kept.append(message_id)
+        return kept
+
+    def summary(self, message_id: str) -> dict[str, Any] | None:
+        """The listed fields of one message (no envelope read), None when it is gone."""
+        values = self.client.hmget(self.message_key(message_id), self.LISTED)
+        if values[0] is None:
+            return None
+        row: dict[str, Any] = {"message_id": message_id}
+        for name, value in zip(self.LISTED, values, strict=True):
+            row[name] = _text(value) if value is not None else ""
+        for name in ("created_at", "next_try_at"):
+            row[name] = _datetime(row[name])
+        due = row["next_try_at"]
+        if row["status"] == "queued" and due is not None and due > datetime.now(timezone.utc):
+            row["status"] = "deferred"
+        return row
+
+    def mailboxes(self) -> builtins.list[str]:
+        """Every mailbox a stored message names, for the admin's filter."""
+        ids = [i for name in STATUSES for i in self._ids(name)]
+        pipe = self.client.pipeline(transaction=False)
+        for message_id in ids:
+            pipe.hget(self.message_key(message_id), "mailbox")
+        return sorted({_text(m) for m in pipe.execute() if m})
+
+    def delete(self, message_id: str) -> bool:
+        """Forget a message whatever its status (the admin's delete); False if not stored."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.message_key(message_id))
+        for name in STATUSES:
+            pipe.zrem(self.status_key(name), message_id)
+        return bool(pipe.execute()[0])
+
     def _ids(self, status: str) -> Iterator[str]:
         for member in self.client.zrange(self.status_key(status), 0, -1):
             yield member.decode() if isinstance(member, bytes) else str(member)
@@ -417,4 +536,6 @@ class RedisStore:
             request_id=values.get("request_id") or None,
             created_at=_datetime(values.get("created_at")),
             updated_at=_datetime(values.get("updated_at")),
+            history=history(values.get("history")),
+            mailbox=values.get("mailbox") or None,
         )

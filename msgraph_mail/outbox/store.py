@@ -17,13 +17,14 @@ from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from django.db import DatabaseError, router
-from django.db.models import F
+from django.db.models import F, TextField, Value
+from django.db.models.functions import Concat
 from django.utils import timezone
 
 from ..exceptions import OutboxNotMigrated
 from .envelope import Envelope
 
-__all__ = ["ClaimStore", "DatabaseStore", "StoredMessage"]
+__all__ = ["ClaimStore", "DatabaseStore", "StoredMessage", "columns", "entry", "history"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class StoredMessage:
     request_id: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    history: tuple[dict[str, Any], ...] = ()  # each attempt's outcome, each manual action
+    mailbox: str | None = None  # the From address or override; once tried, the mailbox used
 
     @property
     def deferred(self) -> bool:
@@ -58,7 +61,15 @@ class ClaimStore(Protocol):
         """Atomically mark a queued message as sending; False when it is not queued (already
         sending, or finished): then it must not be sent."""
 
-    def defer(self, message_id: str, until: datetime) -> None:
+    def defer(
+        self,
+        message_id: str,
+        until: datetime,
+        *,
+        error: str | None = None,
+        request_id: str | None = None,
+        mailbox: str | None = None,
+    ) -> None:
         """Back to queued, next try at ``until``: only after a passing failure (nothing sent)."""
 
     def finish(
@@ -67,8 +78,10 @@ class ClaimStore(Protocol):
         status: str,
         error: str | None = None,
         request_id: str | None = None,
+        *,
+        mailbox: str | None = None,
     ) -> None:
-        """The message is done: "sent", "failed" or "unknown"."""
+        """The message is done: "sent", "failed" or "unknown" (through ``mailbox``)."""
 
     def get(self, message_id: str) -> StoredMessage | None: ...
 
@@ -79,9 +92,15 @@ class ClaimStore(Protocol):
     def list(self, status: str | None = None) -> list[StoredMessage]: ...
 
     def requeue(
-        self, message_id: str, *, force: bool = False, envelope: Envelope | None = None
+        self,
+        message_id: str,
+        *,
+        force: bool = False,
+        envelope: Envelope | None = None,
+        by: str | None = None,
     ) -> bool:
-        """A failed (with ``force`` also an unknown) message back to queued: a manual resend."""
+        """A failed (with ``force`` also an unknown) message back to queued: a manual resend
+        (``by``: who asked, kept in its history)."""
         ...
 
 
@@ -130,7 +149,10 @@ class DatabaseStore:
         from ..models import OutboxMessage
 
         OutboxMessage.objects.create(
-            message_id=envelope.message_id, envelope=_json(envelope), status="queued"
+            message_id=envelope.message_id,
+            envelope=_json(envelope),
+            status="queued",
+            **columns(envelope),
         )
 
     @migrated
@@ -143,11 +165,20 @@ class DatabaseStore:
         return claimed == 1
 
     @migrated
-    def defer(self, message_id: str, until: datetime) -> None:
+    def defer(
+        self,
+        message_id: str,
+        until: datetime,
+        *,
+        error: str | None = None,
+        request_id: str | None = None,
+        mailbox: str | None = None,
+    ) -> None:
         from ..models import OutboxMessage
 
+        line = entry("deferred", error=error, request_id=request_id, mailbox=mailbox, until=until)
         OutboxMessage.objects.filter(message_id=message_id, status="sending").update(
-            status="queued", next_try_at=until, updated_at=timezone.now()
+            status="queued", next_try_at=until, updated_at=timezone.now(), history=_append(line)
         )
 
     @migrated
@@ -165,7 +196,11 @@ class DatabaseStore:
 
         rows = OutboxMessage.objects.filter(message_id=message_id, status="unknown")
         updated: int = rows.update(
-            status="sent", last_error=note[:2000], next_try_at=None, updated_at=timezone.now()
+            status="sent",
+            last_error=note[:2000],
+            next_try_at=None,
+            updated_at=timezone.now(),
+            history=_append(entry("sent", error="found in Sent Items")),
         )
         if updated == 1:
             self._drop_content(message_id)
@@ -178,15 +213,21 @@ class DatabaseStore:
         status: str,
         error: str | None = None,
         request_id: str | None = None,
+        *,
+        mailbox: str | None = None,
     ) -> None:
         from ..models import OutboxMessage
 
+        changes: dict[str, Any] = {"mailbox": mailbox} if mailbox else {}
+        line = entry(status, error=error, request_id=request_id, mailbox=mailbox)
         OutboxMessage.objects.filter(message_id=message_id).update(
             status=status,
             last_error=(error or "")[:2000],
             request_id=request_id or "",
             next_try_at=None,
             updated_at=timezone.now(),
+            history=_append(line),
+            **changes,
         )
         if status == "sent":
             self._drop_content(message_id)
@@ -232,7 +273,12 @@ class DatabaseStore:
 
     @migrated
     def requeue(
-        self, message_id: str, *, force: bool = False, envelope: Envelope | None = None
+        self,
+        message_id: str,
+        *,
+        force: bool = False,
+        envelope: Envelope | None = None,
+        by: str | None = None,
     ) -> bool:
         """A failed message (an unknown one too with ``force``) back to queued, to be enqueued
         again (a manual resend); ``envelope`` replaces the stored one (a new enqueued_at, so
@@ -244,6 +290,7 @@ class DatabaseStore:
             "status": "queued",
             "next_try_at": None,
             "updated_at": timezone.now(),
+            "history": _append(entry("resent", by=by)),
         }
         if envelope is not None:
             changes["envelope"] = _json(envelope)
@@ -290,13 +337,15 @@ class DatabaseStore:
         from ..models import OutboxMessage
 
         cutoff = timezone.now() - timedelta(seconds=stale_after)
+        error = (
+            "The worker that claimed this message stopped before it finished (killed, or "
+            "lost): it may or may not have been sent, so it is not sent again"
+        )
         reaped: int = OutboxMessage.objects.filter(status="sending", updated_at__lt=cutoff).update(
             status="unknown",
-            last_error=(
-                "The worker that claimed this message stopped before it finished (killed, or "
-                "lost): it may or may not have been sent, so it is not sent again"
-            ),
+            last_error=error,
             updated_at=timezone.now(),
+            history=_append(entry("unknown", error=error)),
         )
         return reaped
 
@@ -312,8 +361,56 @@ def _stored(row: Any) -> StoredMessage:
         request_id=row.request_id or None,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        history=history(row.history),
+        mailbox=row.mailbox or None,
     )
 
 
 def _json(envelope: Envelope) -> str:
     return json.dumps(envelope.to_dict(), separators=(",", ":"))
+
+
+def columns(envelope: Envelope) -> dict[str, Any]:
+    """What the admin lists, filters and searches, copied from the envelope when queued."""
+    subject, first = envelope.described()
+    addresses = envelope.recipient_addresses or ([first] if first else [])
+    if envelope.draft is not None:
+        route = "draft"
+    elif envelope.json_body is not None:
+        route = "json"
+    else:
+        route = "mime"
+    return {
+        "subject": subject[:998],
+        "from_address": envelope.from_address[:320],
+        "mailbox": (envelope.mailbox_override or envelope.from_address)[:320],
+        "recipient_count": envelope.recipients,
+        "first_recipient": first[:320],
+        "recipients": "\n".join(addresses),
+        "route": route,
+    }
+
+
+def entry(outcome: str, **fields: Any) -> str:
+    """One line of a message's history: when, what, and the rest (None left out)."""
+    data: dict[str, Any] = {"at": timezone.now().isoformat(), "outcome": outcome}
+    for name, value in fields.items():
+        if value is not None and value != "":
+            data[name] = value.isoformat() if isinstance(value, datetime) else str(value)[:2000]
+    return json.dumps(data, separators=(",", ":")) + "\n"
+
+
+def history(text: str | None) -> tuple[dict[str, Any], ...]:
+    """The history lines as dicts (a damaged line is skipped, never fatal)."""
+    found = []
+    for line in (text or "").splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return tuple(item for item in found if isinstance(item, dict))
+
+
+def _append(line: str) -> Concat:
+    """``history`` plus one line, in the UPDATE itself: no read, so no lost update."""
+    return Concat(F("history"), Value(line), output_field=TextField())

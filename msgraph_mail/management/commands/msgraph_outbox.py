@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -14,7 +12,8 @@ from msgraph_mail import mailers
 from msgraph_mail.conf import MSGraphMailSettings
 from msgraph_mail.exceptions import ConfigurationError
 from msgraph_mail.outbox.deliver import settings_for
-from msgraph_mail.outbox.engines import engine_for, store_for
+from msgraph_mail.outbox.engines import store_for
+from msgraph_mail.outbox.resend import ResendRefused, resend
 from msgraph_mail.outbox.store import StoredMessage
 from msgraph_mail.tracking.store import store_for as tracking_store
 
@@ -100,29 +99,11 @@ class Command(BaseCommand):
             self.stdout.write(line)
 
     def _resend(self, settings: MSGraphMailSettings, message_id: str, *, force: bool) -> None:
-        store = store_for(settings)
-        stored = store.get(message_id)
-        if stored is None:
-            raise CommandError(f"The outbox has no message {message_id}.")
-        status = _status(stored)
-        if status == "unknown" and not force:
-            raise CommandError(
-                f"{message_id} is unknown: its request reached Graph and no answer came back, "
-                "so it may have been delivered, and resending could deliver it twice. Look for "
-                "this Message-ID in the Sent Items of the sending mailbox; resend with --force "
-                "only if it is not there."
-            )
-        if status not in ("failed", "unknown"):
-            raise CommandError(
-                f"{message_id} is {status}: only a failed message (or, with --force, an unknown "
-                "one) can be resent."
-            )
-        envelope = dataclasses.replace(
-            stored.envelope, enqueued_at=datetime.now(timezone.utc).isoformat()
-        )
-        if not store.requeue(message_id, force=force, envelope=envelope):
-            raise CommandError(f"{message_id} changed meanwhile; list the outbox again.")
-        engine_for(settings).enqueue(envelope)
+        try:
+            status = resend(settings, store_for(settings), message_id, force=force, by="command")
+        except ResendRefused as exc:
+            more = "; resend with --force only if it is not there." if exc.unknown else ""
+            raise CommandError(f"{exc}{more}") from exc
         self.stdout.write(f"Queued {message_id} again (it was {status}).")
 
 
