@@ -1,8 +1,8 @@
 """The whole test suite: lint and types, the Django matrix, the browser tests, the docs.
 
 Run everything with ``nox``; one part with ``nox -s lint``, ``nox -s "tests(6.1)"``,
-``nox -s browser`` (the dev inbox in headless Chromium) or ``nox -s docs``. Pythons come from
-pyenv (see .python-version).
+``nox -s browser`` (the dev inbox and the outbox admin in headless Chromium) or
+``nox -s docs``. Pythons come from pyenv (see .python-version).
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ def tests(session: nox.Session, django: str) -> None:
 
 @nox.session(python="3.11")
 def browser(session: nox.Session) -> None:
-    """The dev inbox in headless Chromium (needs Debian's chromium and chromium-driver)."""
+    """The dev inbox and the outbox admin in headless Chromium (Debian's chromium and
+    chromium-driver)."""
     session.install("selenium", "-e", ".[test]")
-    session.run("python", "-m", "pytest", "tests/test_inbox_browser.py", *session.posargs)
+    session.run("python", "-m", "pytest", "-m", "browser", *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -74,7 +74,7 @@ def _detail(
         "message": stored,
         "status": status,
         "details": found,
-        "preview_url": "preview/" if found.html else None,
+        "preview_url": "../preview/" if found.html else None,
         "can_resend": model_admin.has_change_permission(request)
         and status in ("failed", "unknown"),
         "delete_url": delete_url,
@@ -188,25 +188,25 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # messages are queued by sending mail, never typed in
 
-    @admin.display(description="status", ordering="status")
+    @admin.display(description="status", ordering="status")  # type: ignore[untyped-decorator]
     def status_label(self, row: OutboxMessage) -> str:
         deferred = row.status == "queued" and row.next_try_at is not None
         return "deferred" if deferred else row.status
 
-    @admin.display(description="subject", ordering="subject")
+    @admin.display(description="subject", ordering="subject")  # type: ignore[untyped-decorator]
     def subject_label(self, row: OutboxMessage) -> str:
         return _short(row.subject) or "(no subject)"
 
-    @admin.display(description="recipients", ordering="recipient_count")
+    @admin.display(description="recipients", ordering="recipient_count")  # type: ignore[untyped-decorator]
     def recipients_label(self, row: OutboxMessage) -> str:
         more = row.recipient_count - 1
-        return row.first_recipient + (f" and {more} more" if more > 0 else "")
+        return str(row.first_recipient) + (f" and {more} more" if more > 0 else "")
 
-    @admin.display(description="last error")
+    @admin.display(description="last error")  # type: ignore[untyped-decorator]
     def error_label(self, row: OutboxMessage) -> str:
         return _short(row.last_error, 80)
 
-    @admin.action(description="Resend the selected failed messages", permissions=["change"])
+    @admin.action(description="Resend the selected failed messages", permissions=["change"])  # type: ignore[untyped-decorator]
     def resend_failed(self, request: HttpRequest, rows: QuerySet[OutboxMessage]) -> None:
         found = self._stored(rows.filter(status="failed"))
         skipped = rows.exclude(status="failed").count()
@@ -217,7 +217,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     @admin.action(
         description="Resend the selected unknown messages (may deliver twice)…",
         permissions=["change"],
-    )
+    )  # type: ignore[untyped-decorator]
     def resend_unknown(
         self, request: HttpRequest, rows: QuerySet[OutboxMessage]
     ) -> HttpResponse | None:
@@ -331,7 +331,8 @@ class RedisOutboxAdmin(admin.ModelAdmin):
     def get_model_perms(self, request: HttpRequest) -> dict[str, bool]:
         if not _redis_mailers():
             return {"add": False, "change": False, "delete": False, "view": False}
-        return super().get_model_perms(request)
+        perms: dict[str, bool] = super().get_model_perms(request)
+        return perms
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

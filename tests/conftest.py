@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import django
@@ -14,6 +15,8 @@ from msgraph_mail import retry
 from msgraph_mail.auth import tokens
 from msgraph_mail.emulator import GraphEmulator
 from msgraph_mail.resolvers import sender_cache
+
+from .helpers import in_ci
 
 BACKEND = "msgraph_mail.backend.EmailBackend"
 MODES = ["permissive", "rbac", "single_mailbox"]
@@ -144,3 +147,43 @@ def live_server(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]:
         server = LiveServer("localhost")
     yield server
     server.stop()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,900",
+)
+
+
+# Headless Chromium for the browser tests (tests/test_inbox_browser.py, test_admin_browser.py).
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium with a fresh profile; skipped where it is not installed, except
+    under CI (``CI`` set), where that is a failure."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not path.exists():
+            reason = f"{path} is missing: apt-get install chromium chromium-driver"
+            if in_ci():  # CI installs them: there, missing is a failure
+                pytest.fail(reason)
+            pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -147,7 +147,7 @@ def test_the_detail_shows_the_message_and_a_sandboxed_preview(
         "Message-ID",
     ):
         assert expected in text, expected
-    assert 'sandbox src="preview/"' in text
+    assert 'sandbox src="../preview/"' in text
     preview = admin.get(f"{LIST}{pk(message_id)}/preview/")
     assert preview.status_code == 200
     csp = preview["Content-Security-Policy"]
@@ -314,3 +314,138 @@ def test_a_sent_message_without_its_content_says_so(
     assert "not kept once it is sent" in detail
     assert "Gone" in detail
     assert "kept@example.com" in admin.get(LIST).content.decode()
+
+
+# the Redis store (QUEUE = "celery") ----------------------------------------------------------
+
+
+@pytest.fixture
+def celery_outbox(
+    redis: str, msgraph_emulator: GraphEmulator, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """QueuedEmailBackend on the Celery engine, its outbox in the test's Redis; the tasks it
+    publishes are recorded (message ids), not sent to a broker."""
+    pytest.importorskip("celery")
+    from msgraph_mail.outbox import celery as engine
+
+    published: list[str] = []
+    monkeypatch.setattr(
+        engine, "_publish", lambda message_id, *a, **k: published.append(message_id)
+    )
+    options = {**msgraph_emulator.settings(), "QUEUE": "celery", "REDIS_URL": redis}
+    with override_settings(EMAIL_BACKEND=QUEUED, MSGRAPH_MAIL=options):
+        yield published
+
+
+def redis_store() -> Any:
+    from msgraph_mail.outbox.deliver import settings_for
+    from msgraph_mail.outbox.redis_store import RedisStore
+
+    return RedisStore.for_settings(settings_for(None))
+
+
+def redis_finish(message_id: str, status: str, error: str = "") -> None:
+    store = redis_store()
+    assert store.claim(message_id)
+    store.finish(message_id, status, error=error or f"why {status}", mailbox="noreply@contoso.com")
+
+
+def test_the_redis_outbox_is_listed_only_when_celery_is_used(
+    admin: Client, dummy_tasks: Any
+) -> None:
+    assert "Outbox messages (Redis)" not in admin.get("/admin/").content.decode()
+    assert "Outbox messages" in admin.get("/admin/").content.decode()
+
+
+def test_the_redis_outbox_lists_filters_and_searches(
+    admin: Client, celery_outbox: list[str]
+) -> None:
+    _, welcome, report = queue(
+        message("Invoice 42", ["a@example.com", "b@example.com"], cc=["c@example.com"]),
+        message("Welcome", ["newcomer@fabrikam.com"]),
+        message("Report", ["boss@example.com"]),
+    )
+    assert len(celery_outbox) == 3
+    assert "Outbox messages (Redis)" in admin.get("/admin/").content.decode()
+    redis_finish(welcome, "failed", "SenderNotFound: no mailbox")
+    page = admin.get(REDIS).content.decode()
+    for text in ("a@example.com and 2 more", "SenderNotFound: no mailbox", "failed", "queued"):
+        assert text in page
+    assert subjects(admin, REDIS) == ["Welcome", "Report", "Invoice 42"]  # latest change first
+    assert subjects(admin, REDIS, status="failed") == ["Welcome"]
+    assert subjects(admin, REDIS, q="fabrikam") == ["Welcome"]
+    assert subjects(admin, REDIS, q=report.strip("<>").split("@")[0]) == ["Report"]
+    assert subjects(admin, REDIS, q="c@example.com") == ["Invoice 42"]
+    assert subjects(admin, REDIS, route="mime", q="welcome") == ["Welcome"]
+    assert subjects(admin, REDIS, route="json") == []
+    assert len(subjects(admin, REDIS, mailbox="noreply@contoso.com")) == 3
+    assert "noreply@contoso.com" in page  # the mailbox filter offers it
+
+
+def test_the_redis_outbox_detail_preview_resend_and_delete(
+    admin: Client, celery_outbox: list[str]
+) -> None:
+    rich = mail.EmailMultiAlternatives(
+        "Newsletter",
+        "Text body",
+        "noreply@contoso.com",
+        ["a@example.com"],
+        bcc=["hidden@example.com"],
+    )
+    rich.attach_alternative('<p>Hi</p><img src="cid:logo">', "text/html")
+    rich.attach(inline_image(PNG, "logo.png", "logo"))
+    failed, unknown = queue(rich, message("Maybe sent"))
+    redis_finish(failed, "failed")
+    redis_finish(unknown, "unknown", "The request timed out")
+    url = f"{REDIS}{quote(failed)}/change/"
+    detail = admin.get(url).content.decode()
+    for expected in ("Newsletter", "hidden@example.com", "logo.png", "Text body", "why failed"):
+        assert expected in detail
+    preview = admin.get(f"{REDIS}{quote(failed)}/preview/")
+    assert preview["Content-Security-Policy"].startswith("sandbox;")
+    assert "data:image/png;base64," in preview.content.decode()
+    # resend the failed one from the list
+    celery_outbox.clear()
+    admin.post(REDIS, {"action": "resend_failed", "_selected_action": [failed, unknown]})
+    assert redis_store().get(failed).status == "queued"
+    assert redis_store().get(unknown).status == "unknown"
+    assert celery_outbox == [failed]
+    [entry] = LogEntry.objects.filter(object_id=failed)
+    assert entry.content_type.model == "redisoutboxmessage"
+    assert "Resent (it was failed)" in entry.get_change_message()
+    # the unknown one only after the confirmation
+    confirm = admin.post(REDIS, {"action": "resend_unknown", "_selected_action": [unknown]})
+    assert "deliver it twice" in confirm.content.decode()
+    assert redis_store().get(unknown).status == "unknown"
+    admin.post(
+        REDIS, {"action": "resend_unknown", "_selected_action": [unknown], "confirmed": "yes"}
+    )
+    assert redis_store().get(unknown).status == "queued"
+    assert celery_outbox == [failed, unknown]
+    # delete
+    page = admin.get(f"{REDIS}{quote(unknown)}/delete/")
+    assert "Are you sure" in page.content.decode()
+    admin.post(f"{REDIS}{quote(unknown)}/delete/")
+    assert redis_store().get(unknown) is None
+    assert LogEntry.objects.get(object_id=unknown, action_flag=3).is_deletion()
+    assert subjects(admin, REDIS) == ["Newsletter"]
+
+
+def test_the_redis_outbox_permissions(django_user_model: Any, celery_outbox: list[str]) -> None:
+    [failed] = queue(message("Refused"))
+    redis_finish(failed, "failed")
+    nobody = staff(django_user_model, "nobody")
+    assert nobody.get(REDIS).status_code == 403
+    assert nobody.get(f"{REDIS}{quote(failed)}/change/").status_code == 403
+    viewer = staff(django_user_model, "viewer", "view_redisoutboxmessage")
+    page = viewer.get(REDIS).content.decode()
+    assert "Refused" in page
+    assert "resend_failed" not in page
+    assert "delete_selected" not in page
+    assert (
+        viewer.post(REDIS, {"action": "resend_failed", "_selected_action": [failed]}).status_code
+        == 403
+    )
+    assert viewer.post(f"{REDIS}{quote(failed)}/change/", {"resend": "failed"}).status_code == 403
+    assert viewer.post(f"{REDIS}{quote(failed)}/delete/").status_code == 403
+    assert redis_store().get(failed).status == "failed"

@@ -26,52 +26,15 @@ import requests
 from django.core.mail import EmailMultiAlternatives
 
 from msgraph_mail.emulator import GraphEmulator
-from tests.helpers import get_token, in_ci, inline_image
+from tests.helpers import get_token, inline_image
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,900",
-)
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
 )
 WAIT = 10
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    """Headless Chromium with a fresh profile; skipped where it is not installed, except
-    under CI (``CI`` set), where that is a failure."""
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not path.exists():
-            reason = f"{path} is missing: apt-get install chromium chromium-driver"
-            if in_ci():  # CI installs them: there, missing is a failure
-                pytest.fail(reason)
-            pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

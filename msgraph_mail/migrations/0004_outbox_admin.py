@@ -2,11 +2,12 @@
 the attempts history, the newest-first indexes and the Redis outbox's proxy model."""
 
 import json
+from typing import Any
 
 from django.db import migrations, models
 
 
-def fill_columns(apps, schema_editor):
+def fill_columns(apps: Any, schema_editor: Any) -> None:
     """Rows queued before 0004: the listing's columns, read from their envelopes."""
     OutboxMessage = apps.get_model("msgraph_mail", "OutboxMessage")
     rows = OutboxMessage.objects.using(schema_editor.connection.alias).filter(route="")

@@ -175,13 +175,14 @@ def _from_json(body: dict[str, Any]) -> Details:
                 content=content,
             )
         )
-    content = (message.get("body") or {}).get("content") or ""
-    is_html = str((message.get("body") or {}).get("contentType", "")).lower() == "html"
+    body_part = message.get("body") or {}
+    text = str(body_part.get("content") or "")
+    is_html = str(body_part.get("contentType", "")).lower() == "html"
     return Details(
         kept=True,
         headers=headers,
         recipients=recipients,
         attachments=attachments,
-        html=content if is_html else None,
-        text=None if is_html else content,
+        html=text if is_html else None,
+        text=None if is_html else text,
     )

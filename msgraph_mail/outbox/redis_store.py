@@ -463,8 +463,8 @@ class RedisStore:
         statuses = [status] if status in STATUSES else list(STATUSES)
         scored: builtins.list[tuple[float, str]] = []
         for name in statuses:
-            for member, score in self.client.zrange(self.status_key(name), 0, -1, withscores=True):
-                scored.append((float(score), _text(member)))
+            members: Any = self.client.zrange(self.status_key(name), 0, -1, withscores=True)
+            scored += [(float(pair[1]), _text(pair[0])) for pair in members]
         scored.sort(reverse=True)
         ids = [message_id for _, message_id in scored]
         words = query.lower().split()
