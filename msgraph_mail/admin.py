@@ -170,8 +170,8 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         "mailbox",
         "recipients_label",
         "attempts",
-        "created_at",
-        "next_try_at",
+        "queued_at",
+        "next_try",
         "error_label",
     )
     list_display_links = ("subject_label",)
@@ -201,6 +201,14 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     def recipients_label(self, row: OutboxMessage) -> str:
         more = row.recipient_count - 1
         return str(row.first_recipient) + (f" and {more} more" if more > 0 else "")
+
+    @admin.display(description="queued at", ordering="created_at")  # type: ignore[untyped-decorator]
+    def queued_at(self, row: OutboxMessage) -> Any:
+        return row.created_at
+
+    @admin.display(description="next try", ordering="next_try_at")  # type: ignore[untyped-decorator]
+    def next_try(self, row: OutboxMessage) -> Any:
+        return row.next_try_at
 
     @admin.display(description="last error")  # type: ignore[untyped-decorator]
     def error_label(self, row: OutboxMessage) -> str:
