@@ -449,3 +449,36 @@ def test_the_redis_outbox_permissions(django_user_model: Any, celery_outbox: lis
     assert viewer.post(f"{REDIS}{quote(failed)}/change/", {"resend": "failed"}).status_code == 403
     assert viewer.post(f"{REDIS}{quote(failed)}/delete/").status_code == 403
     assert redis_store().get(failed).status == "failed"
+
+
+def test_the_detail_shows_the_delivery_events(
+    admin: Client, msgraph_emulator: GraphEmulator
+) -> None:
+    """With delivery tracking, the page lists what Exchange reported per recipient."""
+    import time
+
+    from msgraph_mail.conf import load_settings
+    from msgraph_mail.tracking.tracker import Tracker
+
+    msgraph_emulator.roles = [
+        "Mail.Send",
+        "User.Read.All",
+        "Mail.Read",
+        "ExchangeMessageTrace.Read.All",
+    ]
+    msgraph_emulator.delivery_delay = 0.05
+    options = msgraph_emulator.settings(DELIVERY_TRACKING=["trace", "bounces"])
+    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=IMMEDIATE, MSGRAPH_MAIL=options):
+        [message_id] = queue(message("Hi", ["ghost@nowhere.invalid", "ok@example.com"]))
+        time.sleep(0.2)
+        tracker = Tracker(load_settings())
+        try:
+            tracker.run_once()
+        finally:
+            tracker.close()
+        detail = admin.get(f"{LIST}{pk(message_id)}/change/").content.decode()
+    events = detail[detail.index("Delivery events") :]
+    assert "bounced" in events
+    assert "ghost@nowhere.invalid" in events
+    assert "delivered" in events
+    assert "ok@example.com" in events
