@@ -150,6 +150,21 @@ def _confirm(
     return render(request, "admin/msgraph_mail/outbox/confirm_resend.html", context)
 
 
+def _resend_one(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    stored: StoredMessage,
+    stores: Callable[[StoredMessage], tuple[MSGraphMailSettings, ClaimStore]],
+    log: Callable[[StoredMessage, str], None],
+) -> HttpResponse:
+    """The detail page's Resend button: an unknown message through the confirmation page."""
+    force = request.POST.get("resend") == "unknown"
+    if force and request.POST.get("confirmed") != "yes":
+        return _confirm(model_admin, request, [stored])
+    _resend_all(request, stores, [stored], force=force, log=log)
+    return HttpResponseRedirect(request.get_full_path())
+
+
 def _settings_and_store(stored: StoredMessage) -> tuple[MSGraphMailSettings, ClaimStore]:
     settings = settings_for(stored.envelope.alias)
     return settings, store_for(settings)
@@ -289,7 +304,9 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         if stored is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         if request.method == "POST":
-            return self._post_detail(request, stored)
+            if not self.has_change_permission(request):
+                raise PermissionDenied
+            return _resend_one(self, request, stored, _settings_and_store, self._logger(request))
         history = LogEntry.objects.filter(
             content_type=ContentType.objects.get_for_model(OutboxMessage), object_id=str(row.pk)
         ).order_by("-action_time")[:20]
@@ -302,16 +319,6 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             history_url="../history/",
             delete_url="../delete/" if self.has_delete_permission(request, row) else None,
         )
-
-    def _post_detail(self, request: HttpRequest, stored: StoredMessage) -> HttpResponse:
-        if not self.has_change_permission(request):
-            raise PermissionDenied
-        force = request.POST.get("resend") == "unknown"
-        if force and request.POST.get("confirmed") != "yes":
-            return _confirm(self, request, [stored])
-        log = self._logger(request)
-        _resend_all(request, _settings_and_store, [stored], force=force, log=log)
-        return HttpResponseRedirect(request.path)
 
 
 # the Redis store ---------------------------------------------------------------------------
@@ -507,15 +514,11 @@ class RedisOutboxAdmin(admin.ModelAdmin):
         if request.method == "POST":
             if not self.has_change_permission(request):
                 raise PermissionDenied
-            force = request.POST.get("resend") == "unknown"
-            if force and request.POST.get("confirmed") != "yes":
-                return _confirm(self, request, [stored])
 
             def log(found: StoredMessage, text: str) -> None:
                 self._log(request, found, text, CHANGE)
 
-            _resend_all(request, lambda _: (settings, store), [stored], force=force, log=log)
-            return HttpResponseRedirect(request.get_full_path())
+            return _resend_one(self, request, stored, lambda _: (settings, store), log)
         history = LogEntry.objects.filter(
             content_type=ContentType.objects.get_for_model(
                 RedisOutboxMessage, for_concrete_model=False

@@ -4,6 +4,7 @@ of the tasks worker test (tests/outbox_settings.py) plus Django's admin, served 
 
 from tests.outbox_settings import *  # noqa: F403
 from tests.outbox_settings import INSTALLED_APPS
+from tests.settings import MIDDLEWARE, TEMPLATES  # noqa: F401 (the admin's, as in the suite)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -16,25 +17,3 @@ DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "tests.urls"
 STATIC_URL = "/static/"
-MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-]
-TEMPLATES = [
-    {
-        "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "APP_DIRS": True,
-        "OPTIONS": {
-            "context_processors": [
-                "django.template.context_processors.request",
-                "django.contrib.auth.context_processors.auth",
-                "django.contrib.messages.context_processors.messages",
-            ]
-        },
-    }
-]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -220,3 +221,18 @@ def in_ci() -> bool:
     """``CI=true`` (as CI services set it, and .ci/run): a missing redis-server or Chromium is
     then a failure, where a developer's machine skips those tests with the reason."""
     return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def render_ms(browser: Any, url: str, times: int = 5) -> float:
+    """Median milliseconds from navigation to the page parsed and shown (DOMContentLoaded),
+    for the browser tests' render budgets."""
+    timings = []
+    for _ in range(times):
+        browser.get(url)
+        timings.append(
+            browser.execute_script(
+                "const n = performance.getEntriesByType('navigation')[0];"
+                "return n.domContentLoadedEventEnd - n.startTime;"
+            )
+        )
+    return float(statistics.median(timings))

@@ -13,11 +13,9 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,8 @@ import requests
 
 from msgraph_mail.emulator import GraphEmulator
 
-from .test_outbox_tasks_worker import Worker
+from .helpers import render_ms
+from .test_outbox_tasks_worker import Worker, wait_for
 
 pytestmark = pytest.mark.browser
 pytest.importorskip("django_tasks_db", reason="needs the tasks extra (django-tasks-db)")
@@ -37,21 +36,12 @@ PASSWORD = "admin-test-password"  # a throwaway test account
 #: The list, a filter and a search must each render in under this, with 100,000 rows.
 RENDER_BUDGET_MS = 300
 ROWS = 100_000
-WAIT = 30.0
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def wait_for(check: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -289,20 +279,6 @@ def test_an_unknown_message_is_resent_only_after_confirming(
     admin.find_element(By.ID, "confirm").click()
     wait_for(lambda: status(env, unknown) == "sent")
     assert [m.subject for m in graph.sent].count("Maybe delivered") == 1
-
-
-def render_ms(browser: Any, url: str, times: int = 5) -> float:
-    """Median milliseconds from navigation to the page parsed (DOMContentLoaded)."""
-    timings = []
-    for _ in range(times):
-        browser.get(url)
-        timings.append(
-            browser.execute_script(
-                "const n = performance.getEntriesByType('navigation')[0];"
-                "return n.domContentLoadedEventEnd - n.startTime;"
-            )
-        )
-    return float(statistics.median(timings))
 
 
 def test_the_list_stays_fast_with_100000_rows(admin: Any, site: str, env: dict[str, str]) -> None:

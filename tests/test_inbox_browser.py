@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import os
-import statistics
 import struct
 import threading
 import zlib
@@ -26,7 +25,7 @@ import requests
 from django.core.mail import EmailMultiAlternatives
 
 from msgraph_mail.emulator import GraphEmulator
-from tests.helpers import get_token, inline_image
+from tests.helpers import get_token, inline_image, render_ms
 
 pytestmark = pytest.mark.browser
 
@@ -324,20 +323,6 @@ def fill(emulator: GraphEmulator, count: int, threads: int = 4) -> None:
 #: The list must render in under this many milliseconds with 5,000 messages stored.
 RENDER_BUDGET_MS = 200
 STORED = 5000
-
-
-def render_ms(browser: Any, url: str, times: int = 5) -> float:
-    """Median milliseconds from navigation to the page parsed and shown (DOMContentLoaded)."""
-    timings = []
-    for _ in range(times):
-        browser.get(url)
-        timings.append(
-            browser.execute_script(
-                "const n = performance.getEntriesByType('navigation')[0];"
-                "return n.domContentLoadedEventEnd - n.startTime;"
-            )
-        )
-    return float(statistics.median(timings))
 
 
 def test_the_list_stays_fast_with_5000_messages(browser: Any, emulator: GraphEmulator) -> None:
