@@ -707,6 +707,6 @@ def _problems(exc: ValidationError, origin: dict[str, str]) -> list[Problem]:
         if error["type"] == "missing":
             message = "is required but not set"
         source = origin.get(field) or f"MSGRAPH_MAIL[{field.upper()!r}]"
-        source += "".join(f"[{str(part)!r}]" for part in error["loc"][1:])
+        source += "".join(f"[{part!r}]" for part in error["loc"][1:])  # a list index as [1]
         problems.append(Problem(field.upper(), str(error["type"]), message, source))
     return problems
