@@ -60,11 +60,11 @@ class Envelope:
     enqueued_at: str  # ISO 8601, aware UTC
     draft: dict[str, Any] | None = None  # LARGE_MESSAGES: the draft plan (see the module)
     json_body: str | None = None  # SAVE_TO_SENT_ITEMS off: the JSON sendMail body
+    sealed: str | None = None  # OUTBOX_ENCRYPTION_KEYS: the content no configured key opened
     subject: str | None = None  # what msgraph_outbox lists, beside the Message-ID
     first_recipient: str | None = None  # the first of To + Cc + Bcc, as listed
     tracking_id: str | None = None  # DELIVERY_TRACKING: X-MSGraph-Tracking-Id's value
     recipient_addresses: list[str] | None = None  # DELIVERY_TRACKING: what the trace matches
-    sealed: str | None = None  # OUTBOX_ENCRYPTION_KEYS: the content no configured key opened
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

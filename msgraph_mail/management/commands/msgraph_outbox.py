@@ -15,7 +15,6 @@ from msgraph_mail.conf import MSGraphMailSettings
 from msgraph_mail.exceptions import ConfigurationError
 from msgraph_mail.outbox.deliver import settings_for
 from msgraph_mail.outbox.engines import engine_for, store_for
-from msgraph_mail.outbox.sealing import reencrypt_store
 from msgraph_mail.outbox.store import StoredMessage
 from msgraph_mail.tracking.store import store_for as tracking_store
 
@@ -139,6 +138,8 @@ class Command(BaseCommand):
 
     def _reencrypt(self, settings: MSGraphMailSettings) -> None:
         """Every message under the first key; the counts, and the ids that need attention."""
+        from msgraph_mail.outbox.sealing import reencrypt_store
+
         keys = settings.outbox_encryption_keys
         if not keys:
             raise CommandError(
