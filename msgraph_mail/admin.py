@@ -9,6 +9,7 @@ change permission, deleting its delete permission; every action goes to the admi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -29,6 +30,7 @@ from . import mailers
 from .conf import MSGraphMailSettings
 from .exceptions import ConfigurationError
 from .models import ROUTES, STATUSES, OutboxMessage, RedisOutboxMessage
+from .outbox import sealing
 from .outbox.deliver import settings_for
 from .outbox.details import details, preview_document
 from .outbox.engines import store_for
@@ -256,9 +258,17 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _get(message_id: str) -> StoredMessage | None:
+        """The message, its content opened with its mailer's OUTBOX_ENCRYPTION_KEYS."""
         from .outbox.store import DatabaseStore
 
-        return DatabaseStore().get(message_id)
+        found = DatabaseStore().get(message_id)
+        if found is None or found.envelope.sealed is None:
+            return found
+        try:
+            keys = settings_for(found.envelope.alias).outbox_encryption_keys
+        except ConfigurationError:
+            return found
+        return dataclasses.replace(found, envelope=sealing.opened(found.envelope, keys))
 
     def _logger(self, request: HttpRequest) -> Callable[[StoredMessage, str], None]:
         """Each resend, in the admin's history of its row."""

@@ -10,6 +10,7 @@ password.
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -113,6 +114,19 @@ E015 = Error(
     "REDIS_URL needs redis-py, which is not installed.",
     hint='Install it with: pip install "django-msgraph-mailer[redis]"',
     id="msgraph_mail.E015",
+)
+E024 = Error(
+    "{source} is not a Fernet key (OUTBOX_ENCRYPTION_KEYS, key number {number} of the list).",
+    hint="A key is 32 random bytes, url-safe base64-encoded (44 characters). Make one with: "
+    'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())" '
+    "and read it from the environment or a secrets store. To replace a key, put the new one "
+    "first and keep the old one until `manage.py msgraph_outbox --reencrypt` has run.",
+    id="msgraph_mail.E024",
+)
+E025 = Error(
+    "OUTBOX_ENCRYPTION_KEYS needs the cryptography package, which is not installed.",
+    hint='Install it with: pip install "django-msgraph-mailer[encryption]"',
+    id="msgraph_mail.E025",
 )
 W001 = Warning(
     "DEFAULT_FROM_EMAIL is Django's default, webmaster@localhost.",
@@ -259,6 +273,7 @@ BY_PROBLEM: dict[tuple[str, str], CheckMessage] = {
     ("CLIENT_SECRET", "empty_secret"): E005,
     ("CLIENT_CERTIFICATE", "cryptography_missing"): E014,
     ("REDIS_URL", "redis_missing"): E015,
+    ("OUTBOX_ENCRYPTION_KEYS", "cryptography_missing"): E025,
     ("MODE", "literal_error"): E006,
     ("MAILBOX", "mailbox_required"): E007,
     ("GRAPH_URL", "insecure_url"): E010,
@@ -436,6 +451,10 @@ def _for_problem(problem: Problem) -> CheckMessage:
     if problem.kind == "unknown_key":
         known = ", ".join(sorted(name.upper() for name in MSGraphMailSettings.model_fields))
         return _format(E008, source=problem.source, known=known)
+    if problem.kind == "fernet_key":  # which key by its position, never its value
+        position = re.search(r"\[(\d+)\]$", problem.source)
+        number = str(int(position.group(1)) + 1) if position else "?"
+        return _format(E024, source=problem.source, number=number)
     if problem.kind == "credential_conflict":
         return _format(E012, keys=problem.key.replace(", ", " and "), sources=problem.source)
     check = BY_PROBLEM.get((problem.key, problem.kind))

@@ -15,6 +15,7 @@ and ``django.setup()`` needs no ``MSGRAPH_MAIL``.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import ipaddress
 import re
@@ -22,13 +23,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -207,6 +209,31 @@ class MailboxLimitsSettings(BaseModel):
         }
 
 
+def _fernet_key(value: Any) -> Any:
+    """One OUTBOX_ENCRYPTION_KEYS entry: 32 bytes, url-safe base64 (what Fernet checks),
+    tested without cryptography so a missing package and a bad key are told apart. The
+    error never quotes the key."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        raise PydanticCustomError("fernet_key", "is not a Fernet key (must be a string)")
+    try:
+        raw = base64.urlsafe_b64decode(value.strip().encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 32:
+        raise PydanticCustomError(
+            "fernet_key", "is not a Fernet key (32 url-safe base64-encoded bytes)"
+        )
+    return SecretStr(value.strip())
+
+
+#: An OUTBOX_ENCRYPTION_KEYS entry, kept as a secret (never in a repr or an error).
+FernetKey = Annotated[SecretStr, BeforeValidator(_fernet_key)]
+
+
 class MSGraphMailSettings(BaseModel):
     """The validated configuration of one backend. Field names are the keys, lower-cased."""
 
@@ -240,6 +267,7 @@ class MSGraphMailSettings(BaseModel):
     resolve_unknown: float | None = Field(default=None, ge=0, le=300)
     outbox_retention: float = Field(default=30 * 86400.0, gt=0)
     outbox_keep_content: bool = False
+    outbox_encryption_keys: tuple[FernetKey, ...] = ()
     save_to_sent_items: bool = True
     sent_items_fallback: SentItemsFallback = "mime"
     delivery_tracking: tuple[TrackingSource, ...] = ()
@@ -362,6 +390,25 @@ class MSGraphMailSettings(BaseModel):
         if isinstance(value, str):
             raise ValueError('must be a list such as ["trace", "bounces"], not a string')
         return tuple(dict.fromkeys(value))  # each source once, in the order given
+
+    @field_validator("outbox_encryption_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        if isinstance(value, (str, bytes)):
+            raise PydanticCustomError(
+                "fernet_keys_type", "must be a list of Fernet keys, not one string"
+            )
+        return value
+
+    @field_validator("outbox_encryption_keys", mode="after")
+    @classmethod
+    def _fernet_installed(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if value and not _installed("cryptography"):
+            raise PydanticCustomError(
+                "cryptography_missing",
+                'needs the cryptography package: pip install "django-msgraph-mailer[encryption]"',
+            )
+        return value
 
     @field_validator("suppress_bounced", mode="after")
     @classmethod
@@ -660,6 +707,6 @@ def _problems(exc: ValidationError, origin: dict[str, str]) -> list[Problem]:
         if error["type"] == "missing":
             message = "is required but not set"
         source = origin.get(field) or f"MSGRAPH_MAIL[{field.upper()!r}]"
-        source += "".join(f"[{str(part)!r}]" for part in error["loc"][1:])
+        source += "".join(f"[{part!r}]" for part in error["loc"][1:])  # a list index as [1]
         problems.append(Problem(field.upper(), str(error["type"]), message, source))
     return problems

@@ -28,6 +28,7 @@ ever hides a misconfigured backend::
     ├── MailboxBudgetExhausted           a MAILBOX_LIMITS budget is used up: nothing was sent,
     │                                    send again after ``retry_at``
     ├── LimitsUnavailable                REDIS_URL cannot be reached: nothing was sent
+    ├── OutboxDecryptionError            no OUTBOX_ENCRYPTION_KEYS key opens a queued message
     └── BatchSendError                   several messages of one call failed (``.failures``)
 
 Every delivery error carries, where known, ``code`` (Graph's ``error.code`` or the AADSTS
@@ -58,6 +59,7 @@ __all__ = [
     "MailboxNotEnabled",
     "MailboxOutOfScope",
     "MessageTooLarge",
+    "OutboxDecryptionError",
     "OutboxNotMigrated",
     "RecipientsSuppressed",
     "SendAsDenied",
@@ -265,6 +267,15 @@ class LimitsUnavailable(MSGraphMailError):
 
     The message names REDIS_URL with its password hidden. Sending does not fall back to
     per-process limits, which would let every process burst at once.
+    """
+
+
+class OutboxDecryptionError(MSGraphMailError):
+    """A queued message's stored content is encrypted with no key of OUTBOX_ENCRYPTION_KEYS.
+
+    Nothing was sent (never an empty or garbled message): the worker marks it failed. Put
+    the key it was encrypted with back into the list, then resend it
+    (``msgraph_outbox --resend``). The message never quotes a key.
     """
 
 

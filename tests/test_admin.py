@@ -482,3 +482,27 @@ def test_the_detail_shows_the_delivery_events(
     assert "ghost@nowhere.invalid" in events
     assert "delivered" in events
     assert "ok@example.com" in events
+
+
+def test_an_encrypted_message_is_shown_with_its_mailers_keys(
+    admin: Client, msgraph_emulator: GraphEmulator, dummy_tasks: Any
+) -> None:
+    """OUTBOX_ENCRYPTION_KEYS: the page opens the content with the mailer's keys; without
+    the key it was encrypted with, it says so instead of showing an empty message."""
+    from cryptography.fernet import Fernet
+
+    key, other = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    options = {**msgraph_emulator.settings(), "OUTBOX_ENCRYPTION_KEYS": [key]}
+    with override_settings(MSGRAPH_MAIL=options):
+        sealed = mail.EmailMessage("Sealed", "The launch code is 0000", to=["a@example.com"])
+        [message_id] = queue(sealed)
+        row = OutboxMessage.objects.get(message_id=message_id)
+        assert "launch code" not in row.envelope
+        detail = admin.get(f"{LIST}{row.pk}/change/").content.decode()
+        assert "The launch code is 0000" in detail  # the text body, from the decrypted MIME
+    options["OUTBOX_ENCRYPTION_KEYS"] = [other]
+    with override_settings(MSGRAPH_MAIL=options):
+        detail = admin.get(f"{LIST}{row.pk}/change/").content.decode()
+    assert "not in OUTBOX_ENCRYPTION_KEYS" in detail
+    assert "launch code" not in detail
+    assert "Sealed" in detail  # what the list shows stays readable

@@ -14,9 +14,10 @@ bundled emulator:
   force and must pass msgraph_mail's system checks without a single message. Certificate
   paths that do not exist here are replaced by a certificate made for the test.
 
-Stand-ins: environment variables (``os.environ[...]``, ``env(...)``), Celery's
-``shared_task`` (runs eagerly), ``azure.identity``, and the reader's own code (``signup``,
-``send_welcome_mail``, ``send_report``, ``addresses``). A block needing what this Django lacks
+Stand-ins: environment variables (``os.environ[...]``, ``env(...)``; a Fernet key for a name
+with ENCRYPTION_KEY in it), Celery's ``shared_task`` (runs eagerly), ``azure.identity``, and
+the reader's own code (``signup``, ``send_welcome_mail``, ``send_report``, ``addresses``). A
+block needing what this Django lacks
 (``django.tasks`` before 6.0; ``MAILERS``' ``using=`` and ``mail.mailers`` before 6.1), and
 every later block using a name it defines, is only compiled.
 """
@@ -24,6 +25,7 @@ every later block using a name it defines, is only compiled.
 from __future__ import annotations
 
 import ast
+import base64
 import copy
 import importlib.util
 import inspect
@@ -68,6 +70,8 @@ ENV_NAME = re.compile(
 )
 CONTOSO = re.compile(r"\b[a-z0-9._-]+@contoso\.com\b")
 PLACEHOLDER = "docs-placeholder-value"
+#: What an environment variable named like ``OUTBOX_ENCRYPTION_KEYS`` holds: a Fernet key.
+FERNET_PLACEHOLDER = base64.urlsafe_b64encode(b"docs-placeholder-fernet-key-32b!").decode()
 SETTINGS_NAMES = {"EMAIL_BACKEND", "MSGRAPH_MAIL", "MAILERS", *LEGACY_SETTINGS}
 
 
@@ -252,7 +256,7 @@ def test_examples_run(
 ) -> None:
     text = page.read_text(encoding="utf-8")
     for name in set(ENV_NAME.findall(text)):
-        monkeypatch.setenv(name, PLACEHOLDER)
+        monkeypatch.setenv(name, FERNET_PLACEHOLDER if "ENCRYPTION_KEY" in name else PLACEHOLDER)
     for name, module in stand_in_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     users = sorted(set(CONTOSO.findall(text)))

@@ -276,6 +276,7 @@ def _attempt(envelope: Envelope, attempt: int) -> Outcome:
     resolver = resolver_for(settings, client)
     mailbox_address: str | None = None
     try:
+        payload = payload_of(envelope)  # a sealed message no key opens fails before any request
         mailbox = resolver.resolve_address(envelope.from_address, envelope.mailbox_override)
         mailbox_address = mailbox.address
 
@@ -285,9 +286,7 @@ def _attempt(envelope: Envelope, attempt: int) -> Outcome:
                 explained.retry_after = error.retry_after
             return explained
 
-        response = routes.send(
-            client, mailbox.id, payload_of(envelope), explain, recipients=envelope.recipients
-        )
+        response = routes.send(client, mailbox.id, payload, explain, recipients=envelope.recipients)
     except MSGraphMailError as exc:
         if isinstance(exc, MailboxBudgetExhausted) and mailbox_address:
             exc = exc.naming(mailbox_address)

@@ -52,6 +52,13 @@ class Details:
 
 def details(envelope: Envelope) -> Details:
     """The envelope's message read back; a damaged one gives ``problem``, never an error."""
+    if envelope.sealed is not None:
+        return Details(
+            kept=True,
+            problem="The message is encrypted with a key that is not in OUTBOX_ENCRYPTION_KEYS: "
+            "add the key it was encrypted with back to the list (after the current one) to "
+            "see or resend it.",
+        )
     try:
         if envelope.json_body is not None:
             return _from_json(json.loads(envelope.json_body))

@@ -42,4 +42,6 @@ def store_for(settings: MSGraphMailSettings) -> ClaimStore:
         from .redis_store import RedisStore
 
         return RedisStore.for_settings(settings)
-    return DatabaseStore(keep_content=settings.outbox_keep_content)
+    return DatabaseStore(
+        keep_content=settings.outbox_keep_content, keys=settings.outbox_encryption_keys
+    )

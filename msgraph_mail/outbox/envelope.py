@@ -15,6 +15,11 @@ the draft route, as the synchronous backend does. ``draft`` is None for every ot
 A message sent without a copy in Sent Items (``SAVE_TO_SENT_ITEMS`` off) carries its JSON
 sendMail body in ``json_body`` instead of the MIME; its ``message_id`` is then the outbox's
 own key (Exchange assigns the delivered message's Message-ID).
+
+With ``OUTBOX_ENCRYPTION_KEYS`` the stores keep ``mime``, ``json_body`` and ``draft`` sealed
+(:mod:`msgraph_mail.outbox.sealing`). An envelope that no configured key opens is read with
+its content blank and the token in ``sealed``; :func:`payload_of` refuses it with
+:class:`~msgraph_mail.exceptions.OutboxDecryptionError`, so it is never sent empty.
 """
 
 from __future__ import annotations
@@ -33,12 +38,12 @@ from django.core.mail.utils import DNS_NAME
 
 from .. import routes
 from ..conf import MSGraphMailSettings
-from ..exceptions import InvalidMessage, MessageTooLarge
+from ..exceptions import InvalidMessage, MessageTooLarge, OutboxDecryptionError
 from ..large import DraftPlan, Part
 from ..mime import header, mailbox_override, sender_address
 from ..tracking.outgoing import tracking_id_of
 
-__all__ = ["Envelope", "build_envelope", "draft_plan", "payload_of"]
+__all__ = ["Envelope", "build_envelope", "draft_plan", "payload_of", "undecryptable"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Envelope:
     enqueued_at: str  # ISO 8601, aware UTC
     draft: dict[str, Any] | None = None  # LARGE_MESSAGES: the draft plan (see the module)
     json_body: str | None = None  # SAVE_TO_SENT_ITEMS off: the JSON sendMail body
+    sealed: str | None = None  # OUTBOX_ENCRYPTION_KEYS: the content no configured key opened
     subject: str | None = None  # what msgraph_outbox lists, beside the Message-ID
     first_recipient: str | None = None  # the first of To + Cc + Bcc, as listed
     tracking_id: str | None = None  # DELIVERY_TRACKING: X-MSGraph-Tracking-Id's value
@@ -75,7 +81,7 @@ class Envelope:
     def without_content(self) -> Envelope:
         """The envelope once sent (OUTBOX_KEEP_CONTENT off): what the listing shows, not the
         message itself (its MIME, JSON body or draft plan)."""
-        return dataclasses.replace(self, mime="", json_body=None, draft=None)
+        return dataclasses.replace(self, mime="", json_body=None, draft=None, sealed=None)
 
     def described(self) -> tuple[str, str]:
         """(subject, first recipient) for listings; read from the MIME's headers for an
@@ -130,13 +136,26 @@ def build_envelope(
 
 
 def payload_of(envelope: Envelope) -> routes.Payload:
-    """What the worker sends: the envelope's payload, as the synchronous backend built it."""
+    """What the worker sends: the envelope's payload, as the synchronous backend built it;
+    OutboxDecryptionError when its content is still sealed (nothing to send)."""
+    if envelope.sealed is not None:
+        raise OutboxDecryptionError(undecryptable(envelope.message_id))
     plan = draft_plan(envelope)
     if plan is not None:
         return routes.Payload("draft", message_id=envelope.message_id, plan=plan)
     if envelope.json_body is not None:
         return routes.Payload("sendMail-json", envelope.json_body.encode("utf-8"))
     return routes.Payload("sendMail", envelope.mime.encode("ascii"), envelope.message_id)
+
+
+def undecryptable(message_id: str) -> str:
+    """Why a sealed message cannot be sent, and what brings it back."""
+    return (
+        f"Message {message_id} was not sent: no key in OUTBOX_ENCRYPTION_KEYS decrypts its "
+        "stored content (it was encrypted with a key that is no longer in the list). Add the "
+        "key it was encrypted with (the old key) back to OUTBOX_ENCRYPTION_KEYS, after the "
+        f"current one, then resend it with `manage.py msgraph_outbox --resend {message_id}`"
+    )
 
 
 def draft_plan(envelope: Envelope) -> DraftPlan | None:

@@ -28,18 +28,19 @@ finishes, so Redis does not grow forever. ``queued`` and
 ``sending`` records never expire: a message waiting for its next try, or claimed by a worker
 that died, stays visible until it is finished (``manage.py msgraph_outbox``). Contents: the
 MIME of each message (its recipients and body, never a secret) -- protect this Redis as you
-protect the mail itself.
+protect the mail itself; with ``OUTBOX_ENCRYPTION_KEYS`` the MIME, JSON body and draft plan
+are stored encrypted (:mod:`.sealing`), what the listing shows stays readable.
 """
 
 from __future__ import annotations
 
 import builtins
-import json
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from . import sealing
 from .envelope import Envelope
 from .store import StoredMessage, columns, entry, history
 
@@ -156,9 +157,15 @@ class RedisStore:
     """
 
     def __init__(
-        self, client: redis.Redis, *, ttl: int = FINISHED_TTL, keep_content: bool = True
+        self,
+        client: redis.Redis,
+        *,
+        ttl: int = FINISHED_TTL,
+        keep_content: bool = True,
+        keys: sealing.Keys = (),
     ) -> None:
         self.keep_content = keep_content
+        self.keys = keys  # OUTBOX_ENCRYPTION_KEYS: the content is stored encrypted
         self.client = client
         self.ttl = int(ttl)
         self._move = client.register_script(_MOVE)
@@ -174,6 +181,7 @@ class RedisStore:
             redis_client(settings),
             ttl=int(settings.outbox_retention) if ttl is None else ttl,
             keep_content=settings.outbox_keep_content,
+            keys=settings.outbox_encryption_keys,
         )
 
     # keys -------------------------------------------------------------------------------
@@ -233,7 +241,7 @@ class RedisStore:
             score=due,
             expect="-",
             fields={
-                "envelope": json.dumps(envelope.to_dict(), separators=(",", ":")),
+                "envelope": sealing.dump(envelope, self.keys),
                 "attempts": 0,
                 "next_try_at": repr(due),
                 "created_at": repr(now),
@@ -341,7 +349,7 @@ class RedisStore:
             "+history": entry("resent", by=by),
         }
         if envelope is not None:
-            fields["envelope"] = json.dumps(envelope.to_dict(), separators=(",", ":"))
+            fields["envelope"] = sealing.dump(envelope, self.keys)
         return self._run(
             message_id,
             "queued",
@@ -414,8 +422,8 @@ class RedisStore:
         if status == "sent" and not self.keep_content:  # OUTBOX_KEEP_CONTENT off
             found = self.get(message_id)
             if found is not None:
-                envelope = found.envelope.without_content().to_dict()
-                fields["envelope"] = json.dumps(envelope, separators=(",", ":"))
+                envelope = found.envelope.without_content()
+                fields["envelope"] = sealing.dump(envelope, self.keys)
         return self._run(message_id, status, score=now, expect=expect, fields=fields)
 
     def purge(self, older_than: float) -> int:
@@ -518,8 +526,7 @@ class RedisStore:
         for member in self.client.zrange(self.status_key(status), 0, -1):
             yield member.decode() if isinstance(member, bytes) else str(member)
 
-    @staticmethod
-    def _record(message_id: str, raw: dict[Any, Any]) -> StoredMessage:
+    def _record(self, message_id: str, raw: dict[Any, Any]) -> StoredMessage:
         values = {
             (k.decode() if isinstance(k, bytes) else str(k)): (
                 v.decode() if isinstance(v, bytes) else str(v)
@@ -528,7 +535,7 @@ class RedisStore:
         }
         return StoredMessage(
             message_id=message_id,
-            envelope=Envelope.from_dict(json.loads(values.get("envelope") or "{}")),
+            envelope=sealing.load(values.get("envelope"), self.keys),
             status=values.get("status", ""),
             attempts=int(values.get("attempts") or 0),
             next_try_at=_datetime(values.get("next_try_at")),

@@ -22,6 +22,7 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from ..exceptions import OutboxNotMigrated
+from . import sealing
 from .envelope import Envelope
 
 __all__ = ["ClaimStore", "DatabaseStore", "StoredMessage", "columns", "entry", "history"]
@@ -138,11 +139,13 @@ class DatabaseStore:
     the default database, written in the caller's transaction.
 
     ``keep_content`` False (``OUTBOX_KEEP_CONTENT``'s default): a sent message keeps only what
-    the listing shows; its MIME is dropped, as stored mail is personal data.
+    the listing shows; its MIME is dropped, as stored mail is personal data. ``keys``
+    (``OUTBOX_ENCRYPTION_KEYS``): the content is stored encrypted (:mod:`.sealing`).
     """
 
-    def __init__(self, *, keep_content: bool = True) -> None:
+    def __init__(self, *, keep_content: bool = True, keys: sealing.Keys = ()) -> None:
         self.keep_content = keep_content
+        self.keys = keys
 
     @migrated
     def add(self, envelope: Envelope) -> None:
@@ -150,7 +153,7 @@ class DatabaseStore:
 
         OutboxMessage.objects.create(
             message_id=envelope.message_id,
-            envelope=_json(envelope),
+            envelope=_json(envelope, self.keys),
             status="queued",
             **columns(envelope),
         )
@@ -260,7 +263,7 @@ class DatabaseStore:
         from ..models import OutboxMessage
 
         row = OutboxMessage.objects.filter(message_id=message_id).first()
-        return _stored(row) if row is not None else None
+        return _stored(row, self.keys) if row is not None else None
 
     @migrated
     def list(self, status: str | None = None) -> list[StoredMessage]:
@@ -269,7 +272,7 @@ class DatabaseStore:
         rows = OutboxMessage.objects.all()
         if status is not None:
             rows = rows.filter(status=status)
-        return [_stored(row) for row in rows]
+        return [_stored(row, self.keys) for row in rows]
 
     @migrated
     def requeue(
@@ -293,7 +296,7 @@ class DatabaseStore:
             "history": _append(entry("resent", by=by)),
         }
         if envelope is not None:
-            changes["envelope"] = _json(envelope)
+            changes["envelope"] = _json(envelope, self.keys)
         rows = OutboxMessage.objects.filter(message_id=message_id, status__in=statuses)
         updated: int = rows.update(**changes)
         return updated == 1
@@ -315,7 +318,7 @@ class DatabaseStore:
         touched = OutboxMessage.objects.filter(
             pk__in=[row.pk for row in rows], status="queued", updated_at__lt=cutoff
         ).update(updated_at=now)
-        return [_stored(row) for row in rows] if touched else []
+        return [_stored(row, self.keys) for row in rows] if touched else []
 
     @migrated
     def stale(self, stale_after: float) -> builtins.list[str]:
@@ -350,10 +353,10 @@ class DatabaseStore:
         return reaped
 
 
-def _stored(row: Any) -> StoredMessage:
+def _stored(row: Any, keys: sealing.Keys = ()) -> StoredMessage:
     return StoredMessage(
         message_id=row.message_id,
-        envelope=Envelope.from_dict(json.loads(row.envelope)),
+        envelope=sealing.load(row.envelope, keys),
         status=row.status,
         attempts=row.attempts,
         next_try_at=row.next_try_at,
@@ -366,8 +369,8 @@ def _stored(row: Any) -> StoredMessage:
     )
 
 
-def _json(envelope: Envelope) -> str:
-    return json.dumps(envelope.to_dict(), separators=(",", ":"))
+def _json(envelope: Envelope, keys: sealing.Keys = ()) -> str:
+    return sealing.dump(envelope, keys)
 
 
 def columns(envelope: Envelope) -> dict[str, Any]:

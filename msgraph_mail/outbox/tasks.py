@@ -10,6 +10,7 @@ id and the attempt number only: the MIME stays in the outbox row.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import django
 from django.utils import timezone
 
+from . import sealing
 from .deliver import claim_timeout, deliver, resolution_delay, resolve, settings_for
 from .envelope import Envelope
 from .store import DatabaseStore
@@ -44,6 +46,8 @@ def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> 
         return "missing"
     settings = settings_for(found.envelope.alias)
     store.keep_content = settings.outbox_keep_content  # the mailer's OUTBOX_KEEP_CONTENT
+    store.keys = settings.outbox_encryption_keys  # and OUTBOX_ENCRYPTION_KEYS, which opens it:
+    found = dataclasses.replace(found, envelope=sealing.opened(found.envelope, store.keys))
     if resolve_check > 0:
         looked = resolve(found.envelope, check=resolve_check, store=store)
         if looked.status == "again":

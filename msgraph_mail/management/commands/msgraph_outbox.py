@@ -25,7 +25,8 @@ STATUSES = (*OPEN, "sent")
 class Command(BaseCommand):
     help = (
         "List the messages of QueuedEmailBackend's outbox that are queued, deferred (with "
-        "their next try), being sent, failed or unknown; --resend ID sends a failed one again."
+        "their next try), being sent, failed or unknown; --resend ID sends a failed one again; "
+        "--reencrypt moves every stored message to the first OUTBOX_ENCRYPTION_KEYS key."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -58,6 +59,13 @@ class Command(BaseCommand):
             help="Delete the finished messages (sent, failed, unknown) older than "
             "OUTBOX_RETENTION (the worker also does it, hourly).",
         )
+        parser.add_argument(
+            "--reencrypt",
+            action="store_true",
+            help="Rewrite every stored message (all statuses) under the first key of "
+            "OUTBOX_ENCRYPTION_KEYS, after a new key was put first; encrypts the messages "
+            "stored before keys were configured too.",
+        )
         parser.add_argument("--json", action="store_true", help="Print the list as JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -70,6 +78,9 @@ class Command(BaseCommand):
         settings = settings_for(mailers.for_command(self, options["using"], queued=True).alias)
         if options["resend"]:
             self._resend(settings, options["resend"], force=options["force"])
+            return
+        if options["reencrypt"]:
+            self._reencrypt(settings)
             return
         if options["purge"]:
             removed = store_for(settings).purge(settings.outbox_retention)
@@ -105,6 +116,36 @@ class Command(BaseCommand):
             more = "; resend with --force only if it is not there." if exc.unknown else ""
             raise CommandError(f"{exc}{more}") from exc
         self.stdout.write(f"Queued {message_id} again (it was {status}).")
+
+    def _reencrypt(self, settings: MSGraphMailSettings) -> None:
+        """Every message under the first key; the counts, and the ids that need attention."""
+        from msgraph_mail.outbox.sealing import reencrypt_store
+
+        keys = settings.outbox_encryption_keys
+        if not keys:
+            raise CommandError(
+                "OUTBOX_ENCRYPTION_KEYS is not set for this mailer: there is no key to "
+                "re-encrypt with. Add a key first (see the outbox documentation)."
+            )
+        store = store_for(settings)
+        done = reencrypt_store(store, keys)
+        self.stdout.write(
+            f"Re-encrypted {len(done.rewritten)} message(s) under the first key; "
+            f"{len(done.current)} already current; {len(done.undecryptable)} not decryptable "
+            "by any key."
+        )
+        if done.undecryptable:
+            self.stdout.write(
+                "Not decryptable (add the key they were encrypted with back to "
+                "OUTBOX_ENCRYPTION_KEYS, then run --reencrypt again): "
+                + ", ".join(done.undecryptable)
+            )
+        if done.skipped:
+            self.stdout.write(
+                f"Skipped {len(done.skipped)} message(s) changed by a worker each time they "
+                "were rewritten (run --reencrypt again before dropping an old key): "
+                + ", ".join(done.skipped)
+            )
 
 
 def _status(message: StoredMessage) -> str:
