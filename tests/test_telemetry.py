@@ -1,0 +1,339 @@
+"""OpenTelemetry: spans, their parents and attributes, metrics after a run with 429s, log
+extras, and no address anywhere by default -- with the SDK's in-memory exporter and reader."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from django.core.mail import EmailMessage, get_connection
+from django.test import override_settings
+
+from msgraph_mail import telemetry
+from msgraph_mail.emulator import GraphEmulator
+from msgraph_mail.graph import url_template
+from msgraph_mail.outbox.envelope import Envelope
+from tests.conftest import mode_settings
+
+pytest.importorskip("opentelemetry.sdk", reason="needs the test extra (opentelemetry-sdk)")
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+from opentelemetry.trace import SpanKind
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDRESS = re.compile(r"@(contoso|example)\.com", re.IGNORECASE)
+EXPORTER = InMemorySpanExporter()
+READER = InMemoryMetricReader()
+
+
+def _install() -> None:
+    """The process's providers (they can be set once): ours, or ours added to the ones set."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
+    metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
+
+
+_install()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    EXPORTER.clear()
+    READER.get_metrics_data()  # the cumulative counts so far, to subtract
+    yield EXPORTER
+    EXPORTER.clear()
+
+
+def named(finished: list[ReadableSpan], name: str) -> list[ReadableSpan]:
+    return [span for span in finished if span.name == name]
+
+
+def children(finished: list[ReadableSpan], parent: ReadableSpan) -> list[ReadableSpan]:
+    return [
+        span
+        for span in finished
+        if span.parent is not None and span.parent.span_id == parent.context.span_id
+    ]
+
+
+def points(name: str) -> list[tuple[dict[str, Any], Any]]:
+    """(attributes, data point) of one metric, from the reader."""
+    data = READER.get_metrics_data()
+    found = []
+    for resource in data.resource_metrics if data else []:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    found += [(dict(p.attributes or {}), p) for p in metric.data.data_points]
+    return found
+
+
+def no_address(values: Any) -> None:
+    """No address of these tests (the senders and recipients are all at these domains)."""
+    for key, value in dict(values or {}).items():
+        assert not ADDRESS.search(str(value)), f"{key} holds an address: {value}"
+
+
+def test_spans_of_a_batch(emulator: GraphEmulator, spans: InMemorySpanExporter) -> None:
+    with override_settings(MSGRAPH_MAIL=mode_settings(emulator, "permissive")):
+        messages = [
+            EmailMessage(f"s{i}", "b", "noreply@contoso.com", [f"u{i}@example.com"])
+            for i in range(3)
+        ]
+        assert get_connection().send_messages(messages) == 3
+    finished = list(spans.get_finished_spans())
+    [batch] = named(finished, "send_messages")
+    assert batch.attributes["messaging.batch.message_count"] == 3
+    sends = named(finished, "send")
+    assert len(sends) == 3
+    for send in sends:
+        assert send.kind is SpanKind.PRODUCER
+        assert send.parent is not None
+        assert send.parent.span_id == batch.context.span_id
+        attributes = send.attributes or {}
+        assert attributes["messaging.system"] == "microsoft_graph"
+        assert attributes["messaging.operation.type"] == "send"
+        assert attributes["msgraph_mail.status"] == "sent"
+        assert attributes["msgraph_mail.route"] == "sendMail"
+        assert attributes["msgraph_mail.mode"] == "permissive"
+        assert attributes["msgraph_mail.request_id"]
+        assert attributes["messaging.message.id"].startswith("<")
+        mailbox = emulator.sent[0].mailbox
+        assert attributes["msgraph_mail.mailbox"] == mailbox.id
+    # One HTTP span per request: the token, one lookup, three sendMails.
+    http = [span for span in finished if span.kind is SpanKind.CLIENT]
+    assert len(http) == emulator.count() == 5
+    assert sorted(span.name for span in http) == [
+        "GET /users",
+        "POST /users/{id}/sendMail",
+        "POST /users/{id}/sendMail",
+        "POST /users/{id}/sendMail",
+        "POST /{tenant}/oauth2/v2.0/token",
+    ]
+    [token] = named(finished, "msgraph_mail token")
+    [lookup] = named(finished, "msgraph_mail sender lookup")
+    assert token.attributes["msgraph_mail.token.source"] == "entra"
+    assert lookup.attributes["msgraph_mail.lookup.source"] == "directory"
+    for send in sends:  # each request under its message, the token and lookup under one
+        [request] = [s for s in children(finished, send) if s.kind is SpanKind.CLIENT]
+        assert request.attributes["http.response.status_code"] == 202
+    assert {span.context.trace_id for span in finished} == {batch.context.trace_id}
+    for span in finished:
+        no_address(span.attributes)
+
+
+def test_no_address_in_single_mailbox_mode_unless_opted_in(
+    emulator: GraphEmulator, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = mode_settings(emulator, "single_mailbox")
+    message = EmailMessage("s", "b", "noreply@contoso.com", ["alice@contoso.com"])
+    with override_settings(MSGRAPH_MAIL=settings), caplog.at_level(logging.INFO, "msgraph_mail"):
+        assert get_connection().send_messages([message]) == 1
+    finished = list(spans.get_finished_spans())
+    for span in finished:
+        no_address(span.attributes)
+    [send] = named(finished, "send")
+    assert send.attributes["msgraph_mail.mailbox"].startswith("sha256:")
+    [record] = [r for r in caplog.records if r.getMessage().startswith("Sent message")]
+    assert record.msgraph_mailbox == send.attributes["msgraph_mail.mailbox"]
+    assert record.msgraph_trace_id == format(send.context.trace_id, "032x")
+    assert record.msgraph_span_id == format(send.context.span_id, "016x")
+    assert record.msgraph_status == "sent"
+    assert record.msgraph_route == "sendMail"
+    assert record.msgraph_request_id == send.attributes["msgraph_mail.request_id"]
+
+    spans.clear()
+    caplog.clear()
+    settings["TELEMETRY_ADDRESSES"] = True
+    message = EmailMessage("s", "b", "noreply@contoso.com", ["alice@contoso.com"])
+    with override_settings(MSGRAPH_MAIL=settings), caplog.at_level(logging.INFO, "msgraph_mail"):
+        assert get_connection().send_messages([message]) == 1
+    [send] = named(list(spans.get_finished_spans()), "send")
+    assert send.attributes["msgraph_mail.mailbox.address"] == "noreply@contoso.com"
+    [record] = [r for r in caplog.records if r.getMessage().startswith("Sent message")]
+    assert record.msgraph_mailbox == "noreply@contoso.com"
+
+
+def test_failure_sets_error_without_message(
+    emulator: GraphEmulator, spans: InMemorySpanExporter
+) -> None:
+    with override_settings(MSGRAPH_MAIL=mode_settings(emulator, "permissive")):
+        message = EmailMessage("s", "b", "nobody@contoso.com", ["alice@contoso.com"])
+        assert get_connection(fail_silently=True).send_messages([message]) == 0
+    [send] = named(list(spans.get_finished_spans()), "send")
+    assert send.status.status_code.name == "ERROR"
+    assert send.attributes["error.type"] == "SenderNotFound"
+    assert send.attributes["msgraph_mail.status"] == "failed"
+    assert not send.events  # no exception event: its message names the address
+    assert "@" not in (send.status.description or "")
+
+
+def test_metrics_after_a_run_with_429s(
+    emulator: GraphEmulator, spans: InMemorySpanExporter
+) -> None:
+    before = {
+        name: {tuple(sorted(a.items())): p.value for a, p in points(name)}
+        for name in ("msgraph_mail.messages", "msgraph_mail.retries")
+    }
+    with override_settings(MSGRAPH_MAIL=mode_settings(emulator, "permissive")):
+        emulator.fail_next("throttle", times=2, retry_after=0.05)
+        messages = [
+            EmailMessage(f"s{i}", "b", "noreply@contoso.com", ["alice@contoso.com"])
+            for i in range(3)
+        ]
+        assert get_connection().send_messages(messages) == 3
+
+    def delta(name: str, **wanted: Any) -> float:
+        total = 0.0
+        for attributes, point in points(name):
+            if all(attributes.get(k) == v for k, v in wanted.items()):
+                key = tuple(sorted(attributes.items()))
+                total += point.value - before.get(name, {}).get(key, 0)
+        return total
+
+    assert delta("msgraph_mail.messages", **{"msgraph_mail.outcome": "sent"}) == 3
+    assert (
+        delta(
+            "msgraph_mail.retries",
+            **{"msgraph_mail.retry.reason": "throttled", "http.response.status_code": 429},
+        )
+        == 2
+    )
+    durations = [
+        p
+        for a, p in points("messaging.client.operation.duration")
+        if a.get("msgraph_mail.outcome") == "sent" and a.get("msgraph_mail.route") == "sendMail"
+    ]
+    assert durations
+    assert sum(p.count for p in durations) >= 3
+    finished = list(spans.get_finished_spans())
+    retries = named(finished, "msgraph_mail retry")
+    assert len(retries) == 2
+    assert {s.attributes["msgraph_mail.retry.reason"] for s in retries} == {"throttled"}
+    assert all(s.attributes["msgraph_mail.retry.wait"] == pytest.approx(0.05) for s in retries)
+    # The budget gauges read the limits store: three sendMails and their recipients.
+    mailbox = emulator.sent[0].mailbox.id
+    used = {
+        a["msgraph_mail.limits.budget"]: p.value
+        for a, p in points("msgraph_mail.mailbox.budget.used")
+        if a["msgraph_mail.mailbox"] == mailbox
+    }
+    assert used["REQUESTS_PER_10_MINUTES"] >= 5  # three sends and two refused tries
+    assert used["RECIPIENTS_PER_24_HOURS"] >= 3
+    limits = {
+        a["msgraph_mail.limits.budget"]: p.value
+        for a, p in points("msgraph_mail.mailbox.budget.limit")
+        if a["msgraph_mail.mailbox"] == mailbox
+    }
+    assert limits["REQUESTS_PER_10_MINUTES"] == 10_000
+
+
+def test_requests_instrumentation_never_makes_a_second_span(
+    emulator: GraphEmulator, spans: InMemorySpanExporter
+) -> None:
+    instrumentation = pytest.importorskip("opentelemetry.instrumentation.requests")
+    instrumentor = instrumentation.RequestsInstrumentor()
+    instrumentor.instrument()
+    try:
+        with override_settings(MSGRAPH_MAIL=mode_settings(emulator, "permissive")):
+            message = EmailMessage("s", "b", "noreply@contoso.com", ["alice@contoso.com"])
+            assert get_connection().send_messages([message]) == 1
+        finished = list(spans.get_finished_spans())
+        http = [span for span in finished if span.kind is SpanKind.CLIENT]
+        assert len(http) == emulator.count() == 3
+        assert all(span.instrumentation_scope.name == "msgraph_mail" for span in http)
+        for span in finished:
+            no_address(span.attributes)
+            assert "url.full" not in (span.attributes or {})
+        # Other requests of the process are still the instrumentation's.
+        spans.clear()
+        requests.get(f"{emulator.url}/v1.0/$metadata", timeout=5)
+        [other] = spans.get_finished_spans()
+        assert other.instrumentation_scope.name.startswith("opentelemetry.instrumentation")
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_url_templates_hold_no_identifier() -> None:
+    assert url_template("/users/a@b.com/sendMail") == "/users/{id}/sendMail"
+    assert url_template("/users('$x@y.com')/sendMail") == "/users/{id}/sendMail"
+    assert url_template("/users?$filter=mail eq 'a@b.com'") == "/users"
+    assert (
+        url_template("/users/1/messages/AAMk=/attachments/createUploadSession")
+        == "/users/{id}/messages/{id}/attachments/createUploadSession"
+    )
+    assert url_template("/users/1/messages/AAMk=/send") == "/users/{id}/messages/{id}/send"
+
+
+def test_old_envelopes_load_without_trace_context() -> None:
+    data = {
+        "message_id": "<a@b>",
+        "mime": "",
+        "from_address": "noreply@contoso.com",
+        "mailbox_override": None,
+        "recipients": 1,
+        "alias": None,
+        "priority": "normal",
+        "enqueued_at": "2026-01-01T00:00:00+00:00",
+    }
+    assert Envelope.from_dict(data).trace_context is None
+
+
+def test_carrier_is_none_without_a_span() -> None:
+    assert telemetry.carrier() is None
+    with trace.get_tracer("t").start_as_current_span("x") as span:
+        carrier = telemetry.carrier()
+    assert carrier is not None
+    assert carrier["traceparent"].split("-")[1] == format(span.get_span_context().trace_id, "032x")
+
+
+def _logger_calls() -> Iterator[tuple[Path, ast.Call]]:
+    for path in sorted((ROOT / "msgraph_mail").rglob("*.py")):
+        if "emulator" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"debug", "info", "warning", "error", "exception", "critical"}
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id in {"logger", "log"}
+            ):
+                yield path, node
+
+
+def test_every_log_call_has_extra() -> None:
+    missing = [
+        f"{path.relative_to(ROOT)}:{call.lineno}"
+        for path, call in _logger_calls()
+        if not any(keyword.arg == "extra" for keyword in call.keywords)
+    ]
+    assert list(_logger_calls())
+    assert not missing, f"logger calls without extra=: {missing}"
+
+
+def test_log_extra_fields() -> None:
+    extra = telemetry.log_extra(request_id="r", mailbox="id-1", status="sent", route="draft")
+    assert extra == {
+        "msgraph_request_id": "r",
+        "msgraph_mailbox": "id-1",
+        "msgraph_status": "sent",
+        "msgraph_route": "draft",
+    }
+    assert telemetry.log_extra(mailbox="a@b.com")["msgraph_mailbox"].startswith("sha256:")
