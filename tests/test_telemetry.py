@@ -4,9 +4,16 @@ extras, and no address anywhere by default -- with the SDK's in-memory exporter 
 from __future__ import annotations
 
 import ast
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +22,17 @@ import requests
 from django.core.mail import EmailMessage, get_connection
 from django.test import override_settings
 
-from msgraph_mail import telemetry
+from msgraph_mail import signals, telemetry
+from msgraph_mail.conf import MSGraphMailSettings
 from msgraph_mail.emulator import GraphEmulator
+from msgraph_mail.emulator.directory import CLIENT_ID, CLIENT_SECRET, TENANT_ID
 from msgraph_mail.graph import url_template
+from msgraph_mail.limits import InProcessLimits
+from msgraph_mail.models import OutboxMessage
 from msgraph_mail.outbox.envelope import Envelope
+from msgraph_mail.tracking.events import DeliveryEvent
 from tests.conftest import mode_settings
+from tests.helpers import DUMMY, IMMEDIATE, QUEUED
 
 pytest.importorskip("opentelemetry.sdk", reason="needs the test extra (opentelemetry-sdk)")
 
@@ -337,3 +350,167 @@ def test_log_extra_fields() -> None:
         "msgraph_route": "draft",
     }
     assert telemetry.log_extra(mailbox="a@b.com")["msgraph_mailbox"].startswith("sha256:")
+
+
+def counter_total(name: str, **wanted: Any) -> float:
+    return sum(
+        p.value
+        for a, p in points(name)
+        if all(a.get(key) == value for key, value in wanted.items())
+    )
+
+
+@pytest.mark.django_db
+def test_queued_message_trace_continues_in_the_worker_and_outbox_depth(
+    emulator: GraphEmulator, spans: InMemorySpanExporter
+) -> None:
+    settings = mode_settings(emulator, "permissive")
+    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=DUMMY, MSGRAPH_MAIL=settings):
+        messages = [
+            EmailMessage(f"q{i}", "b", "noreply@contoso.com", ["a@example.com"]) for i in range(2)
+        ]
+        assert get_connection().send_messages(messages) == 2
+        depth = {
+            a["msgraph_mail.outbox.status"]: p.value
+            for a, p in points("msgraph_mail.outbox.depth")
+            if a["msgraph_mail.outbox"] == "tasks"
+        }
+        assert depth["queued"] == 2
+        assert depth["sent"] == 0
+    with override_settings(EMAIL_BACKEND=QUEUED, TASKS=IMMEDIATE, MSGRAPH_MAIL=settings):
+        message = EmailMessage("q", "b", "noreply@contoso.com", ["a@example.com"])
+        assert get_connection().send_messages([message]) == 1
+        depth = {
+            a["msgraph_mail.outbox.status"]: p.value
+            for a, p in points("msgraph_mail.outbox.depth")
+            if a["msgraph_mail.outbox"] == "tasks"
+        }
+        assert depth["sent"] == 1
+    finished = list(spans.get_finished_spans())
+    message_id = message.msgraph_status.message_id
+    [queued] = [
+        s
+        for s in named(finished, "send outbox")
+        if s.attributes["messaging.message.id"] == message_id
+    ]
+    [process] = named(finished, "process outbox")
+    assert queued.kind is SpanKind.PRODUCER
+    assert process.kind is SpanKind.CONSUMER
+    assert process.parent is not None
+    assert process.parent.span_id == queued.context.span_id
+    assert process.attributes["msgraph_mail.status"] == "sent"
+    assert process.attributes["msgraph_mail.outbox.attempt"] == 1
+    [send] = children(finished, process)
+    assert (send.name, send.kind) == ("send", SpanKind.PRODUCER)
+    stored = OutboxMessage.objects.get(message_id=message_id)
+    assert json.loads(stored.envelope)["trace_context"]["traceparent"].split("-")[1] == format(
+        queued.context.trace_id, "032x"
+    )
+
+
+def test_draft_steps_have_spans(emulator: GraphEmulator, spans: InMemorySpanExporter) -> None:
+    emulator.roles = ["Mail.Send", "User.Read.All", "Mail.ReadWrite"]
+    with override_settings(MSGRAPH_MAIL=emulator.settings(LARGE_MESSAGES=True)):
+        message = EmailMessage("big", "b", "noreply@contoso.com", ["alice@contoso.com"])
+        message.attach("report.pdf", os.urandom(4 * 1024 * 1024), "application/pdf")
+        assert message.send() == 1
+    finished = list(spans.get_finished_spans())
+    [send] = named(finished, "send")
+    assert send.attributes["msgraph_mail.route"] == "draft"
+    steps = [s.name for s in children(finished, send) if s.name.startswith("msgraph_mail draft")]
+    assert steps == [
+        "msgraph_mail draft create",
+        "msgraph_mail draft upload",
+        "msgraph_mail draft send",
+    ]
+    [upload] = named(finished, "msgraph_mail draft upload")
+    assert upload.attributes["msgraph_mail.attachment.size"] == 4 * 1024 * 1024
+    chunks = [s for s in children(finished, upload) if s.kind is SpanKind.CLIENT]
+    assert {s.name for s in chunks} >= {"PUT /upload-session"}
+    assert all("url.full" not in (s.attributes or {}) for s in finished)
+
+
+def test_waits_for_a_budget_and_a_slot(spans: InMemorySpanExporter) -> None:
+    settings = MSGraphMailSettings(
+        tenant_id=TENANT_ID,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        mailbox_limits={"REQUESTS_PER_10_MINUTES": 1, "CONCURRENT_REQUESTS": 1},
+    )
+    limits = InProcessLimits(settings, window_scale=0.0002)  # 10 minutes: 0.12 s
+    mailbox = "telemetry-wait-test"
+    before = counter_count("msgraph_mail.limits.wait.duration")
+    limits.spend(mailbox, requests=1, recipients=0, upload_bytes=0)
+    limits.spend(mailbox, requests=1, recipients=0, upload_bytes=0, max_wait=5)
+    held = threading.Event()
+
+    def hold() -> None:
+        with limits.hold(mailbox):
+            held.set()
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    with limits.hold(mailbox):
+        pass
+    thread.join()
+    finished = list(spans.get_finished_spans())
+    [budget] = named(finished, "msgraph_mail wait budget")
+    assert budget.attributes["msgraph_mail.limits.budget"] == "REQUESTS_PER_10_MINUTES"
+    [slot] = named(finished, "msgraph_mail wait slot")
+    assert slot.attributes["msgraph_mail.limits.budget"] == "CONCURRENT_REQUESTS"
+    assert (slot.end_time - slot.start_time) / 1e9 > 0.02
+    assert counter_count("msgraph_mail.limits.wait.duration") - before == 2
+
+
+def counter_count(name: str) -> int:
+    """How many values a histogram has recorded, over all its attributes."""
+    return sum(p.count for _, p in points(name))
+
+
+def test_delivery_events_are_counted() -> None:
+    before = counter_total(
+        "msgraph_mail.delivery.events", **{"msgraph_mail.delivery.event_type": "bounced"}
+    )
+    event = DeliveryEvent(
+        event_type="bounced",
+        recipient="x@example.com",
+        timestamp=datetime.now(timezone.utc),
+        source="bounces",
+    )
+    signals.announce_delivery(object, event)
+    after = counter_total(
+        "msgraph_mail.delivery.events", **{"msgraph_mail.delivery.event_type": "bounced"}
+    )
+    assert after - before == 1
+
+
+NO_OTEL = """
+import sys
+sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
+import django
+from django.conf import settings
+settings.configure(MSGRAPH_MAIL={settings!r})
+django.setup()
+from django.core.mail import EmailMessage
+from msgraph_mail import telemetry
+from msgraph_mail.backend import EmailBackend
+assert telemetry.ENABLED is False
+to = ["a@example.com"]
+messages = [EmailMessage("s%d" % i, "b", "noreply@contoso.com", to) for i in range(3)]
+assert EmailBackend().send_messages(messages) == 3
+assert telemetry.carrier() is None
+assert telemetry.span("x") is telemetry.NO_SPAN
+print("ok")
+"""
+
+
+def test_without_opentelemetry_everything_is_a_no_op(emulator: GraphEmulator) -> None:
+    code = NO_OTEL.format(settings=mode_settings(emulator, "permissive"))
+    done = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    assert len(emulator.sent) == 3
