@@ -153,7 +153,7 @@ class EmailBackend(BaseEmailBackend):
             workers = min(workers, slots)
         if workers <= 1:
             return [self._send(message, suppressed) for message in messages]
-        if telemetry.ENABLED:  # each thread's spans are children of the batch span
+        if telemetry.active():  # each thread's spans are children of the batch span
             contexts = [contextvars.copy_context() for _ in messages]
             with ThreadPoolExecutor(workers, thread_name_prefix="msgraph_mail") as pool:
                 return list(

@@ -260,8 +260,7 @@ class GraphClient:
         if mailbox is None:
             yield
             return
-        if telemetry.ENABLED:
-            telemetry.watch_mailbox(self.limits, mailbox)
+        telemetry.watch_mailbox(self.limits, mailbox)
         started = time.monotonic()
         receipt = self.limits.spend(
             mailbox,

@@ -4,8 +4,8 @@ when it is off.
 The package depends on ``opentelemetry-api`` only through the ``otel`` extra, and never on the
 SDK: the application picks its provider and exporter. Without the API every helper here is a
 no-op (:data:`ENABLED` is False, a shared do-nothing span); with the API but no provider
-configured, the API's own no-op tracer and meter are used, and attributes are only built for a
-span that records.
+configured, every helper takes the same no-op path (:func:`active` is False until a provider is
+set); with a provider, attributes are only built for a span that records.
 
 What is measured (see docs/observability.md): a ``send_messages`` span per batch, a PRODUCER
 ``send`` span per message, a CLIENT span per HTTP request (our own: the requests
@@ -46,6 +46,7 @@ __all__ = [
     "NO_OPERATION",
     "NO_SPAN",
     "Operation",
+    "active",
     "batch",
     "carrier",
     "count_delivery_event",
@@ -71,6 +72,27 @@ logger = logging.getLogger("msgraph_mail")
 SCOPE = "msgraph_mail"
 #: ``messaging.system``: Exchange Online's mail, reached through Microsoft Graph.
 SYSTEM = "microsoft_graph"
+
+
+#: The providers of a process where none was set: the API's stand-ins.
+_UNSET = frozenset(
+    {"ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider"}
+)
+_active = False
+
+
+def active() -> bool:
+    """Whether telemetry is recorded: the API is installed and the application has set a
+    tracer or meter provider. Until then every helper takes the no-op path, as without the
+    API; once set, a provider stays (the API sets it once per process), and so does this."""
+    global _active
+    if _active or not ENABLED:
+        return _active
+    _active = (
+        type(trace.get_tracer_provider()).__name__ not in _UNSET
+        or type(metrics.get_meter_provider()).__name__ not in _UNSET
+    )
+    return _active
 
 
 class _NoSpan:
@@ -129,7 +151,7 @@ def span(
     Exceptions are not recorded as events: their messages may name addresses. ``parent``
     is a W3C trace-context carrier (an envelope's), continued instead of the current span.
     """
-    if not ENABLED:
+    if not active():
         return NO_SPAN
     return _span(name, _KINDS[kind], parent)
 
@@ -171,7 +193,7 @@ def failed(current: Any, exc: BaseException) -> None:
 
 def batch(count: int, backend: str) -> AbstractContextManager[Any]:
     """``send_messages``: the parent of one batch's message spans."""
-    if not ENABLED:
+    if not active():
         return NO_SPAN
     return _batch(count, backend)
 
@@ -221,7 +243,7 @@ def operation(
     """The span of one message's ``send`` (PRODUCER) or the worker's ``process outbox``
     (CONSUMER), with the messaging attributes; records ``messaging.client.operation.duration``
     by route and outcome (``op.route``, ``op.outcome``) when the block ends."""
-    if not ENABLED:
+    if not active():
         return NO_OPERATION
     return _operation(name, settings, kind, operation_type, destination, parent)
 
@@ -298,7 +320,7 @@ def http_span(method: str, template: str, server: str | None = None) -> Abstract
     the URL, whose path or query may hold an address (a lookup's ``$filter``, a mailbox
     named by its address) or a key (an upload session's URL).
     """
-    if not ENABLED:
+    if not active():
         return NO_SPAN
     return _http_span(method, template, server)
 
@@ -352,7 +374,7 @@ def _suppressed_http() -> AbstractContextManager[Any]:
 def waited(kind: str, budget: str) -> Iterator[None]:
     """A wait for a mailbox's slot or budget (``kind`` "slot" or "budget"): a span, and the
     seconds in ``msgraph_mail.limits.wait.duration``."""
-    if not ENABLED:
+    if not active():
         yield
         return
     started = time.perf_counter()
@@ -370,7 +392,7 @@ def waited(kind: str, budget: str) -> Iterator[None]:
 def record_wait(kind: str, budget: str, started_ns: int) -> None:
     """A wait that is known only once it is over (a slot taken after polling): its span,
     dated from ``started_ns`` (``time.time_ns()``), and its seconds."""
-    if not ENABLED:
+    if not active():
         return
     ended = time.time_ns()
     current = _tracer().start_span(
@@ -398,7 +420,7 @@ def retry_reason(status: int | None, code: str | None = None) -> str:
 def count_retry(target: str, reason: str, status: int | None) -> dict[str, Any] | None:
     """``msgraph_mail.retries``: one request of ``target`` (graph, token, upload) is tried
     again for ``reason``; returns the attributes, for the wait's span."""
-    if not ENABLED:
+    if not active():
         return None
     attributes: dict[str, Any] = {
         "msgraph_mail.retry.reason": reason,
@@ -435,7 +457,7 @@ def _retry_span(attributes: dict[str, Any], wait: float) -> Iterator[Any]:
 def count_message(outcome: str, route: str | None) -> None:
     """``msgraph_mail.messages``: one message reached ``outcome`` (sent, failed, unknown,
     queued), counted where its signal is sent."""
-    if not ENABLED:
+    if not active():
         return
     attributes = {"msgraph_mail.outcome": outcome}
     if route:
@@ -445,14 +467,14 @@ def count_message(outcome: str, route: str | None) -> None:
 
 def count_delivery_event(event_type: str) -> None:
     """``msgraph_mail.delivery.events``: what delivery tracking learnt after the 202."""
-    if ENABLED:
+    if active():
         _instruments().delivery_events.add(1, {"msgraph_mail.delivery.event_type": event_type})
 
 
 def carrier() -> dict[str, str] | None:
     """The current trace context as W3C headers (``traceparent``, ``tracestate``), for an
     envelope; None when there is no span to continue."""
-    if not ENABLED or not trace.get_current_span().get_span_context().is_valid:
+    if not active() or not trace.get_current_span().get_span_context().is_valid:
         return None
     found: dict[str, str] = {}
     propagate.inject(found)
@@ -506,7 +528,7 @@ def log_extra(
         "msgraph_status": status,
         "msgraph_route": route,
     }
-    if ENABLED:
+    if active():
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
             extra["msgraph_trace_id"] = format(context.trace_id, "032x")
@@ -549,13 +571,12 @@ class _Instruments:
         meter.create_observable_gauge(
             "msgraph_mail.mailbox.budget.used",
             callbacks=[_budget_used],
-            unit="1",
-            description="What a mailbox has used of each MAILBOX_LIMITS budget",
+            description="What a mailbox has used of each MAILBOX_LIMITS budget, in the "
+            "budget's unit (requests in flight, requests, MB, recipients)",
         )
         meter.create_observable_gauge(
             "msgraph_mail.mailbox.budget.limit",
             callbacks=[_budget_limit],
-            unit="1",
             description="Each MAILBOX_LIMITS budget of a mailbox",
         )
         meter.create_observable_gauge(
@@ -590,15 +611,17 @@ def watch_mailbox(limits: Any, mailbox: str) -> None:
     if ENABLED:
         key = (id(limits), mailbox)
         if key not in _mailboxes:
-            _instruments()
             _mailboxes[key] = (limits, mailbox)
+            if active():
+                _instruments()
 
 
 def watch_outbox(store: Any, name: str) -> None:
     """Report this outbox's counts by status (``store.counts()``) in the depth gauge."""
     if ENABLED and name not in _outboxes:
-        _instruments()
         _outboxes[name] = store
+        if active():
+            _instruments()
 
 
 def _usage() -> Iterable[tuple[str, str, dict[str, float]]]:
