@@ -171,7 +171,8 @@ class EmailBackend(BaseEmailBackend):
         (:mod:`msgraph_mail.signals`)."""
         with telemetry.operation("send", self.settings) as op:
             status = self._deliver(message, suppressed, op)
-            op.outcome, op.route = status.status, status.route
+            op.outcome = status.status if message.recipients() else "skipped"
+            op.route = status.route
         if message.recipients():  # skipped without a request, as Django's SMTP backend does
             signals.announce(type(self), message, status)
         return status
