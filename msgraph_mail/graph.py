@@ -283,6 +283,7 @@ class GraphClient:
         path: str,
         budget: RetryBudget,
     ) -> Response:
+        telemetry.note_retries(budget.retries + budget.throttled)
         if response.status_code in AMBIGUOUS_STATUSES:
             error = graph_error(response, client_request_id)
             failure = _GATEWAY_FAILURES.get(response.status_code, "gateway error")

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 try:
     from opentelemetry import metrics, propagate, trace
     from opentelemetry.metrics import CallbackOptions, Observation
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 except ImportError:  # the otel extra is not installed: every helper is a no-op
     ENABLED = False
 else:
@@ -57,6 +57,7 @@ __all__ = [
     "http_span",
     "log_extra",
     "mailbox_label",
+    "note_retries",
     "operation",
     "record_wait",
     "retrying",
@@ -158,11 +159,18 @@ def span(
 
 @contextmanager
 def _span(name: str, kind: Any, parent: Mapping[str, str] | None) -> Iterator[Any]:
-    context = propagate.extract(dict(parent)) if parent else None
+    context, links = None, None
+    if parent:
+        # The queuing request's trace is continued; the span this process was in (a Celery
+        # task's, from its own instrumentation) is linked, not lost.
+        context = propagate.extract(dict(parent))
+        here = trace.get_current_span().get_span_context()
+        links = [Link(here)] if here.is_valid else None
     with _tracer().start_as_current_span(
         name,
         context=context,
         kind=kind,
+        links=links,
         record_exception=False,
         set_status_on_exception=False,
     ) as current:
@@ -404,6 +412,15 @@ def record_wait(kind: str, budget: str, started_ns: int) -> None:
     _instruments().limits_wait.record(
         (ended - started_ns) / 1e9, {"msgraph_mail.limits.budget": budget}
     )
+
+
+def note_retries(count: int) -> None:
+    """``msgraph_mail.retry_count`` on the current span (a message's ``send``, a draft
+    step): how many times its Graph request was tried again."""
+    if count and active():
+        current = trace.get_current_span()
+        if current.is_recording():
+            current.set_attribute("msgraph_mail.retry_count", count)
 
 
 def retry_reason(status: int | None, code: str | None = None) -> str:

@@ -119,8 +119,13 @@ def no_address(values: Any) -> None:
         assert not ADDRESS.search(str(value)), f"{key} holds an address: {value}"
 
 
-def test_spans_of_a_batch(emulator: GraphEmulator, spans: InMemorySpanExporter) -> None:
-    with override_settings(MSGRAPH_MAIL=mode_settings(emulator, "permissive")):
+def test_spans_of_a_batch(
+    emulator: GraphEmulator, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        override_settings(MSGRAPH_MAIL=mode_settings(emulator, "permissive")),
+        caplog.at_level(logging.DEBUG, "msgraph_mail"),
+    ):
         messages = [
             EmailMessage(f"s{i}", "b", "noreply@contoso.com", [f"u{i}@example.com"])
             for i in range(3)
@@ -165,6 +170,32 @@ def test_spans_of_a_batch(emulator: GraphEmulator, spans: InMemorySpanExporter) 
     assert {span.context.trace_id for span in finished} == {batch.context.trace_id}
     for span in finished:
         no_address(span.attributes)
+    assert len(caplog.records) >= 3
+    for record in caplog.records:  # every record has the fields, none an address
+        fields = {k: v for k, v in vars(record).items() if k.startswith("msgraph_")}
+        assert {"msgraph_request_id", "msgraph_mailbox", "msgraph_status", "msgraph_route"} <= set(
+            fields
+        )
+        no_address(fields)
+
+
+def test_a_celery_task_span_is_linked(emulator: GraphEmulator, spans: InMemorySpanExporter) -> None:
+    with trace.get_tracer("web").start_as_current_span("web request"):
+        carrier = telemetry.carrier()
+    assert carrier is not None
+    settings = MSGraphMailSettings(
+        tenant_id=TENANT_ID, client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+    )
+    with (
+        trace.get_tracer("celery").start_as_current_span("run task") as task,
+        telemetry.operation("process outbox", settings, kind="consumer", parent=carrier),
+    ):
+        pass
+    [process] = named(list(spans.get_finished_spans()), "process outbox")
+    [web] = named(list(spans.get_finished_spans()), "web request")
+    assert process.parent is not None
+    assert process.parent.span_id == web.context.span_id
+    assert [link.context.span_id for link in process.links] == [task.get_span_context().span_id]
 
 
 def test_no_address_in_single_mailbox_mode_unless_opted_in(
@@ -252,6 +283,8 @@ def test_metrics_after_a_run_with_429s(
     assert durations
     assert sum(p.count for p in durations) >= 3
     finished = list(spans.get_finished_spans())
+    counts = [s.attributes.get("msgraph_mail.retry_count", 0) for s in named(finished, "send")]
+    assert sum(counts) == 2  # the two 429s, on whichever messages met them
     retries = named(finished, "msgraph_mail retry")
     assert len(retries) == 2
     assert {s.attributes["msgraph_mail.retry.reason"] for s in retries} == {"throttled"}
