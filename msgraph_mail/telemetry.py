@@ -125,8 +125,15 @@ def _version() -> str:
     return __version__
 
 
+_tracers: list[Any] = []
+
+
 def _tracer() -> Any:
-    return trace.get_tracer(SCOPE, _version())
+    """The package's tracer, made once: the SDK makes a new one per call, and the global
+    provider cannot change once set (a proxy tracer follows a provider set later)."""
+    if not _tracers:
+        _tracers.append(trace.get_tracer(SCOPE, _version()))
+    return _tracers[0]
 
 
 _KINDS: dict[str, Any] = (
