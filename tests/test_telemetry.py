@@ -23,7 +23,7 @@ from django.core.mail import EmailMessage, get_connection
 from django.test import override_settings
 
 from msgraph_mail import signals, telemetry
-from msgraph_mail.conf import MSGraphMailSettings
+from msgraph_mail.conf import MSGraphMailSettings, load_settings
 from msgraph_mail.emulator import GraphEmulator
 from msgraph_mail.emulator.directory import CLIENT_ID, CLIENT_SECRET, TENANT_ID
 from msgraph_mail.graph import url_template
@@ -31,6 +31,7 @@ from msgraph_mail.limits import InProcessLimits
 from msgraph_mail.models import OutboxMessage
 from msgraph_mail.outbox.envelope import Envelope
 from msgraph_mail.tracking.events import DeliveryEvent
+from msgraph_mail.tracking.tracker import Tracker
 from tests.conftest import mode_settings
 from tests.helpers import DUMMY, IMMEDIATE, QUEUED
 
@@ -566,3 +567,29 @@ def test_without_opentelemetry_everything_is_a_no_op(emulator: GraphEmulator, ab
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
     assert len(emulator.sent) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tracker_pass_has_a_span_and_counts_its_events(
+    emulator: GraphEmulator, spans: InMemorySpanExporter
+) -> None:
+    emulator.roles = ["Mail.Send", "User.Read.All", "Mail.Read", "ExchangeMessageTrace.Read.All"]
+    emulator.delivery_delay = 0.05
+    bounced = {"msgraph_mail.delivery.event_type": "bounced"}
+    before = counter_total("msgraph_mail.delivery.events", **bounced)
+    with override_settings(MSGRAPH_MAIL=emulator.settings(DELIVERY_TRACKING=["trace", "bounces"])):
+        EmailMessage("Hi", "b", "noreply@contoso.com", ["ghost@nowhere.invalid"]).send()
+        time.sleep(0.15)
+        tracker = Tracker(load_settings())
+        try:
+            for _ in range(3):
+                tracker.run_once()
+        finally:
+            tracker.close()
+    assert counter_total("msgraph_mail.delivery.events", **bounced) - before == 1
+    passes = named(list(spans.get_finished_spans()), "msgraph_mail track")
+    assert len(passes) == 3
+    assert sum(s.attributes["msgraph_mail.track.events"] for s in passes) >= 1
+    for span in spans.get_finished_spans():
+        no_address(span.attributes)
+        assert "nowhere.invalid" not in str(dict(span.attributes or {}))

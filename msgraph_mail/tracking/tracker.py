@@ -90,16 +90,25 @@ class Tracker:
         if not self._renew():
             return Pass(ran=False)
         done = Pass()
-        for tracked, event in getattr(self.store, "unannounced", lambda _: [])(60.0):
-            self._announce(tracked, event)  # a tracker killed between record and signal
-        if "bounces" in self.settings.delivery_tracking:
-            if self.settings.notification_url:
-                self._subscribe()
-                self._react(done)
-            for mailbox in self._mailboxes():
-                self._bounces(mailbox, done)
-        if "trace" in self.settings.delivery_tracking:
-            self._trace(done)
+        with telemetry.span("msgraph_mail track") as span:
+            for tracked, event in getattr(self.store, "unannounced", lambda _: [])(60.0):
+                self._announce(tracked, event)  # a tracker killed between record and signal
+            if "bounces" in self.settings.delivery_tracking:
+                if self.settings.notification_url:
+                    self._subscribe()
+                    self._react(done)
+                for mailbox in self._mailboxes():
+                    self._bounces(mailbox, done)
+            if "trace" in self.settings.delivery_tracking:
+                self._trace(done)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "msgraph_mail.track.reports": done.reports,
+                        "msgraph_mail.track.rows": done.rows,
+                        "msgraph_mail.track.events": sum(done.reported.values()),
+                    }
+                )
         return done
 
     def react(self, lease_ttl: float = 300.0) -> Pass | None:
