@@ -171,6 +171,12 @@ def test_spans_of_a_batch(
     assert {span.context.trace_id for span in finished} == {batch.context.trace_id}
     for span in finished:
         no_address(span.attributes)
+    secret = str(mode_settings(emulator, "permissive")["CLIENT_SECRET"])
+    for span in finished:  # never a credential
+        text = str(dict(span.attributes or {}))
+        assert secret not in text
+        assert "Bearer" not in text
+        assert "eyJ" not in text
     assert len(caplog.records) >= 3
     for record in caplog.records:  # every record has the fields, none an address
         fields = {k: v for k, v in vars(record).items() if k.startswith("msgraph_")}
