@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +28,7 @@ from msgraph_mail.conf import MSGraphMailSettings, load_settings
 from msgraph_mail.emulator import GraphEmulator
 from msgraph_mail.emulator.directory import CLIENT_ID, CLIENT_SECRET, TENANT_ID
 from msgraph_mail.graph import url_template
-from msgraph_mail.limits import InProcessLimits
+from msgraph_mail.limits import InProcessLimits, RedisLimits
 from msgraph_mail.models import OutboxMessage
 from msgraph_mail.outbox.envelope import Envelope
 from msgraph_mail.tracking.events import DeliveryEvent
@@ -486,15 +487,21 @@ def test_draft_steps_have_spans(emulator: GraphEmulator, spans: InMemorySpanExpo
     assert all("url.full" not in (s.attributes or {}) for s in finished)
 
 
-def test_waits_for_a_budget_and_a_slot(spans: InMemorySpanExporter) -> None:
+@pytest.mark.parametrize("store", ["process", "redis"])
+def test_waits_for_a_budget_and_a_slot(
+    spans: InMemorySpanExporter, store: str, request: pytest.FixtureRequest
+) -> None:
+    redis_url = request.getfixturevalue("redis_url") if store == "redis" else None
     settings = MSGraphMailSettings(
         tenant_id=TENANT_ID,
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
+        redis_url=redis_url,
         mailbox_limits={"REQUESTS_PER_10_MINUTES": 1, "CONCURRENT_REQUESTS": 1},
     )
-    limits = InProcessLimits(settings, window_scale=0.0002)  # 10 minutes: 0.12 s
-    mailbox = "telemetry-wait-test"
+    kind = RedisLimits if redis_url else InProcessLimits
+    limits = kind(settings, window_scale=0.0002)  # 10 minutes: 0.12 s
+    mailbox = f"telemetry-wait-{uuid.uuid4().hex}"
     before = counter_count("msgraph_mail.limits.wait.duration")
     limits.spend(mailbox, requests=1, recipients=0, upload_bytes=0)
     limits.spend(mailbox, requests=1, recipients=0, upload_bytes=0, max_wait=5)
