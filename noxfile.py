@@ -58,3 +58,11 @@ def bench(session: nox.Session, django: str) -> None:
     """
     session.install(f"django~={django}.0", "-e", ".", "django-msgraphbackend==5.2.0")
     session.run("python", "benchmarks/throughput.py", *session.posargs)
+
+
+@nox.session(python="3.13")
+def bench_telemetry(session: nox.Session) -> None:
+    """What OpenTelemetry costs a send: without the API, with it and no provider, with the
+    SDK (not part of ``nox``; ``nox -s bench_telemetry -- --runs 5``)."""
+    session.install("django~=6.1.0", "-e", ".[otel]", "opentelemetry-sdk")
+    session.run("python", "benchmarks/telemetry.py", *session.posargs)

@@ -20,11 +20,12 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from django.utils.module_loading import import_string
 
-from . import shared_state
+from . import shared_state, telemetry
 from .conf import MSGraphMailSettings
 from .exceptions import AuthenticationError, GraphConnectionError
 from .retry import RetryBudget, parse_retry_after
@@ -33,6 +34,9 @@ logger = logging.getLogger("msgraph_mail")
 
 #: The client_assertion_type of a certificate credential (RFC 7523).
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+#: The token request's path in telemetry (the tenant replaced).
+TOKEN_TEMPLATE = "/{tenant}/oauth2/v2.0/token"  # noqa: S105 (a path, not a secret)
 
 #: Renew a token this long before it expires (or a tenth of its lifetime, if shorter).
 RENEW_AHEAD = 300.0
@@ -87,11 +91,16 @@ class TokenCache:
         with self._lock_for(key):
             token = self._tokens.get(key)
             if token is None or not token.fresh:
-                # SHARE_TOKEN: another process's token first; ours shared for the others.
-                token = shared_state.get_token(settings)
-                if token is None:
-                    token = fetch_token(settings, session)
-                    shared_state.put_token(settings, token)
+                with telemetry.span("msgraph_mail token") as span:
+                    # SHARE_TOKEN: another process's token first; ours shared for the others.
+                    token = shared_state.get_token(settings)
+                    source = "shared"
+                    if token is None:
+                        token = fetch_token(settings, session)
+                        shared_state.put_token(settings, token)
+                        source = "credential" if settings.token_credential else "entra"
+                    if span.is_recording():
+                        span.set_attribute("msgraph_mail.token.source", source)
                 self._tokens[key] = token
             return token.value
 
@@ -184,7 +193,9 @@ def _from_credential(settings: MSGraphMailSettings) -> AccessToken:
             code=type(exc).__name__,
         ) from None
     lifetime = max(expires_on - time.time(), 0.0)
-    logger.debug("Got an access token valid for %.0f s from %s", lifetime, name)
+    logger.debug(
+        "Got an access token valid for %.0f s from %s", lifetime, name, extra=telemetry.log_extra()
+    )
     return AccessToken(value=value, renew_at=started + lifetime - min(RENEW_AHEAD, lifetime / 10))
 
 
@@ -212,7 +223,7 @@ def fetch_token(settings: MSGraphMailSettings, session: requests.Session) -> Acc
             wait = budget.next_wait(None)
             if wait is None:
                 raise
-            _pause(wait, str(exc))
+            _pause(wait, str(exc), None)
             continue
         if response.status_code == 429 or response.status_code >= 500:
             wait = budget.next_wait(
@@ -220,14 +231,21 @@ def fetch_token(settings: MSGraphMailSettings, session: requests.Session) -> Acc
                 throttled=response.status_code == 429,
             )
             if wait is not None:
-                _pause(wait, f"the token endpoint answered HTTP {response.status_code}")
+                _pause(
+                    wait,
+                    f"the token endpoint answered HTTP {response.status_code}",
+                    response.status_code,
+                )
                 continue
         if response.status_code != 200:
             raise _token_error(response)
         body = response.json()
         lifetime = float(body.get("expires_in", 3599))
         logger.debug(
-            "Fetched an access token valid for %.0f s from %s", lifetime, settings.token_url
+            "Fetched an access token valid for %.0f s from %s",
+            lifetime,
+            settings.token_url,
+            extra=telemetry.log_extra(status=str(response.status_code)),
         )
         return AccessToken(
             value=body["access_token"],
@@ -249,11 +267,16 @@ def _post_form(settings: MSGraphMailSettings, session: requests.Session) -> requ
         assert settings.client_secret is not None
         form["client_secret"] = settings.client_secret.get_secret_value()
     try:
-        return session.post(
-            settings.token_url,
-            data=form,
-            timeout=settings.timeout,
-        )
+        with telemetry.http_span(
+            "POST", TOKEN_TEMPLATE, urlsplit(settings.token_url).hostname
+        ) as span:
+            response = session.post(
+                settings.token_url,
+                data=form,
+                timeout=settings.timeout,
+            )
+            telemetry.answered(span, response.status_code)
+            return response
     except requests.RequestException as exc:
         # The prepared request (its body holds the secret) is dropped from the exception.
         exc.request = None
@@ -266,9 +289,16 @@ def _post_form(settings: MSGraphMailSettings, session: requests.Session) -> requ
         ) from exc
 
 
-def _pause(wait: float, reason: str) -> None:
-    logger.warning("Retrying the token request in %.2f s: %s", wait, reason)
-    time.sleep(wait)
+def _pause(wait: float, reason: str, status: int | None) -> None:
+    logger.warning(
+        "Retrying the token request in %.2f s: %s",
+        wait,
+        reason,
+        extra=telemetry.log_extra(status=str(status) if status else None),
+    )
+    reason_word = telemetry.retry_reason(status)
+    with telemetry.retrying("token", reason_word, status, wait):
+        time.sleep(wait)
 
 
 def _token_error(response: requests.Response) -> AuthenticationError:

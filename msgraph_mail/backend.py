@@ -9,6 +9,8 @@ stamped with a :class:`MessageStatus` as ``message.msgraph_status``.
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import logging
 import threading
 from collections.abc import Iterable
@@ -20,7 +22,7 @@ from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import transaction
 
-from . import routes, signals
+from . import routes, signals, telemetry
 from .conf import OPTION_NAMES, MSGraphMailSettings, load_settings
 from .exceptions import (
     BatchSendError,
@@ -115,7 +117,7 @@ class EmailBackend(BaseEmailBackend):
         # The tracking store is read and written here, in the caller's thread: the sending
         # threads never open a database connection of their own.
         suppressed = outgoing.suppressed_in(email_messages, self.settings)
-        with self._lock:
+        with self._lock, telemetry.batch(len(email_messages), type(self).__name__):
             opened = self.open()
             try:
                 statuses = self._send_all(email_messages, suppressed)
@@ -151,22 +153,42 @@ class EmailBackend(BaseEmailBackend):
             workers = min(workers, slots)
         if workers <= 1:
             return [self._send(message, suppressed) for message in messages]
+        if telemetry.active():  # each thread's spans are children of the batch span
+            contexts = [contextvars.copy_context() for _ in messages]
+            with ThreadPoolExecutor(workers, thread_name_prefix="msgraph_mail") as pool:
+                return list(
+                    pool.map(
+                        lambda context, message: context.run(self._send, message, suppressed),
+                        contexts,
+                        messages,
+                    )
+                )
         with ThreadPoolExecutor(workers, thread_name_prefix="msgraph_mail") as pool:
             return list(pool.map(lambda message: self._send(message, suppressed), messages))
 
     def _send(self, message: EmailMessage, suppressed: frozenset[str]) -> MessageStatus:
-        """One message's pipeline, then its outcome announced (:mod:`msgraph_mail.signals`)."""
-        status = self._deliver(message, suppressed)
+        """One message's pipeline in its ``send`` span, then its outcome announced
+        (:mod:`msgraph_mail.signals`)."""
+        with telemetry.operation("send", self.settings) as op:
+            status = self._deliver(message, suppressed, op)
+            op.outcome = status.status if message.recipients() else "skipped"
+            op.route = status.route
         if message.recipients():  # skipped without a request, as Django's SMTP backend does
             signals.announce(type(self), message, status)
         return status
 
-    def _deliver(self, message: EmailMessage, suppressed: frozenset[str]) -> MessageStatus:
+    def _deliver(
+        self,
+        message: EmailMessage,
+        suppressed: frozenset[str],
+        op: telemetry.Operation = telemetry.NO_OPERATION,
+    ) -> MessageStatus:
         """The per-message pipeline: payload -> mailbox -> sendMail -> status."""
         assert self.client is not None
         assert self.resolver is not None
         status = MessageStatus(status="failed")
         message.msgraph_status = status
+        mailbox_id: str | None = None
         try:
             if not message.recipients():
                 # Django's SMTP backend skips these silently; so do we (not counted).
@@ -174,8 +196,11 @@ class EmailBackend(BaseEmailBackend):
             message, status.suppressed = outgoing.prepare(message, self.settings, suppressed)
             payload = routes.build(message, self.settings)
             status.route, status.message_id = payload.route, payload.message_id
+            op.set("messaging.message.id", status.message_id)
             mailbox = self.resolver.resolve(message)
             status.mailbox = mailbox.address
+            mailbox_id = mailbox.id
+            telemetry.describe_mailbox(op, self.settings, mailbox.id, mailbox.address)
             resolver = self.resolver
             response = routes.send(
                 self.client,
@@ -193,20 +218,38 @@ class EmailBackend(BaseEmailBackend):
             status.error = exc
             status.request_id = exc.request_id
             status.client_request_id = exc.client_request_id
+            telemetry.failed(op.span, exc)
             if message.recipients():
-                logger.error("Message %s not sent: %s", status.message_id or "(unbuilt)", exc)
+                logger.error(
+                    "Message %s not sent: %s",
+                    status.message_id or "(unbuilt)",
+                    exc,
+                    extra=self._log_extra(status, mailbox_id),
+                )
             return status
         status.status = "sent"
         status.request_id = response.request_id
         status.client_request_id = response.client_request_id
+        op.set("msgraph_mail.request_id", status.request_id)
         logger.info(
             "Sent message %s through mailbox %s by %s (request-id %s)",
             status.message_id or "(Message-ID set by Exchange)",
             status.mailbox,
             status.route,
             status.request_id,
+            extra=self._log_extra(status, mailbox_id),
         )
         return status
+
+    def _log_extra(self, status: MessageStatus, mailbox_id: str | None) -> dict[str, Any]:
+        return telemetry.log_extra(
+            self.settings,
+            request_id=status.request_id,
+            mailbox=mailbox_id,
+            address=status.mailbox,
+            status=status.status,
+            route=status.route,
+        )
 
 
 def _suppressed(
@@ -249,7 +292,6 @@ class QueuedEmailBackend(EmailBackend):
 
     def send_messages(self, email_messages: Iterable[EmailMessage]) -> int:
         from .outbox.engines import engine_for, store_for
-        from .outbox.envelope import build_envelope
 
         email_messages = list(email_messages)
         if not email_messages:
@@ -257,33 +299,65 @@ class QueuedEmailBackend(EmailBackend):
         engine, store = engine_for(self.settings), store_for(self.settings)
         suppressed = outgoing.suppressed_in(email_messages, self.settings)
         alias = getattr(self, "alias", None)
+        telemetry.watch_outbox(store, self.settings.queue)
         failures: list[tuple[EmailMessage, MSGraphMailError]] = []
         queued = 0
-        for message in email_messages:
-            status = MessageStatus(status="failed")
-            message.msgraph_status = status
-            try:
-                prepared, status.suppressed = outgoing.prepare(message, self.settings, suppressed)
-                envelope = build_envelope(prepared, self.settings, alias)
-                # What the mode refuses without a request is refused here, as EmailBackend does.
-                refuse_early(self.settings, envelope.from_address, envelope.mailbox_override)
-            except MSGraphMailError as exc:
-                if exc.email_message is None:
-                    exc.email_message = message
-                status.error = exc
-                if message.recipients():  # none: skipped and not counted, as EmailBackend
-                    failures.append((message, exc))
-                    logger.error("Message not queued: %s", exc)
-                continue
-            status.message_id = envelope.message_id
-            with transaction.atomic():  # no outbox row without its task (tasks engine)
-                store.add(envelope)
-                engine.enqueue(envelope)
-            status.status = "queued"
-            queued += 1
-            signals.announce(type(self), message, status)
+        with telemetry.batch(len(email_messages), type(self).__name__):
+            for message in email_messages:
+                with telemetry.operation("send outbox", self.settings, destination="outbox") as op:
+                    status = self._queue(message, suppressed, alias, engine, store, op)
+                    op.outcome, op.route = status.status, status.route
+                if status.status == "queued":
+                    queued += 1
+                    signals.announce(type(self), message, status)
+                elif status.error is not None and message.recipients():
+                    # none: skipped and not counted, as EmailBackend
+                    failures.append((message, status.error))
         if failures and not self.fail_silently:
             if len(failures) == 1:
                 raise failures[0][1]
             raise BatchSendError(failures, queued)
         return queued
+
+    def _queue(
+        self,
+        message: EmailMessage,
+        suppressed: frozenset[str],
+        alias: str | None,
+        engine: Any,
+        store: Any,
+        op: telemetry.Operation,
+    ) -> MessageStatus:
+        """Build, record and enqueue one message; its envelope carries the trace context of
+        its ``send outbox`` span, which the worker's ``process outbox`` span continues."""
+        from .outbox.envelope import build_envelope
+
+        status = MessageStatus(status="failed")
+        message.msgraph_status = status
+        try:
+            prepared, status.suppressed = outgoing.prepare(message, self.settings, suppressed)
+            envelope = build_envelope(prepared, self.settings, alias)
+            # What the mode refuses without a request is refused here, as EmailBackend does.
+            refuse_early(self.settings, envelope.from_address, envelope.mailbox_override)
+        except MSGraphMailError as exc:
+            if exc.email_message is None:
+                exc.email_message = message
+            status.error = exc
+            telemetry.failed(op.span, exc)
+            if message.recipients():
+                logger.error(
+                    "Message not queued: %s",
+                    exc,
+                    extra=telemetry.log_extra(self.settings, status="failed"),
+                )
+            return status
+        status.message_id, status.route = envelope.message_id, envelope.route
+        op.set("messaging.message.id", status.message_id)
+        trace_context = telemetry.carrier()
+        if trace_context is not None:
+            envelope = dataclasses.replace(envelope, trace_context=trace_context)
+        with transaction.atomic():  # no outbox row without its task (tasks engine)
+            store.add(envelope)
+            engine.enqueue(envelope)
+        status.status = "queued"
+        return status

@@ -273,6 +273,7 @@ class MSGraphMailSettings(BaseModel):
     delivery_tracking: tuple[TrackingSource, ...] = ()
     suppress_bounced: bool | None = Field(default=None, validate_default=True)
     notification_url: str | None = None
+    telemetry_addresses: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -21,13 +21,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProxyError, SSLError
 from urllib3.util.retry import Retry
 
+from . import telemetry
 from .auth import tokens
 from .conf import MSGraphMailSettings
 from .exceptions import (
@@ -101,6 +102,7 @@ class GraphClient:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.limits: MailboxLimits = limits_for(settings)
+        self.host = urlsplit(settings.graph_url).hostname
 
     def __repr__(self) -> str:
         return f"<GraphClient {self.settings.graph_url} tenant={self.settings.tenant_id}>"
@@ -213,11 +215,15 @@ class GraphClient:
                 wait = None if unknown and not safe_to_repeat else budget.next_wait(None)
                 if wait is None:
                     raise
-                self._pause(wait, f"{method} {path}: {exc}")
+                self._pause(wait, f"{method} {path}: {exc}", mailbox, None, "connection")
                 continue
             status = response.status_code
             if status == 401 and _error_code(response) == AUTH_EXPIRED and _renew(token, rejected):
-                logger.warning("Graph rejected the access token; fetching a new one and retrying")
+                logger.warning(
+                    "Graph rejected the access token; fetching a new one and retrying",
+                    extra=self._log_extra(mailbox, response),
+                )
+                telemetry.count_retry("graph", "token_rejected", status)
                 tokens.invalidate(self.settings, token)
                 continue
             retriable = status in RETRIED_STATUSES or (
@@ -230,7 +236,13 @@ class GraphClient:
                 )
                 if wait is not None:
                     why = _error_code(response) or response.reason
-                    self._pause(wait, f"{method} {path}: HTTP {status} {why}")
+                    self._pause(
+                        wait,
+                        f"{method} {path}: HTTP {status} {why}",
+                        mailbox,
+                        response,
+                        telemetry.retry_reason(status),
+                    )
                     continue
             return self._result(response, client_request_id, method, path, budget)
 
@@ -248,6 +260,7 @@ class GraphClient:
         if mailbox is None:
             yield
             return
+        telemetry.watch_mailbox(self.limits, mailbox)
         started = time.monotonic()
         receipt = self.limits.spend(
             mailbox,
@@ -270,6 +283,7 @@ class GraphClient:
         path: str,
         budget: RetryBudget,
     ) -> Response:
+        telemetry.note_retries(budget.retries + budget.throttled)
         if response.status_code in AMBIGUOUS_STATUSES:
             error = graph_error(response, client_request_id)
             failure = _GATEWAY_FAILURES.get(response.status_code, "gateway error")
@@ -298,10 +312,29 @@ class GraphClient:
             client_request_id=client_request_id,
         )
 
-    @staticmethod
-    def _pause(wait: float, reason: str) -> None:
-        logger.warning("Retrying %s in %.2f s", reason, wait)
-        time.sleep(wait)
+    def _pause(
+        self,
+        wait: float,
+        reason: str,
+        mailbox: str | None,
+        response: requests.Response | None,
+        why: str,
+    ) -> None:
+        """Wait before a retry: logged, counted (``msgraph_mail.retries``) and in a span."""
+        status = response.status_code if response is not None else None
+        logger.warning(
+            "Retrying %s in %.2f s", reason, wait, extra=self._log_extra(mailbox, response)
+        )
+        with telemetry.retrying("graph", why, status, wait):
+            time.sleep(wait)
+
+    def _log_extra(self, mailbox: str | None, response: requests.Response | None) -> dict[str, Any]:
+        return telemetry.log_extra(
+            self.settings,
+            request_id=response.headers.get("request-id") if response is not None else None,
+            mailbox=mailbox,
+            status=str(response.status_code) if response is not None else None,
+        )
 
     def _send(
         self, method: str, path: str, token: str, client_request_id: str, kwargs: dict[str, Any]
@@ -313,17 +346,20 @@ class GraphClient:
             **(kwargs.get("headers") or {}),
         }
         try:
-            return self.session.request(
-                method,
-                f"{self.settings.graph_url}/v1.0{path}",
-                params=kwargs.get("params"),
-                data=kwargs.get("data"),
-                json=kwargs.get("json"),
-                headers=headers,
-                auth=BearerAuth(token),
-                timeout=self.settings.timeout,
-                allow_redirects=False,
-            )
+            with telemetry.http_span(method, url_template(path), self.host) as span:
+                response = self.session.request(
+                    method,
+                    f"{self.settings.graph_url}/v1.0{path}",
+                    params=kwargs.get("params"),
+                    data=kwargs.get("data"),
+                    json=kwargs.get("json"),
+                    headers=headers,
+                    auth=BearerAuth(token),
+                    timeout=self.settings.timeout,
+                    allow_redirects=False,
+                )
+                telemetry.answered(span, response.status_code, response.headers)
+                return response
         except requests.RequestException as exc:
             _scrub(exc)
             if isinstance(exc, requests.ConnectionError) and before_sending(exc):
@@ -380,6 +416,19 @@ def message_id_query(message_id: str, select: str) -> str:
     literal = message_id.replace("'", "''")
     expression = f"internetMessageId eq '{literal}'"
     return f"$filter={quote(expression, safe='')}&$select={quote(select, safe=',')}"
+
+
+_USER = re.compile(r"^/users(?:/[^/?]+|\('(?:[^']|'')*'\))")
+_ITEM = re.compile(r"/(messages|attachments)/(?!createUploadSession\b)[^/?]+")
+
+
+def url_template(path: str) -> str:
+    """A Graph path with its identifiers replaced, for telemetry: ``/users/{id}/sendMail``,
+    ``/users/{id}/messages/{id}/send``; the query (a lookup's ``$filter``) left out. Never
+    an address."""
+    path = path.split("?", 1)[0]
+    path = _USER.sub("/users/{id}", path)
+    return _ITEM.sub(lambda found: f"/{found.group(1)}/{{id}}", path)
 
 
 def mailbox_of(path: str) -> str | None:

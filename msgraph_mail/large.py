@@ -31,7 +31,7 @@ from urllib.parse import quote, urlsplit
 import requests
 from django.core.mail import EmailMessage
 
-from . import retry
+from . import retry, telemetry
 from .conf import is_loopback
 from .exceptions import (
     DeliveryUnknown,
@@ -55,6 +55,8 @@ from .retry import RetryBudget, parse_retry_after
 
 logger = logging.getLogger("msgraph_mail")
 
+#: An upload session's URL in telemetry: never the URL itself, which is its key.
+UPLOAD_TEMPLATE = "/upload-session"
 #: What a fileAttachment JSON adds to the base64 of the content, generously.
 _JSON_OVERHEAD = 4096
 #: The largest attachment one attachment POST can carry: its base64 and JSON within 4 MB.
@@ -203,9 +205,10 @@ def send_draft(
     step = "creating the draft"
     try:
         try:
-            created = client.request(
-                "POST", messages, data=plan.mime_base64, headers={"Content-Type": "text/plain"}
-            )
+            with telemetry.span("msgraph_mail draft create"):
+                created = client.request(
+                    "POST", messages, data=plan.mime_base64, headers={"Content-Type": "text/plain"}
+                )
         except MSGraphMailError as exc:
             explained = _explain_create(exc, mailbox, explain)
             if explained is exc:
@@ -215,10 +218,14 @@ def send_draft(
         path = f"{messages}/{quote(draft, safe='=')}"
         for part in plan.posts:
             step = f"attaching {part.name!r}"
-            client.request("POST", f"{path}/attachments", json=part.file_attachment())
+            with telemetry.span("msgraph_mail draft attach") as span:
+                _sized(span, part)
+                client.request("POST", f"{path}/attachments", json=part.file_attachment())
         for part in plan.uploads:
             step = f"uploading {part.name!r} ({part.size:,} bytes)"
-            upload(client, path, part)
+            with telemetry.span("msgraph_mail draft upload") as span:
+                _sized(span, part)
+                upload(client, path, part)
     except MSGraphMailError as exc:
         if draft is None and isinstance(exc, DeliveryUnknown):
             note = _delete_unanswered(client, messages, mailbox, plan.message_id)
@@ -232,9 +239,10 @@ def send_draft(
         _delete(client, messages, draft)
         raise
     try:
-        response = client.request(
-            "POST", f"{path}/send", recipients=recipients, headers={"Content-Length": "0"}
-        )
+        with telemetry.span("msgraph_mail draft send"):
+            response = client.request(
+                "POST", f"{path}/send", recipients=recipients, headers={"Content-Length": "0"}
+            )
     except DeliveryUnknown as exc:
         exc.message += (
             f"; the draft was kept: if it is still in the Drafts folder of {mailbox}, the "
@@ -258,8 +266,26 @@ def send_draft(
         len(plan.uploads),
         len(plan.posts),
         f"{plan.size:,}",
+        extra=_log_extra(client, mailbox, response.request_id, "sent"),
     )
     return response
+
+
+def _sized(span: Any, part: Part) -> None:
+    """An attachment's size on its step's span (never its name: a file name may be personal)."""
+    if span.is_recording():
+        span.set_attribute("msgraph_mail.attachment.size", part.size)
+
+
+def _log_extra(
+    client: GraphClient,
+    mailbox: str | None,
+    request_id: str | None = None,
+    status: str | None = None,
+) -> dict[str, Any]:
+    return telemetry.log_extra(
+        client.settings, request_id=request_id, mailbox=mailbox, status=status, route="draft"
+    )
 
 
 def upload(client: GraphClient, message_path: str, part: Part) -> None:
@@ -318,7 +344,9 @@ def upload(client: GraphClient, message_path: str, part: Part) -> None:
             if response is not None:  # the session has more than we thought: ask where
                 offset = _session_offset(client, mailbox, url, _json(response), size)
             else:
-                _pause(wait, f"chunk {offset}-{end - 1}: broken off after it was sent")
+                _pause(
+                    wait, f"chunk {offset}-{end - 1}: broken off after it was sent", client, mailbox
+                )
             continue
         if response.status_code == 201:
             return
@@ -402,7 +430,10 @@ def _upload_request(
     while True:
         request_id = str(uuid.uuid4())
         try:
-            with client.metered(mailbox, budget, upload_bytes=sent_bytes):
+            with (
+                client.metered(mailbox, budget, upload_bytes=sent_bytes),
+                telemetry.http_span(method, UPLOAD_TEMPLATE, urlsplit(url).hostname) as span,
+            ):
                 response = client.session.request(
                     method,
                     url,
@@ -411,9 +442,15 @@ def _upload_request(
                     timeout=settings.timeout,
                     auth=_no_authorization,
                 )
+                telemetry.answered(span, response.status_code, response.headers)
         except requests.RequestException as exc:
             if not (isinstance(exc, requests.ConnectionError) and before_sending(exc)):
-                logger.warning("The upload's %s broke off after it was sent: %s", what, exc)
+                logger.warning(
+                    "The upload's %s broke off after it was sent: %s",
+                    what,
+                    exc,
+                    extra=_log_extra(client, mailbox),
+                )
                 return None
             wait = budget.next_wait(None)
             if wait is None:
@@ -421,12 +458,12 @@ def _upload_request(
                     f"Cannot reach the upload URL for {what} ({type(exc).__name__})",
                     client_request_id=request_id,
                 ) from None
-            _pause(wait, f"{what}: {type(exc).__name__}")
+            _pause(wait, f"{what}: {type(exc).__name__}", client, mailbox)
             continue
         if response.status_code in RETRIED_STATUSES:
             wait = budget.next_wait(parse_retry_after(response.headers.get("Retry-After")))
             if wait is not None:
-                _pause(wait, f"{what}: HTTP {response.status_code}")
+                _pause(wait, f"{what}: HTTP {response.status_code}", client, mailbox, response)
                 continue
         if response.status_code >= 400 and response.status_code not in (404, 416):
             raise graph_error(response, request_id)
@@ -448,9 +485,23 @@ def _no_authorization(request: requests.PreparedRequest) -> requests.PreparedReq
     return request
 
 
-def _pause(wait: float, reason: str) -> None:
-    logger.warning("Retrying upload %s in %.2f s", reason, wait)
-    time.sleep(wait)
+def _pause(
+    wait: float,
+    reason: str,
+    client: GraphClient,
+    mailbox: str | None,
+    response: requests.Response | None = None,
+) -> None:
+    status = response.status_code if response is not None else None
+    request_id = response.headers.get("request-id") if response is not None else None
+    logger.warning(
+        "Retrying upload %s in %.2f s",
+        reason,
+        wait,
+        extra=_log_extra(client, mailbox, request_id, str(status) if status else None),
+    )
+    with telemetry.retrying("upload", telemetry.retry_reason(status), status, wait):
+        time.sleep(wait)
 
 
 def _check_upload_url(url: str) -> None:
@@ -537,11 +588,17 @@ def _delete(client: GraphClient, messages: str, draft: str | None) -> str:
     if draft is None:
         return "no draft was created, unless Graph created one without answering"
     try:
-        client.request("DELETE", f"{messages}/{quote(draft, safe='=')}")
+        with telemetry.span("msgraph_mail draft delete"):
+            client.request("DELETE", f"{messages}/{quote(draft, safe='=')}")
     except MSGraphMailError as exc:
         if exc.status == 404:
             return "the draft is gone"
-        logger.error("Could not delete draft %s: %s", draft, exc)
+        logger.error(
+            "Could not delete draft %s: %s",
+            draft,
+            exc,
+            extra=_log_extra(client, mailbox_of(messages), exc.request_id, str(exc.status or "")),
+        )
         return f"the draft {draft} could not be deleted ({exc}): delete it from the Drafts folder"
     return "the draft was deleted"
 
@@ -570,14 +627,24 @@ def _delete_unanswered(
         if waited + wait > deadline:
             break
         if wait:
-            logger.info("Looking for the draft of %s again in %.2f s", message_id, wait)
+            logger.info(
+                "Looking for the draft of %s again in %.2f s",
+                message_id,
+                wait,
+                extra=_log_extra(client, mailbox_of(messages)),
+            )
             time.sleep(wait)
             waited += wait
         lookups += 1
         try:
             found = client.request("GET", query).body
         except MSGraphMailError as exc:
-            logger.error("Could not look for the draft of %s: %s", message_id, exc)
+            logger.error(
+                "Could not look for the draft of %s: %s",
+                message_id,
+                exc,
+                extra=_log_extra(client, mailbox_of(messages), exc.request_id),
+            )
             return (
                 f"Graph may have created the draft without answering, and looking for it by "
                 f"its Message-ID {message_id} failed ({exc}): delete it from the Drafts folder "

@@ -76,6 +76,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import telemetry
 from .conf import MSGraphMailSettings, mask_url
 from .exceptions import ConfigurationError, LimitsUnavailable, MailboxBudgetExhausted
 
@@ -288,9 +289,14 @@ class _Limits:
                     retry_at=datetime.now(timezone.utc) + timedelta(seconds=short.wait),
                 )
             logger.info(
-                "Mailbox %s: waiting %.2f s for its %s budget", mailbox, short.wait, short.budget
+                "Mailbox %s: waiting %.2f s for its %s budget",
+                mailbox,
+                short.wait,
+                short.budget,
+                extra=telemetry.log_extra(self.settings, mailbox=mailbox),
             )
-            time.sleep(short.wait + random.uniform(0, 0.005))  # noqa: S311
+            with telemetry.waited("budget", short.budget):
+                time.sleep(short.wait + random.uniform(0, 0.005))  # noqa: S311
 
     def usage(self, mailbox: str) -> dict[str, dict[str, float]]:
         in_flight, used = self._usage(mailbox)
@@ -396,7 +402,9 @@ class InProcessLimits(_Limits):
         state = self._state(mailbox)
         limit = self.settings.mailbox_limits.concurrent_requests
         with state.condition:
-            state.condition.wait_for(lambda: state.in_flight < limit)
+            if state.in_flight >= limit:
+                with telemetry.waited("slot", _SLOTS):
+                    state.condition.wait_for(lambda: state.in_flight < limit)
             state.in_flight += 1
         try:
             yield
@@ -820,7 +828,8 @@ class _Renewer:
                         else:
                             del self._held[token]
                             logger.warning(
-                                "A slot's lease in Redis ran out while the request was running"
+                                "A slot's lease in Redis ran out while the request was running",
+                                extra=telemetry.log_extra(limits.settings),
                             )
 
 
@@ -872,6 +881,7 @@ class RedisLimits(_Limits):
         waiter_ms = round(POLL * 3000)
         limit = self.settings.mailbox_limits.concurrent_requests
         deadline = time.monotonic() + max(self.settings.max_retry_wait, self.settings.timeout)
+        waiting_since: int | None = None  # time.time_ns() of the first refusal
         while True:
             taken, *rest = self._call(
                 "acquire", keys=slots, args=[waited_as, limit, lease_ms, waiter_ms]
@@ -879,6 +889,8 @@ class RedisLimits(_Limits):
             if taken:
                 token = waited_as
                 break
+            if waiting_since is None:
+                waiting_since = time.time_ns()
             left = deadline - time.monotonic()
             if left <= 0:
                 free_in = max(0, int(rest[0])) / 1000 if rest else self.lease
@@ -893,6 +905,8 @@ class RedisLimits(_Limits):
                 # out by itself: a grant made for it meanwhile goes to the next caller.
                 token = granted
                 break
+        if waiting_since is not None:
+            telemetry.record_wait("slot", _SLOTS, waiting_since)
         _renewer.add(self, keys["slots"], token, lease_ms)
         try:
             yield
@@ -910,6 +924,7 @@ class RedisLimits(_Limits):
                     "lease runs out",
                     mailbox,
                     type(exc).__name__,
+                    extra=telemetry.log_extra(self.settings, mailbox=mailbox),
                 )
 
     def _await_grant(self, grants: str, seconds: float) -> str | None:
@@ -928,7 +943,11 @@ class RedisLimits(_Limits):
         try:
             return bool(self._connection().renew(keys=[key], args=[token, lease_ms]))
         except self._redis_errors as exc:
-            logger.warning("Could not renew a slot's lease in Redis (%s)", type(exc).__name__)
+            logger.warning(
+                "Could not renew a slot's lease in Redis (%s)",
+                type(exc).__name__,
+                extra=telemetry.log_extra(self.settings),
+            )
             return True  # try again next round
 
     def _try_spend(self, mailbox: str, asks: list[_Ask]) -> _Short | Receipt:
@@ -963,7 +982,11 @@ class RedisLimits(_Limits):
         try:
             self._connection().settle(keys=script_keys, args=args)
         except self._redis_errors as exc:  # the request has gone: the entry keeps its time
-            logger.warning("Could not settle a spend in Redis (%s)", type(exc).__name__)
+            logger.warning(
+                "Could not settle a spend in Redis (%s)",
+                type(exc).__name__,
+                extra=telemetry.log_extra(self.settings, mailbox=mailbox),
+            )
 
     def _usage(self, mailbox: str) -> tuple[int, dict[str, int]]:
         keys = self.keys(mailbox)

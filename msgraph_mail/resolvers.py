@@ -22,7 +22,7 @@ from typing import Any
 from cachetools import TTLCache
 from django.core.mail import EmailMessage
 
-from . import shared_state
+from . import shared_state, telemetry
 from .conf import MSGraphMailSettings
 from .exceptions import (
     MailboxNotEnabled,
@@ -126,11 +126,23 @@ class DirectoryResolver(SenderResolver):
             return cached
         with sender_cache.lock_for(key):  # concurrent senders: one lookup per address
             cached = sender_cache.get(key, self.settings.sender_cache_ttl)
-            if cached is None:  # REDIS_URL: another process may have looked it up
+            if cached is not None:
+                return cached
+            with telemetry.span("msgraph_mail sender lookup") as span:
+                # REDIS_URL: another process may have looked it up
                 cached = shared_state.get_sender(self.settings, wanted)
                 if cached is not None:
                     sender_cache.put(key, cached, self.settings.sender_cache_ttl)
-            return cached or self._fetch(key, wanted)
+                found = cached or self._fetch(key, wanted)
+                if span.is_recording():
+                    span.set_attribute(
+                        "msgraph_mail.lookup.source", "shared" if cached else "directory"
+                    )
+                    span.set_attribute(
+                        "msgraph_mail.mailbox",
+                        telemetry.mailbox_label(self.settings, found.id) or "",
+                    )
+                return found
 
     def _fetch(self, key: tuple[str, ...], wanted: str) -> Mailbox:
         user = self.client.find_user(wanted) if "@" in wanted else self.client.get_user(wanted)

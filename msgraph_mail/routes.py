@@ -22,6 +22,7 @@ from typing import Literal
 
 from django.core.mail import EmailMessage
 
+from . import telemetry
 from .conf import MSGraphMailSettings
 from .exceptions import InvalidMessage, MessageTooLarge, MSGraphMailError
 from .graph import GraphClient, Response
@@ -78,6 +79,7 @@ def build(message: EmailMessage, settings: MSGraphMailSettings) -> Payload:
             "(SENT_ITEMS_FALLBACK 'mime'; 'fail' refuses such messages instead)",
             payload.message_id,
             fallback,
+            extra=telemetry.log_extra(settings, route=payload.route),
         )
     return payload
 

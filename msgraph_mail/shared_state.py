@@ -28,6 +28,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from . import telemetry
 from .conf import MSGraphMailSettings
 from .exceptions import ConfigurationError
 from .limits import redis_client
@@ -156,5 +157,8 @@ def _miss(action: str, exc: Exception) -> None:
     if isinstance(exc, ConfigurationError):
         raise exc  # redis-py missing: a misconfiguration stays loud
     logger.warning(
-        "msgraph_mail: could not %s in Redis (%s); going on without it", action, type(exc).__name__
+        "msgraph_mail: could not %s in Redis (%s); going on without it",
+        action,
+        type(exc).__name__,
+        extra=telemetry.log_extra(),
     )

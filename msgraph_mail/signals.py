@@ -40,6 +40,8 @@ from typing import Any
 
 from django.dispatch import Signal
 
+from . import telemetry
+
 logger = logging.getLogger("msgraph_mail")
 
 message_queued = Signal()
@@ -67,6 +69,7 @@ def announce(sender: type, message: Any, status: Any) -> None:
     ``django.dispatch``, whose default handler mails ADMINS when DEBUG is off; that mail's
     own signal would meet the same broken receiver, and so on without end.
     """
+    telemetry.count_message(status.status, getattr(status, "route", None))
     signal = BY_STATUS.get(status.status)
     if signal is None or getattr(_announcing, "active", False):
         return
@@ -91,12 +94,18 @@ def announce(sender: type, message: Any, status: Any) -> None:
                 status.status,
                 type(result).__name__,
                 result,
+                extra=telemetry.log_extra(
+                    request_id=status.request_id,
+                    status=status.status,
+                    route=getattr(status, "route", None),
+                ),
             )
-            logger.debug("Receiver: %r", receiver)
+            logger.debug("Receiver: %r", receiver, extra=telemetry.log_extra())
 
 
 def announce_delivery(sender: type, event: Any, outbox_message: Any = None) -> None:
     """Send ``delivery_event``; log (never raise) what a receiver raised."""
+    telemetry.count_delivery_event(str(getattr(event, "event_type", "unknown")))
     if not delivery_event.has_listeners(sender):
         return
     results = delivery_event.send_robust(sender, event=event, outbox_message=outbox_message)
@@ -106,5 +115,6 @@ def announce_delivery(sender: type, event: Any, outbox_message: Any = None) -> N
                 "A receiver of msgraph_mail's delivery_event signal raised %s: %s",
                 type(result).__name__,
                 result,
+                extra=telemetry.log_extra(status=str(getattr(event, "event_type", ""))),
             )
-            logger.debug("Receiver: %r", receiver)
+            logger.debug("Receiver: %r", receiver, extra=telemetry.log_extra())

@@ -22,6 +22,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from . import telemetry
 from .tracking.store import TrackingStore
 
 __all__ = ["MAX_BODY", "lifecycle", "notifications"]
@@ -79,7 +80,12 @@ def _receive(request: HttpRequest, *, lifecycle: bool) -> HttpResponse:
 
 
 def _refused(status: int, why: str) -> HttpResponse:
-    logger.warning("Refused a Graph notification (HTTP %d): %s", status, why)
+    logger.warning(
+        "Refused a Graph notification (HTTP %d): %s",
+        status,
+        why,
+        extra=telemetry.log_extra(status=str(status)),
+    )
     return HttpResponse(why, status=status, content_type="text/plain; charset=utf-8")
 
 

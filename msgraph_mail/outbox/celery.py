@@ -43,6 +43,7 @@ from typing import Any
 
 from celery import shared_task  # type: ignore[import-untyped]
 
+from .. import telemetry
 from ..conf import MSGraphMailSettings
 from ..exceptions import ConfigurationError, DeliveryUnknown
 from .deliver import claim_timeout, deliver, resolution_delay, resolve, settings_for
@@ -153,7 +154,11 @@ def run(
     _reap(store, grace, settings, app)
     record = store.get(message_id)
     if record is None:
-        logger.warning("Message %s is not in the outbox (expired or never stored)", message_id)
+        logger.warning(
+            "Message %s is not in the outbox (expired or never stored)",
+            message_id,
+            extra=telemetry.log_extra(status="missing"),
+        )
         return "missing"
     if resolve_check > 0:  # RESOLVE_UNKNOWN: a lookup in Sent Items, never a send
         looked = resolve(record.envelope, check=resolve_check, store=store)
@@ -163,7 +168,12 @@ def run(
             )
         return f"resolve:{looked.status}"
     if record.status in FINISHED:
-        logger.info("Message %s is already %s: nothing to do", message_id, record.status)
+        logger.info(
+            "Message %s is already %s: nothing to do",
+            message_id,
+            record.status,
+            extra=telemetry.log_extra(status=record.status, route=record.envelope.route),
+        )
         return record.status
     now = time.time()
     if record.status == "sending":
@@ -232,7 +242,12 @@ def _reap(store: RedisStore, grace: float, settings: Any = None, app: Any = None
 
 def _announce_lost(envelope: Envelope) -> None:
     """message_unknown for a message whose worker died while it was claimed."""
-    logger.error("Queued message %s unknown: %s", envelope.message_id, STALE_CLAIM)
+    logger.error(
+        "Queued message %s unknown: %s",
+        envelope.message_id,
+        STALE_CLAIM,
+        extra=telemetry.log_extra(status="unknown", route=envelope.route),
+    )
     from .. import signals
     from ..backend import MessageStatus, QueuedEmailBackend
 

@@ -25,6 +25,7 @@ never sends.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -35,7 +36,7 @@ from typing import Any, Literal
 
 from django.conf import settings as django_settings
 
-from .. import routes
+from .. import routes, telemetry
 from ..conf import OPTION_NAMES, MSGraphMailSettings, load_settings
 from ..exceptions import (
     AuthenticationError,
@@ -91,10 +92,37 @@ class Outcome:
     mailbox: str | None = None
     exception: MSGraphMailError | None = None
     claimed: bool = True  # False: another run holds or finished the message; nothing done
+    mailbox_id: str | None = None  # the mailbox's directory id, for telemetry
 
 
 def deliver(envelope: Envelope, *, attempt: int, store: ClaimStore) -> Outcome:
-    """Claim the message, send it once, record and return the outcome (see the module)."""
+    """Claim the message, send it once, record and return the outcome (see the module).
+
+    Its ``process outbox`` span continues the trace of the request that queued it (the
+    envelope's ``trace_context``)."""
+    settings = settings_for(envelope.alias)
+    telemetry.watch_outbox(store, settings.queue)
+    with telemetry.operation(
+        "process outbox",
+        settings,
+        kind="consumer",
+        operation_type="process",
+        destination="outbox",
+        parent=envelope.trace_context,
+    ) as op:
+        op.route = envelope.route
+        op.set("messaging.message.id", envelope.message_id)
+        op.set("msgraph_mail.outbox.attempt", attempt)
+        outcome = _deliver(envelope, attempt, store, settings)
+        op.outcome = outcome.status if outcome.claimed else "skipped"
+        if outcome.exception is not None:
+            telemetry.failed(op.span, outcome.exception)
+    return outcome
+
+
+def _deliver(
+    envelope: Envelope, attempt: int, store: ClaimStore, settings: MSGraphMailSettings
+) -> Outcome:
     if not store.claim(envelope.message_id):
         found = store.get(envelope.message_id)
         state = found.status if found is not None else "missing"
@@ -102,6 +130,7 @@ def deliver(envelope: Envelope, *, attempt: int, store: ClaimStore) -> Outcome:
             "Message %s is not sent again: it is %s (another run claimed it)",
             envelope.message_id,
             state,
+            extra=telemetry.log_extra(settings, status=state, route=envelope.route),
         )
         return Outcome(
             status="unknown",
@@ -131,6 +160,7 @@ def deliver(envelope: Envelope, *, attempt: int, store: ClaimStore) -> Outcome:
             outcome.delay,
             attempt,
             outcome.error,
+            extra=_log_extra(settings, envelope, outcome),
         )
     else:
         store.finish(
@@ -148,10 +178,24 @@ def deliver(envelope: Envelope, *, attempt: int, store: ClaimStore) -> Outcome:
             outcome.mailbox,
             outcome.request_id,
             f": {outcome.error}" if outcome.error else "",
+            extra=_log_extra(settings, envelope, outcome),
         )
     _signal(envelope, outcome)
     enforce_retention(store, envelope.alias)
     return outcome
+
+
+def _log_extra(
+    settings: MSGraphMailSettings, envelope: Envelope, outcome: Outcome
+) -> dict[str, Any]:
+    return telemetry.log_extra(
+        settings,
+        request_id=outcome.request_id,
+        mailbox=outcome.mailbox_id,
+        address=outcome.mailbox,
+        status=outcome.status,
+        route=envelope.route,
+    )
 
 
 #: Seconds between two retention sweeps of one worker process (OUTBOX_RETENTION).
@@ -170,10 +214,17 @@ def enforce_retention(store: ClaimStore, alias: str | None) -> None:
     try:
         removed = store.purge(settings_for(alias).outbox_retention)
     except Exception as exc:  # a sweep failing must never fail a delivery
-        logger.warning("Outbox retention sweep failed: %s: %s", type(exc).__name__, exc)
+        logger.warning(
+            "Outbox retention sweep failed: %s: %s",
+            type(exc).__name__,
+            exc,
+            extra=telemetry.log_extra(),
+        )
         return
     if removed:
-        logger.info("Outbox retention: %d finished message(s) deleted", removed)
+        logger.info(
+            "Outbox retention: %d finished message(s) deleted", removed, extra=telemetry.log_extra()
+        )
 
 
 @dataclass(frozen=True)
@@ -237,7 +288,14 @@ def resolve(envelope: Envelope, *, check: int, store: ClaimStore) -> Resolution:
         mark = getattr(store, "resolved", None)
         if mark is None or not mark(envelope.message_id, f"{original}{RESOLVE_NOTE}{note}"):
             return Resolution(status="skipped")
-        logger.info("Queued message %s resolved: %s", envelope.message_id, note)
+        logger.info(
+            "Queued message %s resolved: %s",
+            envelope.message_id,
+            note,
+            extra=telemetry.log_extra(
+                settings, request_id=found.request_id, status="sent", route=envelope.route
+            ),
+        )
         _signal(
             envelope,
             Outcome(status="sent", mailbox=mailbox_address, request_id=found.request_id),
@@ -248,7 +306,12 @@ def resolve(envelope: Envelope, *, check: int, store: ClaimStore) -> Resolution:
     if check < RESOLVE_CHECKS and delay is not None:
         note = f"{seen} at look {check} of {RESOLVE_CHECKS}; looking again in {delay:g} s"
         _note(store, envelope.message_id, f"{original}{RESOLVE_NOTE}{note}")
-        logger.info("Queued message %s: %s", envelope.message_id, note)
+        logger.info(
+            "Queued message %s: %s",
+            envelope.message_id,
+            note,
+            extra=telemetry.log_extra(settings, status="unknown", route=envelope.route),
+        )
         return Resolution(status="again", delay=delay, note=note)
     note = (
         f"{seen} after {check} looks: it may or may not have been sent (the request never "
@@ -260,7 +323,12 @@ def resolve(envelope: Envelope, *, check: int, store: ClaimStore) -> Resolution:
 
 def _unresolved(store: ClaimStore, envelope: Envelope, original: str, note: str) -> Resolution:
     _note(store, envelope.message_id, f"{original}{RESOLVE_NOTE}{note}")
-    logger.error("Queued message %s stays unknown: %s", envelope.message_id, note)
+    logger.error(
+        "Queued message %s stays unknown: %s",
+        envelope.message_id,
+        note,
+        extra=telemetry.log_extra(status="unknown", route=envelope.route),
+    )
     return Resolution(status="unknown", note=note)
 
 
@@ -271,14 +339,32 @@ def _note(store: ClaimStore, message_id: str, error: str) -> None:
 
 
 def _attempt(envelope: Envelope, attempt: int) -> Outcome:
+    """One try of the Graph send, in its ``send`` span (a child of ``process outbox``)."""
     settings = settings_for(envelope.alias)
+    with telemetry.operation("send", settings) as op:
+        op.route = envelope.route
+        op.set("messaging.message.id", envelope.message_id)
+        outcome = _send(envelope, attempt, settings, op)
+        op.outcome = outcome.status
+        op.set("msgraph_mail.request_id", outcome.request_id)
+        if outcome.exception is not None:
+            telemetry.failed(op.span, outcome.exception)
+    return outcome
+
+
+def _send(
+    envelope: Envelope, attempt: int, settings: MSGraphMailSettings, op: telemetry.Operation
+) -> Outcome:
     client = _client(envelope.alias, settings)
     resolver = resolver_for(settings, client)
     mailbox_address: str | None = None
+    mailbox_id: str | None = None
     try:
         payload = payload_of(envelope)  # a sealed message no key opens fails before any request
         mailbox = resolver.resolve_address(envelope.from_address, envelope.mailbox_override)
         mailbox_address = mailbox.address
+        mailbox_id = mailbox.id
+        telemetry.describe_mailbox(op, settings, mailbox.id, mailbox.address)
 
         def explain(error: MSGraphMailError) -> MSGraphMailError:
             explained = resolver.explain(error, mailbox, envelope.from_address)
@@ -293,10 +379,14 @@ def _attempt(envelope: Envelope, attempt: int) -> Outcome:
         outcome = classify(exc, envelope, attempt, settings, mailbox_address)
         if outcome.status == "unknown":
             _track(settings, envelope, mailbox_address)
-        return outcome
+        return dataclasses.replace(outcome, mailbox_id=mailbox_id)
     _track(settings, envelope, mailbox_address)
     return Outcome(
-        status="sent", request_id=response.request_id, mailbox=mailbox_address, error=None
+        status="sent",
+        request_id=response.request_id,
+        mailbox=mailbox_address,
+        error=None,
+        mailbox_id=mailbox_id,
     )
 
 
@@ -416,6 +506,7 @@ def _signal(envelope: Envelope, outcome: Outcome) -> None:
         request_id=outcome.request_id,
         message_id=envelope.message_id,
         error=outcome.exception,
+        route=envelope.route,
     )
     signals.announce(QueuedEmailBackend, None, status)
 

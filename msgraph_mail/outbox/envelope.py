@@ -12,6 +12,10 @@ taken out of it (name, content type, inline, Content-ID, content as base64); the
 rebuilds the :class:`~msgraph_mail.large.DraftPlan` (:func:`draft_plan`) and sends it through
 the draft route, as the synchronous backend does. ``draft`` is None for every other message.
 
+``trace_context`` carries the OpenTelemetry trace of the request that queued the message (W3C
+``traceparent``/``tracestate``), so the worker's span continues it; it is None when there was
+no span, and in envelopes queued before it existed.
+
 A message sent without a copy in Sent Items (``SAVE_TO_SENT_ITEMS`` off) carries its JSON
 sendMail body in ``json_body`` instead of the MIME; its ``message_id`` is then the outbox's
 own key (Exchange assigns the delivered message's Message-ID).
@@ -65,6 +69,9 @@ class Envelope:
     first_recipient: str | None = None  # the first of To + Cc + Bcc, as listed
     tracking_id: str | None = None  # DELIVERY_TRACKING: X-MSGraph-Tracking-Id's value
     recipient_addresses: list[str] | None = None  # what the trace matches, the admin searches
+    # OpenTelemetry: the W3C trace context (traceparent, tracestate) of the request that
+    # queued it, continued by the worker's span; None without a span (or an older envelope).
+    trace_context: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +80,13 @@ class Envelope:
     def from_dict(cls, data: dict[str, Any]) -> Envelope:
         values: dict[str, Any] = {name: data.get(name) for name in cls.__dataclass_fields__}
         return cls(**values)
+
+    @property
+    def route(self) -> routes.Route:
+        """The request that carries it: ``draft``, ``sendMail-json`` or ``sendMail``."""
+        if self.draft is not None:
+            return "draft"
+        return "sendMail-json" if self.json_body is not None else "sendMail"
 
     @property
     def enqueued(self) -> datetime:

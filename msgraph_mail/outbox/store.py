@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-from django.db import DatabaseError, router
-from django.db.models import F, TextField, Value
+from django.db import DatabaseError, connections, router
+from django.db.models import Count, F, TextField, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
@@ -157,6 +157,25 @@ class DatabaseStore:
             status="queued",
             **columns(envelope),
         )
+
+    def counts(self) -> dict[str, int]:
+        """How many messages each status holds (the ``msgraph_mail.outbox.depth`` gauge).
+
+        Called from a metric reader's own thread too: a connection this call had to open is
+        closed again, so an exporter thread never keeps one.
+        """
+        from ..models import STATUSES, OutboxMessage
+
+        connection = connections[router.db_for_read(OutboxMessage)]
+        opened = connection.connection is None
+        try:
+            found = dict(
+                OutboxMessage.objects.values_list("status").annotate(count=Count("pk")).order_by()
+            )
+        finally:
+            if opened and not connection.in_atomic_block:
+                connection.close()
+        return {status: int(found.get(status, 0)) for status in STATUSES}
 
     @migrated
     def claim(self, message_id: str) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import django
 from django.utils import timezone
 
+from .. import telemetry
 from . import sealing
 from .deliver import claim_timeout, deliver, resolution_delay, resolve, settings_for
 from .envelope import Envelope
@@ -42,7 +43,11 @@ def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> 
     store = DatabaseStore()
     found = store.get(message_id)
     if found is None:
-        logger.error("Queued message %s is not in the outbox: nothing to send", message_id)
+        logger.error(
+            "Queued message %s is not in the outbox: nothing to send",
+            message_id,
+            extra=telemetry.log_extra(status="missing"),
+        )
         return "missing"
     settings = settings_for(found.envelope.alias)
     store.keep_content = settings.outbox_keep_content  # the mailer's OUTBOX_KEEP_CONTENT
@@ -57,10 +62,18 @@ def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> 
     lost = store.stale(stale)
     reaped = store.reap(stale)
     if reaped:
-        logger.warning("%d queued messages left sending by a stopped worker are unknown", reaped)
+        logger.warning(
+            "%d queued messages left sending by a stopped worker are unknown",
+            reaped,
+            extra=telemetry.log_extra(status="unknown"),
+        )
         _after_reaping(store, lost, settings)
     for orphan in store.orphans(stale):  # their task died with a worker: never sent, so safe
-        logger.warning("Queued message %s lost its task; enqueued again", orphan.message_id)
+        logger.warning(
+            "Queued message %s lost its task; enqueued again",
+            orphan.message_id,
+            extra=telemetry.log_extra(status="queued", route=orphan.envelope.route),
+        )
         enqueue(orphan.envelope, attempt=max(orphan.attempts, 1))
     outcome = deliver(found.envelope, attempt=attempt, store=store)
     if outcome.status == "retry":

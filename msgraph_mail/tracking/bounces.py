@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from .. import telemetry
 from ..exceptions import GraphAPIError
 from ..graph import GraphClient, user_path
 from .store import TrackingStore
@@ -80,6 +81,7 @@ class Delta:
                     "The Inbox delta link of %s was refused (%s): starting a new one",
                     self.mailbox,
                     exc.code or exc.status,
+                    extra=telemetry.log_extra(mailbox=self.mailbox, status=str(exc.status or "")),
                 )
                 first, path = True, start
                 continue

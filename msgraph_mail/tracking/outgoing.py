@@ -21,6 +21,7 @@ from typing import Any
 
 from django.core.mail import EmailMessage
 
+from .. import telemetry
 from ..conf import MSGraphMailSettings
 from ..exceptions import RecipientsSuppressed
 from ..mime import header, sender_address
@@ -77,6 +78,7 @@ def prepare(
                 "Message %r is sent without %s: suppressed after an earlier hard bounce",
                 message.subject,
                 ", ".join(dropped),
+                extra=telemetry.log_extra(settings),
             )
     if settings.delivery_tracking and header(message, TRACKING_HEADER) is None:
         message.extra_headers[TRACKING_HEADER] = uuid.uuid4().hex
@@ -139,6 +141,7 @@ def record(
             message_id or tracking_id,
             type(exc).__name__,
             exc,
+            extra=telemetry.log_extra(settings, mailbox=mailbox),
         )
 
 

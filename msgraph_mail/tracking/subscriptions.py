@@ -20,6 +20,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .. import telemetry
 from ..conf import MSGraphMailSettings
 from ..exceptions import GraphAPIError
 from ..graph import GraphClient, user_path
@@ -64,6 +65,7 @@ def create(
         mailbox,
         watch.subscription_id,
         watch.expires_at.isoformat(),
+        extra=telemetry.log_extra(settings, mailbox=mailbox),
     )
     return watch
 

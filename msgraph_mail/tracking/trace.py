@@ -25,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
+from .. import telemetry
 from ..exceptions import GraphAPIError
 from ..graph import GraphClient
 from .events import DeliveryEvent, EventType
@@ -143,6 +144,7 @@ def _get(client: GraphClient, budget: TraceBudget, path: str) -> dict[str, Any] 
             "Message trace throttled (the tenant's 100 requests per 5 minutes are used up): "
             "waiting %s s",
             f"{exc.retry_after:g}" if exc.retry_after is not None else "300",
+            extra=telemetry.log_extra(status="429"),
         )
         return None
     return body if isinstance(body, dict) else {}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .. import signals
+from .. import signals, telemetry
 from ..conf import MSGraphMailSettings
 from ..exceptions import MSGraphMailError
 from ..graph import GraphClient
@@ -90,16 +90,25 @@ class Tracker:
         if not self._renew():
             return Pass(ran=False)
         done = Pass()
-        for tracked, event in getattr(self.store, "unannounced", lambda _: [])(60.0):
-            self._announce(tracked, event)  # a tracker killed between record and signal
-        if "bounces" in self.settings.delivery_tracking:
-            if self.settings.notification_url:
-                self._subscribe()
-                self._react(done)
-            for mailbox in self._mailboxes():
-                self._bounces(mailbox, done)
-        if "trace" in self.settings.delivery_tracking:
-            self._trace(done)
+        with telemetry.span("msgraph_mail track") as span:
+            for tracked, event in getattr(self.store, "unannounced", lambda _: [])(60.0):
+                self._announce(tracked, event)  # a tracker killed between record and signal
+            if "bounces" in self.settings.delivery_tracking:
+                if self.settings.notification_url:
+                    self._subscribe()
+                    self._react(done)
+                for mailbox in self._mailboxes():
+                    self._bounces(mailbox, done)
+            if "trace" in self.settings.delivery_tracking:
+                self._trace(done)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "msgraph_mail.track.reports": done.reports,
+                        "msgraph_mail.track.rows": done.rows,
+                        "msgraph_mail.track.events": sum(done.reported.values()),
+                    }
+                )
         return done
 
     def react(self, lease_ttl: float = 300.0) -> Pass | None:
@@ -135,6 +144,7 @@ class Tracker:
                     watch.mailbox,
                     notice.kind,
                     exc,
+                    extra=telemetry.log_extra(self.settings, mailbox=watch.mailbox),
                 )
         for mailbox in sorted(mailboxes):
             self._bounces(mailbox, done)
@@ -146,13 +156,16 @@ class Tracker:
             for line in subscriptions.ensure(
                 self.client, self.store, self.settings, self._mailboxes()
             ):
-                logger.info("Change notifications: %s", line)
+                logger.info(
+                    "Change notifications: %s", line, extra=telemetry.log_extra(self.settings)
+                )
         except MSGraphMailError as exc:
             logger.error(
                 "Cannot subscribe to change notifications (%s); NDRs are found by polling "
                 "until it works. Check that NOTIFICATION_URL reaches this site from the "
                 "internet and that msgraph_mail.urls is included there.",
                 exc,
+                extra=telemetry.log_extra(self.settings),
             )
 
     # sources -------------------------------------------------------------------------------
@@ -183,6 +196,7 @@ class Tracker:
                     mailbox,
                     arrival.graph_id,
                     exc,
+                    extra=telemetry.log_extra(self.settings, mailbox=mailbox),
                 )
                 continue
             for event in report.events:
@@ -239,6 +253,7 @@ class Tracker:
                 "someone else through the mailbox): ignored",
                 event.event_type,
                 event.recipient,
+                extra=telemetry.log_extra(self.settings, status=event.event_type),
             )
             return
         event = _completed(event, tracked)
@@ -259,9 +274,16 @@ class Tracker:
                 event.status_code,
                 event.reason or "",
                 event.fix,
+                extra=telemetry.log_extra(self.settings, status=event.event_type),
             )
         elif event.event_type == "bounced":
-            logger.warning("Bounced: %s (%s) %s", where, event.status_code, event.reason or "")
+            logger.warning(
+                "Bounced: %s (%s) %s",
+                where,
+                event.status_code,
+                event.reason or "",
+                extra=telemetry.log_extra(self.settings, status=event.event_type),
+            )
             expired = (event.status_code or "").startswith("4.")  # gave up on a passing cause
             if self.settings.suppress_bounced and not expired:
                 self.store.suppress(
@@ -271,7 +293,12 @@ class Tracker:
                     message_id=event.message_id or "",
                 )
         else:
-            logger.info("%s: %s", event.event_type.replace("_", " ").capitalize(), where)
+            logger.info(
+                "%s: %s",
+                event.event_type.replace("_", " ").capitalize(),
+                where,
+                extra=telemetry.log_extra(self.settings, status=event.event_type),
+            )
 
     def _outbox_message(self, tracked: Tracked) -> Any:
         if not tracked.outbox_id:
@@ -293,7 +320,11 @@ class Tracker:
             return
         note = f"{found.last_error or ''} -- message trace: Exchange received it, so it was sent"
         if mark(tracked.outbox_id, note.strip(" -")):
-            logger.info("Queued message %s resolved by the message trace: sent", tracked.outbox_id)
+            logger.info(
+                "Queued message %s resolved by the message trace: sent",
+                tracked.outbox_id,
+                extra=telemetry.log_extra(self.settings, status="sent"),
+            )
             from ..outbox.deliver import announce_resolved
 
             announce_resolved(found.envelope, found.request_id)
