@@ -14,11 +14,9 @@ tokens are cached and renewed here like our own.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +27,7 @@ from . import shared_state, telemetry
 from .conf import MSGraphMailSettings
 from .exceptions import AuthenticationError, GraphConnectionError
 from .retry import RetryBudget, parse_retry_after
+from .values import AccessToken, body_excerpt, credential_key
 
 logger = logging.getLogger("msgraph_mail")
 
@@ -59,21 +58,6 @@ AADSTS_HINTS = {
 }
 
 
-@dataclass(frozen=True)
-class AccessToken:
-    """A bearer token and the monotonic time after which it should not be used."""
-
-    value: str
-    renew_at: float
-
-    def __repr__(self) -> str:
-        return f"AccessToken(renew_at={self.renew_at:.0f})"
-
-    @property
-    def fresh(self) -> bool:
-        return time.monotonic() < self.renew_at
-
-
 class TokenCache:
     """Process-wide tokens, one per credential; safe to share between threads."""
 
@@ -84,7 +68,7 @@ class TokenCache:
 
     def get(self, settings: MSGraphMailSettings, session: requests.Session) -> str:
         """Return a fresh token, asking Entra only when the cached one is due for renewal."""
-        key = _cache_key(settings)
+        key = credential_key(settings)
         token = self._tokens.get(key)
         if token is not None and token.fresh:
             return token.value
@@ -106,7 +90,7 @@ class TokenCache:
 
     def invalidate(self, settings: MSGraphMailSettings, value: str | None = None) -> None:
         """Forget the cached token (after Graph rejected it), unless it was already replaced."""
-        key = _cache_key(settings)
+        key = credential_key(settings)
         with self._lock_for(key):
             token = self._tokens.get(key)
             if token is not None and (value is None or token.value == value):
@@ -126,23 +110,6 @@ class TokenCache:
 
 #: The one cache of the process.
 tokens = TokenCache()
-
-
-def _cache_key(settings: MSGraphMailSettings) -> str:
-    # The credential is part of the key (a changed secret must not reuse an old token): a
-    # secret hashed, so that the key never holds it; a certificate by its thumbprint; a
-    # credential object by its identity, or by its dotted path.
-    if settings.client_certificate is not None:
-        credential = "certificate:" + settings.client_certificate.load().thumbprint
-    elif isinstance(settings.token_credential, str):
-        credential = "credential:" + settings.token_credential
-    elif settings.token_credential is not None:
-        credential = f"credential:id:{id(settings.token_credential)}"
-    else:
-        assert settings.client_secret is not None
-        secret = settings.client_secret.get_secret_value().encode()
-        credential = "secret:" + hashlib.sha256(secret).hexdigest()
-    return "|".join((settings.token_url, settings.client_id, settings.scope, credential))
 
 
 _credentials: dict[str, Any] = {}
@@ -307,8 +274,6 @@ def _token_error(response: requests.Response) -> AuthenticationError:
     An answer that is not Entra's JSON (an HTML page from its front door, a proxy's text) is
     described by its status and a short excerpt of its text instead.
     """
-    from .graph import body_excerpt  # graph imports this module
-
     try:
         body = response.json()
     except ValueError:

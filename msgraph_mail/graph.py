@@ -9,7 +9,6 @@ and users can stub Graph in their own tests with ``responses`` or ``requests-moc
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import platform
@@ -40,6 +39,7 @@ from .exceptions import (
 )
 from .limits import MailboxLimits, limits_for
 from .retry import RetryBudget, parse_retry_after
+from .values import body_excerpt
 
 logger = logging.getLogger("msgraph_mail")
 
@@ -501,32 +501,6 @@ def _error_body(response: requests.Response) -> dict[str, Any]:
         return {}
     error = body.get("error") if isinstance(body, dict) else None
     return error if isinstance(error, dict) else {}
-
-
-#: The longest body excerpt an error message quotes.
-EXCERPT_LENGTH = 200
-_HIDDEN_ELEMENTS = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-_MARKUP = re.compile(r"<!--.*?-->|<[^>]*>", re.DOTALL)
-#: What must never be quoted even if a page echoes it: bearer/basic credentials, JWTs, and
-#: ``name=value`` / ``name: value`` pairs of secret-looking names.
-_SECRETS = re.compile(
-    r"\b(?:Bearer|Basic)\s+\S+"
-    r"|\beyJ[\w-]+\.[\w-]+(?:\.[\w-]*)?"
-    r"|\b(?:access_token|client_secret|client_assertion|authorization|password|secret)"
-    r"\s*[=:]\s*(?:(?:Bearer|Basic)\s+)?\S+",
-    re.IGNORECASE,
-)
-
-
-def body_excerpt(response: requests.Response, limit: int = EXCERPT_LENGTH) -> str:
-    """The start of an error answer's text, for a message: markup, scripts and styles
-    removed, entities decoded, whitespace collapsed, credentials redacted, at most ``limit``
-    characters. Headers are never quoted."""
-    text = response.content[: 64 * 1024].decode(response.encoding or "utf-8", "replace")
-    text = _MARKUP.sub(" ", _HIDDEN_ELEMENTS.sub(" ", text))
-    text = " ".join(html.unescape(text).split())
-    text = _SECRETS.sub("[redacted]", text)
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _not_graph_error(response: requests.Response) -> str:

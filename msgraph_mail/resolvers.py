@@ -16,7 +16,6 @@ message costs exactly one request: its sendMail.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 from cachetools import TTLCache
@@ -34,14 +33,7 @@ from .exceptions import (
 )
 from .graph import GraphClient
 from .mime import MAILBOX_HEADER, mailbox_override, sender_address
-
-
-@dataclass(frozen=True)
-class Mailbox:
-    """The mailbox a message is sent through: ``id`` goes into the sendMail URL."""
-
-    id: str
-    address: str
+from .values import Mailbox
 
 
 class SenderResolver:

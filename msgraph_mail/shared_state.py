@@ -26,16 +26,12 @@ import hashlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from . import telemetry
 from .conf import MSGraphMailSettings
 from .exceptions import ConfigurationError
 from .limits import redis_client
-
-if TYPE_CHECKING:
-    from .auth import AccessToken
-    from .resolvers import Mailbox
+from .values import AccessToken, Mailbox, credential_key
 
 logger = logging.getLogger("msgraph_mail")
 
@@ -62,8 +58,6 @@ def get_sender(settings: MSGraphMailSettings, wanted: str) -> Mailbox | None:
     """The shared lookup of ``wanted`` (an address or user id), or None."""
     if not settings.redis_url or settings.sender_cache_ttl <= 0:
         return None
-    from .resolvers import Mailbox  # resolvers may import this module
-
     try:
         raw = redis_client(settings).get(sender_key(settings, wanted))
     except Exception as exc:  # a cache: any failure is a miss
@@ -94,9 +88,7 @@ def token_key(settings: MSGraphMailSettings) -> str | None:
     """The Redis key of the credential's token; None when it cannot be shared."""
     if settings.token_credential is not None and not isinstance(settings.token_credential, str):
         return None
-    from .auth import _cache_key
-
-    return f"msgraph_mail:token:{hashlib.sha256(_cache_key(settings).encode()).hexdigest()}"
+    return f"msgraph_mail:token:{hashlib.sha256(credential_key(settings).encode()).hexdigest()}"
 
 
 def get_token(settings: MSGraphMailSettings) -> AccessToken | None:
@@ -105,8 +97,6 @@ def get_token(settings: MSGraphMailSettings) -> AccessToken | None:
     key = _token_key_if_shared(settings)
     if key is None:
         return None
-    from .auth import AccessToken
-
     try:
         pipe = redis_client(settings).pipeline(transaction=False)
         pipe.get(key)

@@ -16,7 +16,7 @@ from django.test import override_settings
 
 from msgraph_mail.emulator import ALL_FAULTS, FAULTS, PAGE_FAULT_NAMES, GraphEmulator
 from msgraph_mail.exceptions import AuthenticationError, DeliveryUnknown, GraphAPIError
-from msgraph_mail.graph import EXCERPT_LENGTH, body_excerpt
+from msgraph_mail.values import EXCERPT_LENGTH, body_excerpt
 
 UNAVAILABLE = "HTTP Error 503. The service is unavailable."
 

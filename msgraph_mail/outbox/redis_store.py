@@ -129,6 +129,15 @@ return 1
 """
 
 
+# KEYS[1]: the message's hash; ARGV[1]: the envelope read; ARGV[2]: its replacement. The
+# hash keeps its expiry (HSET does not touch it).
+_SWAP = """
+if redis.call('HGET', KEYS[1], 'envelope') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'envelope', ARGV[2])
+return 1
+"""
+
+
 def _epoch(value: datetime | float | None) -> float:
     if value is None:
         return time.time()
@@ -170,6 +179,7 @@ class RedisStore:
         self.ttl = int(ttl)
         self._move = client.register_script(_MOVE)
         self._forget = client.register_script(_FORGET)
+        self._swap = client.register_script(_SWAP)
 
     @classmethod
     def for_settings(cls, settings: MSGraphMailSettings, *, ttl: int | None = None) -> RedisStore:
@@ -521,6 +531,18 @@ class RedisStore:
         for name in STATUSES:
             pipe.zrem(self.status_key(name), message_id)
         return bool(pipe.execute()[0])
+
+    # what --reencrypt rewrites (outbox.sealing.Rewritable) ---------------------------------
+
+    def envelope_refs(self) -> builtins.list[Any]:
+        return list(dict.fromkeys(i for name in STATUSES for i in self._ids(name)))
+
+    def read_envelope(self, ref: Any) -> tuple[str, str] | None:
+        value = self.client.hget(self.message_key(ref), "envelope")
+        return (str(ref), _text(value)) if value is not None else None
+
+    def swap_envelope(self, ref: Any, old: str, new: str) -> bool:
+        return bool(self._swap(keys=[self.message_key(ref)], args=[old, new]))
 
     def _ids(self, status: str) -> Iterator[str]:
         for member in self.client.zrange(self.status_key(status), 0, -1):

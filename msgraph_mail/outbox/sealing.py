@@ -25,7 +25,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import SecretStr
 
@@ -35,8 +35,6 @@ from .envelope import Envelope, undecryptable
 if TYPE_CHECKING:
     from cryptography.fernet import MultiFernet
 
-    from .redis_store import RedisStore
-    from .store import ClaimStore
 
 __all__ = [
     "CONTENT",
@@ -133,7 +131,24 @@ class Reencrypted:
     skipped: list[str] = field(default_factory=list)
 
 
-def reencrypt_store(store: ClaimStore, keys: Keys) -> Reencrypted:
+class Rewritable(Protocol):
+    """What ``--reencrypt`` needs of a store: its messages' stored texts, read and replaced
+    by compare-and-set (both outbox stores have it)."""
+
+    def envelope_refs(self) -> list[Any]:
+        """Every stored message, whatever its status, as a reference for the two below."""
+        ...
+
+    def read_envelope(self, ref: Any) -> tuple[str, str] | None:
+        """(message id, stored text), or None when the message is gone."""
+        ...
+
+    def swap_envelope(self, ref: Any, old: str, new: str) -> bool:
+        """Store ``new`` only if the stored text is still ``old``; whether it was."""
+        ...
+
+
+def reencrypt_store(store: Rewritable, keys: Keys) -> Reencrypted:
     """Move every message of ``store`` (whatever its status) to the first key.
 
     Each rewrite is a compare-and-set: it is written only if the stored text is still what
@@ -142,78 +157,14 @@ def reencrypt_store(store: ClaimStore, keys: Keys) -> Reencrypted:
     """
     if not keys:
         raise ConfigurationError("OUTBOX_ENCRYPTION_KEYS is not set: there is no key to use")
-    from .redis_store import RedisStore
-    from .store import DatabaseStore
-
-    if isinstance(store, RedisStore):
-        return _reencrypt_each(_RedisRecords(store), keys)
-    if isinstance(store, DatabaseStore):
-        return _reencrypt_each(_DatabaseRecords(), keys)
-    raise TypeError(f"cannot re-encrypt a {type(store).__name__}: not an outbox store")
+    return _reencrypt_each(store, keys)
 
 
-class _DatabaseRecords:
-    """The outbox's rows, read and compare-and-set by primary key."""
-
-    def ids(self) -> list[Any]:
-        from ..models import OutboxMessage
-
-        return list(OutboxMessage.objects.order_by("pk").values_list("pk", flat=True))
-
-    def read(self, ref: Any) -> tuple[str, str] | None:
-        from ..models import OutboxMessage
-
-        row = OutboxMessage.objects.filter(pk=ref).values_list("message_id", "envelope").first()
-        return (str(row[0]), str(row[1])) if row is not None else None
-
-    def swap(self, ref: Any, old: str, new: str) -> bool:
-        from ..models import OutboxMessage
-
-        updated: int = OutboxMessage.objects.filter(pk=ref, envelope=old).update(envelope=new)
-        return updated == 1
-
-
-# KEYS[1]: the message's hash; ARGV[1]: the envelope read; ARGV[2]: its replacement. The
-# hash keeps its expiry (HSET does not touch it).
-_SWAP = """
-if redis.call('HGET', KEYS[1], 'envelope') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'envelope', ARGV[2])
-return 1
-"""
-
-
-class _RedisRecords:
-    """The Redis store's messages (every status set), compare-and-set by a Lua script."""
-
-    def __init__(self, store: RedisStore) -> None:
-        from .redis_store import STATUSES
-
-        self.store = store
-        self.statuses = STATUSES
-        self._swap = store.client.register_script(_SWAP)
-
-    def ids(self) -> list[Any]:
-        found: dict[str, None] = {}
-        for status in self.statuses:
-            for member in self.store.client.zrange(self.store.status_key(status), 0, -1):
-                found[member.decode() if isinstance(member, bytes) else str(member)] = None
-        return list(found)
-
-    def read(self, ref: Any) -> tuple[str, str] | None:
-        value = self.store.client.hget(self.store.message_key(ref), "envelope")
-        if value is None:
-            return None
-        return str(ref), value.decode() if isinstance(value, bytes) else str(value)
-
-    def swap(self, ref: Any, old: str, new: str) -> bool:
-        return bool(self._swap(keys=[self.store.message_key(ref)], args=[old, new]))
-
-
-def _reencrypt_each(records: _DatabaseRecords | _RedisRecords, keys: Keys) -> Reencrypted:
+def _reencrypt_each(records: Rewritable, keys: Keys) -> Reencrypted:
     report = Reencrypted()
-    for ref in records.ids():
+    for ref in records.envelope_refs():
         for _ in range(TRIES):
-            found = records.read(ref)
+            found = records.read_envelope(ref)
             if found is None:  # deleted meanwhile (purged, expired)
                 break
             message_id, text = found
@@ -225,7 +176,7 @@ def _reencrypt_each(records: _DatabaseRecords | _RedisRecords, keys: Keys) -> Re
             if new is None:
                 report.current.append(message_id)
                 break
-            if records.swap(ref, text, new):
+            if records.swap_envelope(ref, text, new):
                 report.rewritten.append(message_id)
                 break
         else:

@@ -104,6 +104,15 @@ class ClaimStore(Protocol):
         (``by``: who asked, kept in its history)."""
         ...
 
+    def envelope_refs(self) -> builtins.list[Any]:
+        """Every stored message, as references for ``read_envelope``/``swap_envelope``
+        (what ``msgraph_outbox --reencrypt`` rewrites: :class:`.sealing.Rewritable`)."""
+        ...
+
+    def read_envelope(self, ref: Any) -> tuple[str, str] | None: ...
+
+    def swap_envelope(self, ref: Any, old: str, new: str) -> bool: ...
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -276,6 +285,25 @@ class DatabaseStore:
         if row is not None:
             envelope = Envelope.from_dict(json.loads(row.envelope)).without_content()
             OutboxMessage.objects.filter(pk=row.pk).update(envelope=_json(envelope))
+
+    # what --reencrypt rewrites (outbox.sealing.Rewritable) ---------------------------------
+
+    def envelope_refs(self) -> builtins.list[Any]:
+        from ..models import OutboxMessage
+
+        return list(OutboxMessage.objects.order_by("pk").values_list("pk", flat=True))
+
+    def read_envelope(self, ref: Any) -> tuple[str, str] | None:
+        from ..models import OutboxMessage
+
+        row = OutboxMessage.objects.filter(pk=ref).values_list("message_id", "envelope").first()
+        return (str(row[0]), str(row[1])) if row is not None else None
+
+    def swap_envelope(self, ref: Any, old: str, new: str) -> bool:
+        from ..models import OutboxMessage
+
+        updated: int = OutboxMessage.objects.filter(pk=ref, envelope=old).update(envelope=new)
+        return updated == 1
 
     @migrated
     def get(self, message_id: str) -> StoredMessage | None:
