@@ -11,9 +11,8 @@ import base64
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
 import requests
 from django.conf import settings as django_settings
@@ -21,11 +20,10 @@ from django.conf import settings as django_settings
 from .auth import AADSTS_HINTS, fetch_token, token_credential
 from .conf import MSGraphMailSettings, mask_url
 from .exceptions import AuthenticationError, MSGraphMailError, SentItemsDenied
+from .findings import Finding
 from .graph import GraphClient
 from .limits import limits_for, redis_client
 from .tracking import diagnose as tracking
-
-Level = Literal["ok", "info", "warning", "error"]
 
 #: Application permissions that allow looking users up by address.
 DIRECTORY_ROLES = frozenset(
@@ -38,19 +36,6 @@ READ_WRITE_ROLE = "Mail.ReadWrite"
 SENT_ITEMS_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: Warn this many days before the certificate expires.
 CERTIFICATE_WARN_DAYS = 30
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One line of the report."""
-
-    level: Level
-    topic: str
-    message: str
-    fix: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def diagnose(

@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..exceptions import MSGraphMailError
+from ..findings import Finding
 from ..graph import GraphClient, user_path
 from .trace import PATH, _iso
 
 if TYPE_CHECKING:
     from ..conf import MSGraphMailSettings
-    from ..diagnose import Finding
-
 TRACE_ROLE = "ExchangeMessageTrace.Read.All"
 READ_ROLES = frozenset({"Mail.Read", "Mail.ReadWrite"})
 TRACE_APP_ID = "8bd644d1-64a1-4d4b-ae52-2e0cbf64e373"
@@ -39,8 +38,6 @@ TRACE_WAITS = (1.0, 2.0, 4.0, 8.0)
 
 def judge_roles(config: MSGraphMailSettings, granted: set[str]) -> Iterator[Finding]:
     """The token's application permissions against the tracking sources."""
-    from ..diagnose import Finding
-
     sources = config.delivery_tracking
     if "trace" in sources and TRACE_ROLE not in granted:
         yield Finding(
@@ -96,8 +93,6 @@ def find_in_trace(
     waits: Iterable[float] = TRACE_WAITS,
 ) -> Finding:
     """Does the test message show in the trace, and under our Message-ID?"""
-    from ..diagnose import Finding
-
     topic = "test message in the trace"
     client = GraphClient(config.model_copy(update={"max_retry_wait": 0.0}))
     since = datetime.now(timezone.utc) - timedelta(minutes=5)
@@ -137,8 +132,6 @@ def find_in_trace(
 
 
 def _trace_access(client: GraphClient) -> Finding:
-    from ..diagnose import Finding
-
     now = datetime.now(timezone.utc)
     window = (
         f"receivedDateTime ge {_iso(now - timedelta(hours=1))} and receivedDateTime le {_iso(now)}"
@@ -161,8 +154,6 @@ def _trace_access(client: GraphClient) -> Finding:
 
 
 def _inbox_access(client: GraphClient, mailbox: str) -> Finding:
-    from ..diagnose import Finding
-
     topic = f"bounces in {mailbox}"
     path = f"{user_path(mailbox)}/mailFolders/inbox/messages/delta?$select=id"
     try:  # what the tracker itself asks, one page of one message

@@ -73,7 +73,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from .events import DeliveryEvent
-from .store import Notice, Tracked, Watch, event_key
+from .records import Notice, Tracked, Watch, event_key
 
 if TYPE_CHECKING:
     import redis

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -26,48 +25,9 @@ from django.utils import timezone
 
 from ..conf import MSGraphMailSettings
 from .events import DeliveryEvent
+from .records import Notice, Tracked, Watch, event_key
 
 __all__ = ["DatabaseStore", "Notice", "Tracked", "TrackingStore", "Watch", "store_for"]
-
-
-@dataclass(frozen=True)
-class Tracked:
-    """A message sent with tracking on, as the send line recorded it."""
-
-    tracking_id: str
-    message_id: str | None
-    sender: str
-    mailbox: str | None
-    recipients: tuple[str, ...]
-    sent_at: datetime
-    outbox_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Watch:
-    """A change-notification subscription on one mailbox's Inbox (``client_state`` is its
-    secret: kept here and in Graph, never shown)."""
-
-    subscription_id: str
-    mailbox: str
-    client_state: str = field(repr=False)
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A notification the webhook view accepted: ``kind`` is ``created`` or a lifecycle
-    event (``reauthorizationRequired``, ``subscriptionRemoved``, ``missed``)."""
-
-    id: str
-    subscription_id: str
-    kind: str
-    resource: str = ""
-
-
-def event_key(tracking_id: str, event: DeliveryEvent) -> str:
-    """The key an event is reported once under: message, recipient and event type."""
-    return f"{tracking_id}|{event.recipient.lower()}|{event.event_type}"
 
 
 class TrackingStore(Protocol):

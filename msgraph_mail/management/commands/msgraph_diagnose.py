@@ -11,7 +11,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from msgraph_mail import mailers
 from msgraph_mail.checks import sends_admin_mail
 from msgraph_mail.conf import validate
-from msgraph_mail.diagnose import Finding, diagnose
+from msgraph_mail.diagnose import diagnose
+from msgraph_mail.findings import Finding
 from msgraph_mail.mime import sender_address
 
 MARKS = {"ok": "ok", "info": "info", "warning": "WARNING", "error": "ERROR"}
