@@ -36,25 +36,29 @@ from datetime import datetime, timedelta, timezone
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from .directory import Tenant, User
-from .errors import GraphError, access_denied, send_as_denied
+from .entra import IssuedToken
+from .errors import (
+    GraphError,
+    access_denied,
+    body_read_error,
+    item_not_found,
+    method_not_allowed,
+    send_as_denied,
+)
+from .http import Request, Response, json_response
 from .mail import (
     NO_RECIPIENTS,
     Attachment,
     SentMessage,
-    _json_attachment,
-    body_read_error,
     decode_base64_mime,
     from_mime,
+    json_attachment,
 )
 from .query import message_list_query
-from .routes import ODATA_JSON, Request, Response, Route
-
-if TYPE_CHECKING:
-    from .entra import IssuedToken
 
 #: Graph refuses an upload session for an attachment smaller than this ("3 MB").
 MIN_UPLOAD_SESSION_BYTES = 3_000_000
@@ -64,17 +68,6 @@ MAX_ATTACHMENT_BYTES = 150 * 1024 * 1024
 UPLOAD_PREFIX = "/upload/"
 #: How long an upload session stays valid, as advertised in ``expirationDateTime``.
 SESSION_LIFETIME = timedelta(minutes=15)
-#: Request kinds of the draft route under ``/v1.0`` (as ``emu.count()`` names them).
-DRAFT_KINDS = (
-    "draft_create",
-    "attachment",
-    "upload_session",
-    "draft_send",
-    "draft_delete",
-    "message_list",
-)
-#: Request kinds on the upload URL.
-UPLOAD_KINDS = ("upload_chunk", "upload_cancel", "upload_status")
 READ_WRITE_ROLES = frozenset({"Mail.ReadWrite"})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 _MESSAGE_FIELDS = {"id": "id", "isdraft": "isDraft", "internetmessageid": "internetMessageId"}
@@ -183,31 +176,12 @@ class DraftStore:
 
     # /v1.0/users/{id}/messages... ---------------------------------------------------------
 
-    def handle(self, route: Route, request: Request, mailbox: User, token: IssuedToken) -> Response:
-        """One draft-route request, after GraphApi resolved the mailbox and the token."""
-        if route.name == "draft_send":
-            return self.send(request, mailbox, str(route.item), token)
-        if not self.may_read_write(mailbox, token.roles):
-            raise access_denied()
-        if route.name == "message_list":
-            return self.list_messages(request, mailbox)
-        if route.name == "draft_create":
-            return self.create(request, mailbox)
-        draft = self._draft(mailbox, str(route.item))
-        if route.name == "attachment":
-            return self.add_attachment(request, draft)
-        if route.name == "upload_session":
-            return self.create_upload_session(request, draft, token.app_id)
-        return self.delete(draft)
-
     def create(self, request: Request, mailbox: User) -> Response:
-        media_type = (request.header("Content-Type") or "").split(";")[0].strip().lower()
+        media_type = request.media_type()
         if media_type != "text/plain":
-            raise GraphError(
-                400,
-                "RequestBodyRead",
+            raise body_read_error(
                 f"The content type '{media_type or 'none'}' is not supported here; the "
-                "emulator creates drafts from base64 MIME ('text/plain') only.",
+                "emulator creates drafts from base64 MIME ('text/plain') only."
             )
         raw = decode_base64_mime(request.body)
         parsed = from_mime(raw, mailbox, request.request_id)
@@ -220,18 +194,18 @@ class DraftStore:
         )
         with self._lock:
             self._drafts[draft.id] = draft
-        return _json(201, self._message_json(draft, parsed))
+        return json_response(201, self._messagejson_response(draft, parsed))
 
     def add_attachment(self, request: Request, draft: Draft) -> Response:
         try:
             payload = json.loads(request.body)
         except (ValueError, UnicodeDecodeError):
             raise body_read_error("Invalid JSON. A token was not recognized.") from None
-        attachment = _json_attachment(payload)
+        attachment = json_attachment(payload)
         attachment_id = _attachment_id()
         with self._lock:
             if draft.id not in self._drafts:
-                raise _not_found()
+                raise item_not_found()
             draft.attachments.append(attachment)
         body = {
             "@odata.type": "#microsoft.graph.fileAttachment",
@@ -242,7 +216,7 @@ class DraftStore:
             "isInline": attachment.inline,
             "contentId": attachment.content_id,
         }
-        return _json(201, body)
+        return json_response(201, body)
 
     def list_messages(self, request: Request, mailbox: User) -> Response:
         """``GET /users/{id}/messages``: the mailbox's drafts, all of them or those whose
@@ -261,7 +235,7 @@ class DraftStore:
             for d in found
         ]
         context = f"{self.base_url()}/v1.0/$metadata#users('{quote(mailbox.id)}')/messages"
-        return _json(200, {"@odata.context": context, "value": values})
+        return json_response(200, {"@odata.context": context, "value": values})
 
     def create_upload_session(self, request: Request, draft: Draft, app_id: str = "") -> Response:
         item = _attachment_item(request.body)
@@ -290,7 +264,7 @@ class DraftStore:
         )
         with self._lock:
             if draft.id not in self._drafts:
-                raise _not_found()
+                raise item_not_found()
             self._sessions[session.id] = session
         body = {
             "@odata.context": f"{self.base_url()}/v1.0/$metadata#microsoft.graph.uploadSession",
@@ -300,7 +274,7 @@ class DraftStore:
             "expirationDateTime": _iso(session.expires),
             "nextExpectedRanges": ["0-"],
         }
-        return _json(201, body)
+        return json_response(201, body)
 
     def send(self, request: Request, mailbox: User, draft_id: str, token: IssuedToken) -> Response:
         """Deliver the draft with every attachment, then remove it from Drafts."""
@@ -310,7 +284,7 @@ class DraftStore:
             raise body_read_error("The send action takes no request body.")
         if not self.tenant.may_send_from(mailbox, token.roles):
             raise access_denied()
-        draft = self._draft(mailbox, draft_id)
+        draft = self.find(mailbox, draft_id)
         parsed = from_mime(draft.raw, mailbox, request.request_id)
         if not self.tenant.may_send_as(mailbox, parsed.from_):
             raise send_as_denied()
@@ -318,7 +292,7 @@ class DraftStore:
             raise GraphError(400, "ErrorInvalidRecipients", NO_RECIPIENTS)
         with self._lock:
             if draft.id not in self._drafts:
-                raise _not_found()
+                raise item_not_found()
             self.before_send(mailbox, len(parsed.recipients))
             del self._drafts[draft.id]
             for session_id in [s.id for s in self._sessions.values() if s.draft is draft]:
@@ -374,7 +348,7 @@ class DraftStore:
             session = self._sessions.get(session_id)
         token = dict(request.query).get("authtoken")
         if session is None:
-            raise _not_found()
+            raise item_not_found()
         if token is None or not secrets.compare_digest(token, session.token):
             raise GraphError(
                 401, "InvalidAuthenticationToken", "The upload URL's authtoken is not valid."
@@ -386,13 +360,9 @@ class DraftStore:
         if request.method == "GET":
             with self._lock:
                 expected = len(session.data)
-            return _json(200, self._session_status(session, expected))
+            return json_response(200, self._session_status(session, expected))
         if request.method != "PUT":
-            raise GraphError(
-                405,
-                "Request_BadRequest",
-                "Specified HTTP method is not allowed for the request target.",
-            )
+            raise method_not_allowed()
         return self._chunk(request, session)
 
     def _chunk(self, request: Request, session: UploadSession) -> Response:
@@ -414,7 +384,7 @@ class DraftStore:
             raise GraphError(400, "InvalidContentRange", "The Content-Range ends past the total.")
         with self._lock:
             if session.id not in self._sessions:
-                raise _not_found()
+                raise item_not_found()
             expected = len(session.data)
             if start != expected:
                 raise GraphError(
@@ -446,7 +416,7 @@ class DraftStore:
                 f"/Attachments('{attachment_id}')"
             )
             return Response(201, b"", {"Location": location})
-        return _json(200, self._session_status(session, expected + stored))
+        return json_response(200, self._session_status(session, expected + stored))
 
     def _session_status(self, session: UploadSession, expected: int) -> dict[str, Any]:
         return {
@@ -460,14 +430,14 @@ class DraftStore:
 
     # helpers ------------------------------------------------------------------------------
 
-    def _draft(self, mailbox: User, draft_id: str) -> Draft:
+    def find(self, mailbox: User, draft_id: str) -> Draft:
         with self._lock:
             draft = self._drafts.get(draft_id)
         if draft is None or draft.mailbox.id != mailbox.id:
-            raise _not_found()
+            raise item_not_found()
         return draft
 
-    def _message_json(self, draft: Draft, parsed: SentMessage) -> dict[str, Any]:
+    def _messagejson_response(self, draft: Draft, parsed: SentMessage) -> dict[str, Any]:
         def recipients(addresses: list[str]) -> list[dict[str, Any]]:
             return [{"emailAddress": {"address": a}} for a in addresses]
 
@@ -630,11 +600,3 @@ def _attachment_id() -> str:
 
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
-
-
-def _not_found() -> GraphError:
-    return GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
-
-
-def _json(status: int, body: object) -> Response:
-    return Response(status, json.dumps(body).encode(), {"Content-Type": ODATA_JSON})

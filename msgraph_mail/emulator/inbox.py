@@ -34,10 +34,10 @@ from urllib.parse import quote
 
 from . import inbox_html as html
 from . import log_html, workbench
+from .http import Request, Response
 from .inbox_search import MessageQuery
 from .mail import Attachment, SentMessage
 from .request_log import RecordedRequest
-from .routes import Request, Response
 from .store import as_eml
 
 if TYPE_CHECKING:

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from .directory import User
 from .errors import access_denied
+from .http import Response, json_response
 from .mail import Screened, SentMessage
 from .query import message_list_query
 
@@ -138,8 +139,8 @@ class SentItems:
         mailbox: User,
         roles: Iterable[str],
         base_url: str,
-    ) -> tuple[int, dict[str, object]]:
-        """``GET .../mailFolders/sentitems/messages``: (status, JSON body)."""
+    ) -> Response:
+        """``GET .../mailFolders/sentitems/messages``."""
         if not self.may_read(mailbox, roles):
             raise access_denied()
         wanted, selected = message_list_query(query, _FIELDS)
@@ -154,4 +155,6 @@ class SentItems:
             f"{base_url}/v1.0/$metadata#users('{quote(mailbox.id)}')/mailFolders('sentitems')"
             "/messages"
         )
-        return 200, {"@odata.context": context, "value": [i.as_graph(fields) for i in found]}
+        return json_response(
+            200, {"@odata.context": context, "value": [i.as_graph(fields) for i in found]}
+        )

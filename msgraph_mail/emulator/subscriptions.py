@@ -33,19 +33,16 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote, urlsplit
 from urllib.request import ProxyHandler, build_opener
 from urllib.request import Request as HttpRequest
 
-from .directory import TENANT_ID, User
-from .errors import GraphError, access_denied
-from .routes import Request, Response, Route, _json
-
-if TYPE_CHECKING:
-    from .directory import Tenant
-    from .entra import IssuedToken
+from .directory import TENANT_ID, Tenant, User
+from .entra import IssuedToken
+from .errors import GraphError, access_denied, bad_request
+from .http import Request, Response, json_response
 
 MAX_MINUTES, MIN_MINUTES = 10_080, 45
 MAX_PER_MAILBOX = 1000
@@ -138,27 +135,31 @@ class Subscriptions:
 
     # Graph's API -------------------------------------------------------------------------
 
-    def handle(self, route: Route, request: Request, token: IssuedToken) -> Response:
-        if route.name == "subscription_create":
-            return self._create(request, token)
-        if route.name == "subscription_list":
-            return _json(200, {"value": [s.graph() for s in self._live(token.app_id)]})
-        found = self._find(str(route.item), token.app_id)
-        if route.name == "subscription_get":
-            return _json(200, found.graph())
-        if route.name == "subscription_update":
-            body = _body(request)
-            if set(body) - {"expirationDateTime", "notificationUrl"}:
-                raise GraphError(400, "InvalidRequest", "Only expirationDateTime can be updated.")
-            found.expires = _expiry(body.get("expirationDateTime"))
-            return _json(200, found.graph())
-        if route.name == "subscription_reauthorize":
-            return Response(204)
-        with self._lock:  # subscription_delete
+    def listing(self, token: IssuedToken) -> Response:
+        return json_response(200, {"value": [s.graph() for s in self._live(token.app_id)]})
+
+    def get(self, item: str, token: IssuedToken) -> Response:
+        return json_response(200, self._find(item, token.app_id).graph())
+
+    def update(self, request: Request, item: str, token: IssuedToken) -> Response:
+        found = self._find(item, token.app_id)
+        body = _body(request)
+        if set(body) - {"expirationDateTime", "notificationUrl"}:
+            raise GraphError(400, "InvalidRequest", "Only expirationDateTime can be updated.")
+        found.expires = _expiry(body.get("expirationDateTime"))
+        return json_response(200, found.graph())
+
+    def reauthorize(self, item: str, token: IssuedToken) -> Response:
+        self._find(item, token.app_id)
+        return Response(204)
+
+    def delete(self, item: str, token: IssuedToken) -> Response:
+        found = self._find(item, token.app_id)
+        with self._lock:
             del self._subscriptions[found.id]
         return Response(204)
 
-    def _create(self, request: Request, token: IssuedToken) -> Response:
+    def create(self, request: Request, token: IssuedToken) -> Response:
         body = _body(request)
         change_type = str(body.get("changeType") or "")
         if not change_type or set(change_type.split(",")) - CHANGE_TYPES:
@@ -189,7 +190,7 @@ class Subscriptions:
         )
         with self._lock:
             self._subscriptions[subscription.id] = subscription
-        return _json(201, subscription.graph())
+        return json_response(201, subscription.graph())
 
     # notifications -----------------------------------------------------------------------
 
@@ -358,9 +359,9 @@ def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(request.body or b"{}")
     except ValueError:
-        raise GraphError(400, "BadRequest", "Invalid JSON.") from None
+        raise bad_request("Invalid JSON.") from None
     if not isinstance(body, dict):
-        raise GraphError(400, "BadRequest", "Invalid JSON.")
+        raise bad_request("Invalid JSON.")
     return body
 
 
