@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email import policy
@@ -49,7 +49,7 @@ from .errors import (
     method_not_allowed,
     send_as_denied,
 )
-from .http import Request, Response, json_response
+from .http import Request, Response, graph_time, json_response
 from .mail import (
     NO_RECIPIENTS,
     Attachment,
@@ -68,7 +68,6 @@ MAX_ATTACHMENT_BYTES = 150 * 1024 * 1024
 UPLOAD_PREFIX = "/upload/"
 #: How long an upload session stays valid, as advertised in ``expirationDateTime``.
 SESSION_LIFETIME = timedelta(minutes=15)
-READ_WRITE_ROLES = frozenset({"Mail.ReadWrite"})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 _MESSAGE_FIELDS = {"id": "id", "isdraft": "isDraft", "internetmessageid": "internetMessageId"}
 
@@ -125,7 +124,6 @@ class DraftStore:
         self._lock = threading.Lock()
         self._drafts: dict[str, Draft] = {}
         self._sessions: dict[str, UploadSession] = {}
-        self._readwrite_scope: set[str] | None = None
         #: How many bytes of each of the next chunk PUTs to store (see ``store_partial``).
         self._partial: deque[int] = deque()
         #: Called as a draft is sent, with the mailbox and the number of recipients; raises
@@ -138,15 +136,6 @@ class DraftStore:
     def drafts(self) -> list[Draft]:
         with self._lock:
             return list(self._drafts.values())
-
-    @property
-    def readwrite_scope(self) -> set[str] | None:
-        return self._readwrite_scope
-
-    @readwrite_scope.setter
-    def readwrite_scope(self, scope: Iterable[str] | None) -> None:
-        with self._lock:
-            self._readwrite_scope = None if scope is None else set(scope)
 
     def clear(self) -> None:
         with self._lock:
@@ -162,17 +151,6 @@ class DraftStore:
             raise ValueError("keep counts bytes: >= 0")
         with self._lock:
             self._partial.extend(keep)
-
-    def may_read_write(self, mailbox: User, roles: Iterable[str]) -> bool:
-        """Entra ``Mail.ReadWrite`` or Exchange "Application Mail.ReadWrite" on the mailbox."""
-        if READ_WRITE_ROLES & set(roles):
-            return True
-        with self._lock:
-            scope = self._readwrite_scope
-            lowered = None if scope is None else {s.lower() for s in scope}
-        if lowered is None:
-            return False
-        return mailbox.id.lower() in lowered or bool(lowered & set(mailbox.addresses()))
 
     # /v1.0/users/{id}/messages... ---------------------------------------------------------
 
@@ -271,7 +249,7 @@ class DraftStore:
             "uploadUrl": (
                 f"{self.base_url()}{UPLOAD_PREFIX}{session.id}?authtoken={session.token}"
             ),
-            "expirationDateTime": _iso(session.expires),
+            "expirationDateTime": graph_time(session.expires, ".%f0"),
             "nextExpectedRanges": ["0-"],
         }
         return json_response(201, body)
@@ -424,7 +402,7 @@ class DraftStore:
                 f"{self.base_url()}/api/v2.0/$metadata#Users('{session.draft.mailbox.id}')"
                 f"/Messages('{session.draft.id}')/AttachmentSessions/$entity"
             ),
-            "ExpirationDateTime": _iso(session.expires),
+            "ExpirationDateTime": graph_time(session.expires, ".%f0"),
             "NextExpectedRanges": [str(expected)],
         }
 
@@ -596,7 +574,3 @@ def _message_id() -> str:
 
 def _attachment_id() -> str:
     return "AAMkAGAtt" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f0Z")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from .errors import EntraError, GraphError
 
@@ -38,6 +39,12 @@ class Response:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def graph_time(moment: datetime, fraction: str = "") -> str:
+    """Graph's DateTimeOffset, in UTC: ``2026-12-05T18:00:00Z``; ``fraction`` formats the
+    fractional seconds the resource shows (``.%f0``, ``.0000000``)."""
+    return moment.astimezone(timezone.utc).strftime(f"%Y-%m-%dT%H:%M:%S{fraction}Z")
 
 
 def json_response(status: int, body: object) -> Response:

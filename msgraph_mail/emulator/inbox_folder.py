@@ -43,12 +43,10 @@ from urllib.parse import quote
 from .directory import User
 from .entra import IssuedToken
 from .errors import GraphError, access_denied, bad_request, bad_segment, item_not_found
-from .http import Request, Response, json_response
+from .http import Request, Response, graph_time, json_response
 from .mail import body_parts
 from .query import options, select_fields, top
 
-#: Application roles that may read bodies and MIME (ReadBasic may not).
-FULL_READ_ROLES = frozenset({"Mail.Read", "Mail.ReadWrite"})
 DEFAULT_PAGE = 10
 _PREFER_PAGE = re.compile(r"odata\.maxpagesize\s*=\s*(\d+)", re.I)
 _CHANGE_TYPES = ("created", "updated", "deleted")
@@ -117,9 +115,9 @@ class InboxMessage:
         sender = _recipient(*self.sender) if self.sender is not None else None
         values: dict[str, Any] = {
             "id": self.id,
-            "createdDateTime": _iso(self.received),
-            "receivedDateTime": _iso(self.received),
-            "sentDateTime": _iso(self.sent or self.received),
+            "createdDateTime": graph_time(self.received),
+            "receivedDateTime": graph_time(self.received),
+            "sentDateTime": graph_time(self.sent or self.received),
             "subject": self.subject,
             "bodyPreview": self.preview,
             "importance": "normal",
@@ -313,7 +311,3 @@ def _preview(text: str) -> str:
 
 def _recipient(name: str, address: str) -> dict[str, Any]:
     return {"emailAddress": {"name": name or address, "address": address}}
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -29,7 +29,7 @@ from .errors import (
     unauthenticated,
 )
 from .http import Request, Response, json_response
-from .inbox_folder import FULL_READ_ROLES, Inboxes
+from .inbox_folder import Inboxes
 from .mail import (
     NO_RECIPIENTS,
     Screened,
@@ -201,7 +201,7 @@ class GraphApi:
         self.tenant = tenant
         self.tokens = tokens
         self.base_url = base_url
-        self.sent_items = SentItems()
+        self.sent_items = SentItems(tenant.may_read)
         self.deliveries = Deliveries(tenant)
 
         def delivered(message: SentMessage | Screened) -> None:
@@ -210,19 +210,15 @@ class GraphApi:
             self.sent_items.record(message, message_id)  # Exchange moves the copy there
             self.deliveries.accept(message, message_id)  # and routes it (delivery.py)
 
-        def may_read_full(mailbox: User, roles: Iterable[str]) -> bool:
-            return bool(FULL_READ_ROLES & set(roles)) or self.drafts.may_read_write(mailbox, roles)
-
         def reports_arrive() -> None:
             for report in self.deliveries.due():
                 self.inboxes.add(report.mailbox, report.raw, report.arrived)
 
         self.deliver = delivered
         self.drafts = DraftStore(tenant, base_url, delivered)
-        self.sent_items.may_read_also = self.drafts.may_read_write
-        self.inboxes = Inboxes(base_url, self.sent_items.may_read, may_read_full)
+        self.inboxes = Inboxes(base_url, tenant.may_read, tenant.may_read_full)
         self.inboxes.before_read = reports_arrive
-        self.subscriptions = Subscriptions(tenant, base_url, self.sent_items.may_read)
+        self.subscriptions = Subscriptions(tenant, base_url)
         self.subscriptions.tick = reports_arrive
         self.inboxes.on_arrival = self.subscriptions.arrived
         #: The tenant's ``time_scale`` (the emulator sets it): message trace's window uses it.
@@ -383,7 +379,7 @@ class GraphApi:
     def _writable(self, call: Call, no_options: bool = True) -> User:
         """The draft routes' mailbox: Mail.ReadWrite (Entra or RBAC) on it, or 403."""
         mailbox = self._mailbox(call, no_options)
-        if not self.drafts.may_read_write(mailbox, call.token.roles):
+        if not self.tenant.may_read_write(mailbox, call.token.roles):
             raise access_denied()
         return mailbox
 

@@ -150,21 +150,6 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """No per-request logging: the emulator runs inside test suites."""
 
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
     def _dispatch(self) -> None:
         emulator = self.server.emulator
         started = time.monotonic()
@@ -204,6 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
         # The slot is free once the work is done, before the answer travels back: a client
         # that starts its next request on receipt must not find the slot still taken.
         self._answer(outcome)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
     def _stream(self, emulator: GraphEmulator, request: Request) -> None:
         """``/api/events``: server-sent events until the page or the emulator goes away."""
@@ -425,11 +412,11 @@ class GraphEmulator:
     @property
     def rbac_readwrite_scope(self) -> set[str] | None:
         """Mailboxes the app holds Exchange "Application Mail.ReadWrite" on (drafts)."""
-        return self._graph.drafts.readwrite_scope
+        return self._tenant.rbac["Mail.ReadWrite"]
 
     @rbac_readwrite_scope.setter
     def rbac_readwrite_scope(self, scope: Iterable[str] | None) -> None:
-        self._graph.drafts.readwrite_scope = scope
+        self._tenant.set_rbac("Mail.ReadWrite", scope)
 
     @property
     def rewrite_message_ids(self) -> bool:
@@ -446,11 +433,11 @@ class GraphEmulator:
     def rbac_read_scope(self) -> set[str] | None:
         """Mailboxes (ids or addresses) the Exchange RBAC role "Application Mail.ReadBasic"
         covers: their Sent Items may be listed without Mail.ReadBasic.All."""
-        return self._graph.sent_items.read_scope
+        return self._tenant.rbac["Mail.ReadBasic"]
 
     @rbac_read_scope.setter
     def rbac_read_scope(self, scope: Iterable[str] | None) -> None:
-        self._graph.sent_items.read_scope = scope
+        self._tenant.set_rbac("Mail.ReadBasic", scope)
 
     def sent_items(self, mailbox: str | None = None) -> list[SentItem]:
         """The Sent Items copies of every mailbox, or of one (an address or id), oldest first."""
@@ -575,11 +562,11 @@ class GraphEmulator:
     @property
     def rbac_scope(self) -> set[str] | None:
         """Mailboxes (ids or addresses) the app holds Exchange "Application Mail.Send" on."""
-        return self._tenant.rbac_scope
+        return self._tenant.rbac["Mail.Send"]
 
     @rbac_scope.setter
     def rbac_scope(self, scope: Iterable[str] | None) -> None:
-        self._tenant.rbac_scope = scope
+        self._tenant.set_rbac("Mail.Send", scope)
 
     def add_user(
         self,

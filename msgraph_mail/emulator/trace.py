@@ -45,7 +45,7 @@ from urllib.parse import urlencode
 from .delivery import EXCHANGE_HOST, Deliveries, Delivery, Outcome
 from .entra import IssuedToken
 from .errors import GraphError, bad_request
-from .http import Request, Response, json_response
+from .http import Request, Response, graph_time, json_response
 from .limits import TenantWindow, throttled_error
 from .query import TraceFilter, options, parse_trace_filter, top
 
@@ -164,7 +164,7 @@ def _trace(row: Row, now: float) -> dict[str, Any]:
         "recipientAddress": address,
         "subject": delivery.message.subject,
         "status": delivery.status(outcome, now),
-        "receivedDateTime": _iso(delivery.received),
+        "receivedDateTime": graph_time(delivery.received),
         "size": len(delivery.message.raw),
         "fromIP": "",
         "toIP": _mx_ip(address) if outcome.external else "",
@@ -190,7 +190,7 @@ def _events(delivery: Delivery, address: str, outcome: Outcome, now: float) -> l
         {
             "id": delivery.trace_id,
             "messageId": delivery.message_id,
-            "dateTime": _iso(moment),
+            "dateTime": graph_time(moment),
             "event": event,
             "action": "",
             "description": description,
@@ -235,7 +235,3 @@ def _mx_ip(address: str) -> str:
     """A documentation address (RFC 5737) standing for the domain's MX, the same each time."""
     digest = hashlib.sha256(address.rpartition("@")[2].encode()).digest()
     return f"203.0.113.{digest[0] % 254 + 1}"
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
