@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import re
 import secrets
 import threading
@@ -172,14 +171,10 @@ class DraftStore:
         )
         with self._lock:
             self._drafts[draft.id] = draft
-        return json_response(201, self._messagejson_response(draft, parsed))
+        return json_response(201, self._message_json(draft, parsed))
 
     def add_attachment(self, request: Request, draft: Draft) -> Response:
-        try:
-            payload = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            raise body_read_error("Invalid JSON. A token was not recognized.") from None
-        attachment = json_attachment(payload)
+        attachment = json_attachment(request.json())
         attachment_id = _attachment_id()
         with self._lock:
             if draft.id not in self._drafts:
@@ -216,7 +211,7 @@ class DraftStore:
         return json_response(200, {"@odata.context": context, "value": values})
 
     def create_upload_session(self, request: Request, draft: Draft, app_id: str = "") -> Response:
-        item = _attachment_item(request.body)
+        item = _attachment_item(request)
         size = item["size"]
         if size < MIN_UPLOAD_SESSION_BYTES:
             raise GraphError(
@@ -415,7 +410,7 @@ class DraftStore:
             raise item_not_found()
         return draft
 
-    def _messagejson_response(self, draft: Draft, parsed: SentMessage) -> dict[str, Any]:
+    def _message_json(self, draft: Draft, parsed: SentMessage) -> dict[str, Any]:
         def recipients(addresses: list[str]) -> list[dict[str, Any]]:
             return [{"emailAddress": {"address": a}} for a in addresses]
 
@@ -517,12 +512,9 @@ def _part(attachment: Attachment, boundary: str) -> bytes:
     return f"--{boundary}\r\n".encode() + head + b"\r\n\r\n" + encoded
 
 
-def _attachment_item(body: bytes) -> dict[str, Any]:
+def _attachment_item(request: Request) -> dict[str, Any]:
     """``{"AttachmentItem": {...}}`` checked as Graph would (name, size, attachmentType)."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise body_read_error("Invalid JSON. A token was not recognized.") from None
+    payload = request.json()
     item = payload.get("AttachmentItem") if isinstance(payload, dict) else None
     if not isinstance(item, dict):
         raise GraphError(

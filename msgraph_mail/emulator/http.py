@@ -8,8 +8,9 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
-from .errors import EntraError, GraphError
+from .errors import EntraError, GraphError, body_read_error
 
 ODATA_JSON = "application/json;odata.metadata=minimal;odata.streaming=true;charset=utf-8"
 
@@ -28,6 +29,13 @@ class Request:
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
+
+    def json(self, invalid: str = "Invalid JSON. A token was not recognized.") -> Any:
+        """The body as JSON; Graph's ``RequestBodyRead`` (``invalid``) when it is not."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            raise body_read_error(invalid) from None
 
     def media_type(self) -> str:
         """The Content-Type without its parameters, lower-case ("" when absent)."""

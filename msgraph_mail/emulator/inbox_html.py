@@ -45,7 +45,8 @@ def _engine() -> Engine:
         text = re.sub(r"(>|%\}|\}\})[ \t]*\n\s*", r"\1", text)
         text = re.sub(r"\s*\n\s*(<|\{%)", r"\1", text)
         sources[entry.name] = re.sub(r"\s*\n\s*", " ", text.strip())
-    return Engine(loaders=[("django.template.loaders.locmem.Loader", sources)])
+    locmem = ("django.template.loaders.locmem.Loader", sources)
+    return Engine(loaders=[("django.template.loaders.cached.Loader", [locmem])])
 
 
 def render(template: str, **context: Any) -> str:

@@ -8,7 +8,6 @@ can be known before the body is read (the 4 MB limit is enforced on ``Content-Le
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -405,12 +404,7 @@ class GraphApi:
             raw = decode_base64_mime(request.body)
             return screen_mime(raw, mailbox, request.request_id)
         if media_type == "application/json":
-            try:
-                payload = json.loads(request.body)
-            except (ValueError, UnicodeDecodeError):
-                raise body_read_error(
-                    "Invalid JSON. A token was not recognized in the JSON content."
-                ) from None
+            payload = request.json("Invalid JSON. A token was not recognized in the JSON content.")
             return from_json(payload, request.body, mailbox, request.request_id)
         raise body_read_error(
             f"The content type '{media_type or 'none'}' is not supported; sendMail takes "

@@ -231,13 +231,11 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 self.close_connection = True
                 return graph_error(request, bad_request("Invalid Content-Length."))
-            if length > MAX_REQUEST_BYTES and not is_token:
+            too_large = length > MAX_REQUEST_BYTES and not is_token
+            if too_large:
                 self._drain(length)
-                error = GraphError(
-                    413, "BadRequest", "The maximum request length supported is 4MB."
-                )
-                return graph_error(request, error)
-            request.body = self.rfile.read(length) if length > 0 else b""
+            else:
+                request.body = self.rfile.read(length) if length > 0 else b""
         if length > MAX_REQUEST_BYTES and not is_token:
             error = GraphError(413, "BadRequest", "The maximum request length supported is 4MB.")
             return graph_error(request, error)
