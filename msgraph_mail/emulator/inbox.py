@@ -215,7 +215,7 @@ class Inbox:
             return _page(html.render("list.html", **context), {"X-Inbox-Total": str(len(messages))})
         mailboxes = sorted({m.mailbox.user_principal_name for m in messages})
         context["search"] = html.search(query, mailboxes, error)
-        return _page(html.render("list_page.html", total=str(len(messages)), **context))
+        return _page(html.render("list_page.html", total=len(messages), **context))
 
     def _requests_page(self, request: Request, match: re.Match[str]) -> Response:
         message = dict(request.query).get("message")
@@ -224,7 +224,7 @@ class Inbox:
         if ("fragment", "log") in request.query:
             return _page(html.render("log.html", log=log))
         faults = html.faults(workbench.armed(self.emulator))
-        context = {"log": log, "message": message, "total": str(len(rows)), **faults}
+        context = {"log": log, "message": message, "total": len(rows), **faults}
         return _page(html.render("requests.html", **context))
 
     def request_log(

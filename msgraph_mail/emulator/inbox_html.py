@@ -1,8 +1,8 @@
 """The dev inbox's HTML: the message list, the message view, the request log and the faults
 panel, rendered on the server from the templates in ``templates/``.
 
-Every value is escaped (Django's template engine, used standalone: no settings needed, so
-every value handed to a template is a string already, never a number it would localize);
+Every value is escaped (Django's template engine, used standalone: localization and time
+zones off, so no settings are needed and numbers render as Python writes them);
 the HTML body goes into a sandboxed ``srcdoc`` iframe (no scripts, no forms, no same-origin
 access) under a Content-Security-Policy that admits only inline styles, ``data:`` images and
 this message's own attachments, plus remote images when the reader asks for them. CSS and
@@ -50,7 +50,8 @@ def _engine() -> Engine:
 
 
 def render(template: str, **context: Any) -> str:
-    return str(_engine().get_template(template).render(Context(context, autoescape=True)))
+    context = Context(context, autoescape=True, use_l10n=False, use_tz=False)
+    return str(_engine().get_template(template).render(context))
 
 
 def csp(frame_images: str) -> str:
@@ -112,7 +113,7 @@ def listing(
 ) -> dict[str, Any]:
     """The newest ``messages`` of the ``matching`` ones (of ``total`` stored)."""
     return {
-        "total": str(total) if total else "",
+        "total": total,
         "snippet": snippet,
         "count": _count(len(messages), matching, total, "message"),
         "rows": [_row(m, size_of(m)) for m in messages] if matching else [],
@@ -134,7 +135,7 @@ def _row(message: SentMessage, count: int) -> dict[str, Any]:
         "to": ", ".join(message.to),
         "copies": [(label, addresses) for label, addresses in copies if addresses],
         "subject": message.subject or "(no subject)",
-        "files": str(len(message.attachments)) if message.attachments else "",
+        "files": len(message.attachments),
         "route": "" if message.format == "mime" else message.format,
         "route_label": route_label(message),
         "size": size(count),
@@ -152,7 +153,7 @@ def budgets(rows: list[dict[str, Any]], time_scale: float) -> dict[str, Any]:
                 "mailbox": row["mailbox"],
                 "app": row["app"],
                 "meters": [_meter(name, row[name]) for name in _BUDGETS],
-                "refused": str(sum(row["throttled"].values())),
+                "refused": sum(row["throttled"].values()),
             }
             for row in rows
         ],
@@ -198,7 +199,7 @@ def _entry(record: RecordedRequest, message: str | None) -> dict[str, Any]:
         "method": record.method,
         "path": record.path,
         "short": path,
-        "status": "reset" if record.status == 0 else str(record.status),
+        "status": record.status or "reset",
         "error": record.error,
         "ms": f"{record.duration * 1000:.0f}",
         "mailbox": record.mailbox or "",
@@ -251,7 +252,7 @@ def message(
     ]
     attachments = [
         (
-            str(index),
+            index,
             a.filename or f"attachment-{index}",
             f"{a.content_type}, {size(a.size)}"
             + (f", inline, cid:{a.content_id}" if a.content_id else ""),
@@ -271,7 +272,7 @@ def message(
         "log": log(log_rows, len(log_rows)),
         "text": message.text,
         "attachments": attachments,
-        "header_count": str(len(message.headers)),
+        "header_count": len(message.headers),
         "headers": message.headers,
     }
 
