@@ -266,13 +266,3 @@ def page_fault(fault: PlannedFault) -> tuple[int, bytes, dict[str, str]]:
     if fault.name == "bad_gateway":
         return 502, BAD_GATEWAY_TEXT.encode("ascii"), {"Content-Type": "text/plain"}
     raise ValueError(f"fault {fault.name!r} is not a page")
-
-
-def application_throttled(retry_after: float | None) -> GraphError:
-    """Outlook's answer to a 5th concurrent request for one app + mailbox (GRAPH_NOTES B.1)."""
-    return GraphError(
-        429,
-        "ApplicationThrottled",
-        "Application is over its MailboxConcurrency limit.",
-        retry_after_header(retry_after),
-    )
