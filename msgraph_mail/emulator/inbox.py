@@ -32,6 +32,8 @@ from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
+import django
+
 from . import inbox_html as html
 from . import workbench
 from .http import Request, Response
@@ -111,10 +113,6 @@ def settings_snippet(emulator: Emulator) -> str:
 
 def _has_mailers() -> bool:
     """Whether the installed Django configures mail with ``MAILERS`` (6.1 and later)."""
-    try:
-        import django
-    except ImportError:  # the emulator itself needs only the standard library
-        return False
     return bool(django.VERSION >= (6, 1))
 
 
