@@ -9,7 +9,8 @@ per 10 minutes, 150 MB of upload per 5 minutes) and Exchange's 10,000 recipients
 per 24 hours, with a time scale that runs those windows in seconds. After the 202 it decides
 each recipient's fate by rule, puts Exchange-shaped NDRs into the sender's Inbox (read by
 delta, get and ``$value``) and answers message trace with its permission, paging and
-100-requests-per-5-minutes limit. Standard library only.
+100-requests-per-5-minutes limit. Standard library only, but for Django's template engine
+(used standalone, no settings) behind the dev inbox's pages.
 """
 
 from .delivery import OUTCOMES

@@ -34,6 +34,10 @@ _ADDRESS = re.compile(r"[^@\s'\"<>(),;:\\/]+@[^@\s'\"<>(),;:\\/]+")
 DIRECTORY_READ_ROLES = frozenset(
     {"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}
 )
+#: Application roles that may read a mailbox's messages (their basic properties), and those
+#: that may read bodies and MIME too (ReadBasic may not).
+READ_ROLES = frozenset({"Mail.ReadBasic.All", "Mail.Read", "Mail.ReadWrite"})
+FULL_READ_ROLES = frozenset({"Mail.Read", "Mail.ReadWrite"})
 
 #: Properties Graph returns for a user when no ``$select`` is given.
 DEFAULT_PROPERTIES = (
@@ -161,7 +165,12 @@ class Tenant:
         self.lock = threading.RLock()
         self._users: list[User] = default_users()
         self._roles: list[str] = list(PERMISSIVE_ROLES if permissive else DEFAULT_ROLES)
-        self._rbac_scope: set[str] | None = None
+        #: Exchange RBAC for Applications: the mailboxes (ids or addresses, matched
+        #: case-insensitively; the live sets) each "Application Mail.*" role is assigned on;
+        #: None: no assignment.
+        self.rbac: dict[str, set[str] | None] = dict.fromkeys(
+            ("Mail.Send", "Mail.ReadBasic", "Mail.ReadWrite")
+        )
         #: The dev inbox's mode: any address becomes a mailbox on first use, and a mailbox
         #: may send as any address (the developer's tenant's Send As grants are unknown here).
         self.permissive = permissive
@@ -176,15 +185,9 @@ class Tenant:
         with self.lock:
             self._roles = list(roles)
 
-    @property
-    def rbac_scope(self) -> set[str] | None:
-        """The live set (ids or addresses, matched case-insensitively) or None."""
-        return self._rbac_scope
-
-    @rbac_scope.setter
-    def rbac_scope(self, scope: Iterable[str] | None) -> None:
+    def set_rbac(self, role: str, scope: Iterable[str] | None) -> None:
         with self.lock:
-            self._rbac_scope = None if scope is None else set(scope)
+            self.rbac[role] = None if scope is None else set(scope)
 
     @property
     def users(self) -> list[User]:
@@ -256,12 +259,34 @@ class Tenant:
     def may_read_directory(self, roles: Iterable[str]) -> bool:
         return bool(DIRECTORY_READ_ROLES & set(roles))
 
+    def in_rbac(self, role: str, user: User) -> bool:
+        """Whether the app's "Application ``role``" RBAC assignment covers the mailbox."""
+        with self.lock:
+            scope = self.rbac[role]
+            lowered = None if scope is None else {s.lower() for s in scope}
+        return lowered is not None and (
+            user.id.lower() in lowered or bool(lowered & set(user.addresses()))
+        )
+
     def may_send_from(self, user: User, roles: Iterable[str]) -> bool:
         """Entra ``Mail.Send`` or an Exchange RBAC grant covering this mailbox."""
-        if "Mail.Send" in roles:
-            return True
-        with self.lock:
-            scope = None if self._rbac_scope is None else {s.lower() for s in self._rbac_scope}
-        if scope is None:
-            return False
-        return user.id.lower() in scope or bool(scope & set(user.addresses()))
+        return "Mail.Send" in roles or self.in_rbac("Mail.Send", user)
+
+    def may_read_write(self, user: User, roles: Iterable[str]) -> bool:
+        """Entra ``Mail.ReadWrite`` or Exchange "Application Mail.ReadWrite" on the mailbox."""
+        return "Mail.ReadWrite" in roles or self.in_rbac("Mail.ReadWrite", user)
+
+    def may_read(self, user: User, roles: Iterable[str]) -> bool:
+        """Entra ``Mail.ReadBasic.All``/``Mail.Read``/``Mail.ReadWrite``, or an Exchange RBAC
+        grant on the mailbox ("Application Mail.ReadBasic", or Mail.ReadWrite's)."""
+        roles = set(roles)
+        return (
+            bool(READ_ROLES & roles)
+            or self.in_rbac("Mail.ReadBasic", user)
+            or (self.may_read_write(user, roles))
+        )
+
+    def may_read_full(self, user: User, roles: Iterable[str]) -> bool:
+        """Bodies and MIME: Entra ``Mail.Read``/``Mail.ReadWrite`` or RBAC Mail.ReadWrite."""
+        roles = set(roles)
+        return bool(FULL_READ_ROLES & roles) or self.may_read_write(user, roles)

@@ -23,38 +23,41 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import re
 import secrets
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from .directory import Tenant, User
-from .errors import GraphError, access_denied, send_as_denied
+from .entra import IssuedToken
+from .errors import (
+    GraphError,
+    access_denied,
+    body_read_error,
+    item_not_found,
+    method_not_allowed,
+    send_as_denied,
+)
+from .http import Request, Response, graph_time, json_response
 from .mail import (
     NO_RECIPIENTS,
     Attachment,
     SentMessage,
-    _json_attachment,
-    body_read_error,
     decode_base64_mime,
     from_mime,
+    json_attachment,
 )
 from .query import message_list_query
-from .routes import ODATA_JSON, Request, Response, Route
-
-if TYPE_CHECKING:
-    from .entra import IssuedToken
 
 #: Graph refuses an upload session for an attachment smaller than this ("3 MB").
 MIN_UPLOAD_SESSION_BYTES = 3_000_000
@@ -64,18 +67,6 @@ MAX_ATTACHMENT_BYTES = 150 * 1024 * 1024
 UPLOAD_PREFIX = "/upload/"
 #: How long an upload session stays valid, as advertised in ``expirationDateTime``.
 SESSION_LIFETIME = timedelta(minutes=15)
-#: Request kinds of the draft route under ``/v1.0`` (as ``emu.count()`` names them).
-DRAFT_KINDS = (
-    "draft_create",
-    "attachment",
-    "upload_session",
-    "draft_send",
-    "draft_delete",
-    "message_list",
-)
-#: Request kinds on the upload URL.
-UPLOAD_KINDS = ("upload_chunk", "upload_cancel", "upload_status")
-READ_WRITE_ROLES = frozenset({"Mail.ReadWrite"})
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 _MESSAGE_FIELDS = {"id": "id", "isdraft": "isDraft", "internetmessageid": "internetMessageId"}
 
@@ -132,7 +123,6 @@ class DraftStore:
         self._lock = threading.Lock()
         self._drafts: dict[str, Draft] = {}
         self._sessions: dict[str, UploadSession] = {}
-        self._readwrite_scope: set[str] | None = None
         #: How many bytes of each of the next chunk PUTs to store (see ``store_partial``).
         self._partial: deque[int] = deque()
         #: Called as a draft is sent, with the mailbox and the number of recipients; raises
@@ -145,15 +135,6 @@ class DraftStore:
     def drafts(self) -> list[Draft]:
         with self._lock:
             return list(self._drafts.values())
-
-    @property
-    def readwrite_scope(self) -> set[str] | None:
-        return self._readwrite_scope
-
-    @readwrite_scope.setter
-    def readwrite_scope(self, scope: Iterable[str] | None) -> None:
-        with self._lock:
-            self._readwrite_scope = None if scope is None else set(scope)
 
     def clear(self) -> None:
         with self._lock:
@@ -170,44 +151,14 @@ class DraftStore:
         with self._lock:
             self._partial.extend(keep)
 
-    def may_read_write(self, mailbox: User, roles: Iterable[str]) -> bool:
-        """Entra ``Mail.ReadWrite`` or Exchange "Application Mail.ReadWrite" on the mailbox."""
-        if READ_WRITE_ROLES & set(roles):
-            return True
-        with self._lock:
-            scope = self._readwrite_scope
-            lowered = None if scope is None else {s.lower() for s in scope}
-        if lowered is None:
-            return False
-        return mailbox.id.lower() in lowered or bool(lowered & set(mailbox.addresses()))
-
     # /v1.0/users/{id}/messages... ---------------------------------------------------------
 
-    def handle(self, route: Route, request: Request, mailbox: User, token: IssuedToken) -> Response:
-        """One draft-route request, after GraphApi resolved the mailbox and the token."""
-        if route.name == "draft_send":
-            return self.send(request, mailbox, str(route.item), token)
-        if not self.may_read_write(mailbox, token.roles):
-            raise access_denied()
-        if route.name == "message_list":
-            return self.list_messages(request, mailbox)
-        if route.name == "draft_create":
-            return self.create(request, mailbox)
-        draft = self._draft(mailbox, str(route.item))
-        if route.name == "attachment":
-            return self.add_attachment(request, draft)
-        if route.name == "upload_session":
-            return self.create_upload_session(request, draft, token.app_id)
-        return self.delete(draft)
-
     def create(self, request: Request, mailbox: User) -> Response:
-        media_type = (request.header("Content-Type") or "").split(";")[0].strip().lower()
+        media_type = request.media_type()
         if media_type != "text/plain":
-            raise GraphError(
-                400,
-                "RequestBodyRead",
+            raise body_read_error(
                 f"The content type '{media_type or 'none'}' is not supported here; the "
-                "emulator creates drafts from base64 MIME ('text/plain') only.",
+                "emulator creates drafts from base64 MIME ('text/plain') only."
             )
         raw = decode_base64_mime(request.body)
         parsed = from_mime(raw, mailbox, request.request_id)
@@ -220,18 +171,14 @@ class DraftStore:
         )
         with self._lock:
             self._drafts[draft.id] = draft
-        return _json(201, self._message_json(draft, parsed))
+        return json_response(201, self._message_json(draft, parsed))
 
     def add_attachment(self, request: Request, draft: Draft) -> Response:
-        try:
-            payload = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            raise body_read_error("Invalid JSON. A token was not recognized.") from None
-        attachment = _json_attachment(payload)
+        attachment = json_attachment(request.json())
         attachment_id = _attachment_id()
         with self._lock:
             if draft.id not in self._drafts:
-                raise _not_found()
+                raise item_not_found()
             draft.attachments.append(attachment)
         body = {
             "@odata.type": "#microsoft.graph.fileAttachment",
@@ -242,7 +189,7 @@ class DraftStore:
             "isInline": attachment.inline,
             "contentId": attachment.content_id,
         }
-        return _json(201, body)
+        return json_response(201, body)
 
     def list_messages(self, request: Request, mailbox: User) -> Response:
         """``GET /users/{id}/messages``: the mailbox's drafts, all of them or those whose
@@ -261,10 +208,10 @@ class DraftStore:
             for d in found
         ]
         context = f"{self.base_url()}/v1.0/$metadata#users('{quote(mailbox.id)}')/messages"
-        return _json(200, {"@odata.context": context, "value": values})
+        return json_response(200, {"@odata.context": context, "value": values})
 
     def create_upload_session(self, request: Request, draft: Draft, app_id: str = "") -> Response:
-        item = _attachment_item(request.body)
+        item = _attachment_item(request)
         size = item["size"]
         if size < MIN_UPLOAD_SESSION_BYTES:
             raise GraphError(
@@ -290,17 +237,17 @@ class DraftStore:
         )
         with self._lock:
             if draft.id not in self._drafts:
-                raise _not_found()
+                raise item_not_found()
             self._sessions[session.id] = session
         body = {
             "@odata.context": f"{self.base_url()}/v1.0/$metadata#microsoft.graph.uploadSession",
             "uploadUrl": (
                 f"{self.base_url()}{UPLOAD_PREFIX}{session.id}?authtoken={session.token}"
             ),
-            "expirationDateTime": _iso(session.expires),
+            "expirationDateTime": graph_time(session.expires, ".%f0"),
             "nextExpectedRanges": ["0-"],
         }
-        return _json(201, body)
+        return json_response(201, body)
 
     def send(self, request: Request, mailbox: User, draft_id: str, token: IssuedToken) -> Response:
         """Deliver the draft with every attachment, then remove it from Drafts."""
@@ -310,7 +257,7 @@ class DraftStore:
             raise body_read_error("The send action takes no request body.")
         if not self.tenant.may_send_from(mailbox, token.roles):
             raise access_denied()
-        draft = self._draft(mailbox, draft_id)
+        draft = self.find(mailbox, draft_id)
         parsed = from_mime(draft.raw, mailbox, request.request_id)
         if not self.tenant.may_send_as(mailbox, parsed.from_):
             raise send_as_denied()
@@ -318,7 +265,7 @@ class DraftStore:
             raise GraphError(400, "ErrorInvalidRecipients", NO_RECIPIENTS)
         with self._lock:
             if draft.id not in self._drafts:
-                raise _not_found()
+                raise item_not_found()
             self.before_send(mailbox, len(parsed.recipients))
             del self._drafts[draft.id]
             for session_id in [s.id for s in self._sessions.values() if s.draft is draft]:
@@ -374,7 +321,7 @@ class DraftStore:
             session = self._sessions.get(session_id)
         token = dict(request.query).get("authtoken")
         if session is None:
-            raise _not_found()
+            raise item_not_found()
         if token is None or not secrets.compare_digest(token, session.token):
             raise GraphError(
                 401, "InvalidAuthenticationToken", "The upload URL's authtoken is not valid."
@@ -386,13 +333,9 @@ class DraftStore:
         if request.method == "GET":
             with self._lock:
                 expected = len(session.data)
-            return _json(200, self._session_status(session, expected))
+            return json_response(200, self._session_status(session, expected))
         if request.method != "PUT":
-            raise GraphError(
-                405,
-                "Request_BadRequest",
-                "Specified HTTP method is not allowed for the request target.",
-            )
+            raise method_not_allowed()
         return self._chunk(request, session)
 
     def _chunk(self, request: Request, session: UploadSession) -> Response:
@@ -414,7 +357,7 @@ class DraftStore:
             raise GraphError(400, "InvalidContentRange", "The Content-Range ends past the total.")
         with self._lock:
             if session.id not in self._sessions:
-                raise _not_found()
+                raise item_not_found()
             expected = len(session.data)
             if start != expected:
                 raise GraphError(
@@ -446,7 +389,7 @@ class DraftStore:
                 f"/Attachments('{attachment_id}')"
             )
             return Response(201, b"", {"Location": location})
-        return _json(200, self._session_status(session, expected + stored))
+        return json_response(200, self._session_status(session, expected + stored))
 
     def _session_status(self, session: UploadSession, expected: int) -> dict[str, Any]:
         return {
@@ -454,17 +397,17 @@ class DraftStore:
                 f"{self.base_url()}/api/v2.0/$metadata#Users('{session.draft.mailbox.id}')"
                 f"/Messages('{session.draft.id}')/AttachmentSessions/$entity"
             ),
-            "ExpirationDateTime": _iso(session.expires),
+            "ExpirationDateTime": graph_time(session.expires, ".%f0"),
             "NextExpectedRanges": [str(expected)],
         }
 
     # helpers ------------------------------------------------------------------------------
 
-    def _draft(self, mailbox: User, draft_id: str) -> Draft:
+    def find(self, mailbox: User, draft_id: str) -> Draft:
         with self._lock:
             draft = self._drafts.get(draft_id)
         if draft is None or draft.mailbox.id != mailbox.id:
-            raise _not_found()
+            raise item_not_found()
         return draft
 
     def _message_json(self, draft: Draft, parsed: SentMessage) -> dict[str, Any]:
@@ -569,12 +512,9 @@ def _part(attachment: Attachment, boundary: str) -> bytes:
     return f"--{boundary}\r\n".encode() + head + b"\r\n\r\n" + encoded
 
 
-def _attachment_item(body: bytes) -> dict[str, Any]:
+def _attachment_item(request: Request) -> dict[str, Any]:
     """``{"AttachmentItem": {...}}`` checked as Graph would (name, size, attachmentType)."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise body_read_error("Invalid JSON. A token was not recognized.") from None
+    payload = request.json()
     item = payload.get("AttachmentItem") if isinstance(payload, dict) else None
     if not isinstance(item, dict):
         raise GraphError(
@@ -626,15 +566,3 @@ def _message_id() -> str:
 
 def _attachment_id() -> str:
     return "AAMkAGAtt" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
-
-
-def _not_found() -> GraphError:
-    return GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
-
-
-def _json(status: int, body: object) -> Response:
-    return Response(status, json.dumps(body).encode(), {"Content-Type": ODATA_JSON})

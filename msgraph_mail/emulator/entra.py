@@ -7,8 +7,8 @@ remembers issuing them. Roles are fixed at issue time, as in Entra.
 Client assertions (certificate credentials) are verified as Entra does: the signature against
 a certificate registered with ``GraphEmulator.register_certificate``, the issuer, the
 audience (this token endpoint) and the lifetime. That needs ``cryptography``, imported only
-when an assertion arrives or a certificate is registered, so the emulator itself still runs
-on the standard library alone.
+when an assertion arrives or a certificate is registered, so the emulator itself does not
+need it.
 """
 
 from __future__ import annotations

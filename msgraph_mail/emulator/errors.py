@@ -10,6 +10,10 @@ import json
 from datetime import datetime, timezone
 
 ENTRA_ERROR_URI = "https://login.microsoftonline.com/error?code={code}"
+_WWW_AUTHENTICATE = (
+    'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/'
+    'authorize", client_id="00000003-0000-0000-c000-000000000000"'
+)
 
 
 def utc_now_iso() -> str:
@@ -46,6 +50,40 @@ class GraphError(Exception):
             inner["client-request-id"] = client_request_id
         error = {"code": self.code, "message": self.message, "innerError": inner}
         return json.dumps({"error": error}).encode()
+
+
+def bad_request(message: str) -> GraphError:
+    return GraphError(400, "BadRequest", message)
+
+
+def bad_segment(segment: str) -> GraphError:
+    """A path Graph has no resource for, naming the first segment it does not know."""
+    return bad_request(f"Resource not found for the segment '{segment}'.")
+
+
+def method_not_allowed() -> GraphError:
+    return GraphError(
+        405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target."
+    )
+
+
+def body_read_error(message: str) -> GraphError:
+    return GraphError(400, "RequestBodyRead", message)
+
+
+def unsupported_query() -> GraphError:
+    return GraphError(400, "Request_UnsupportedQuery", "Unsupported Query.")
+
+
+def item_not_found() -> GraphError:
+    return GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+
+
+def unauthenticated(message: str) -> GraphError:
+    """Graph's 401, with the challenge naming Entra and Graph's application id."""
+    return GraphError(
+        401, "InvalidAuthenticationToken", message, {"WWW-Authenticate": _WWW_AUTHENTICATE}
+    )
 
 
 def access_denied() -> GraphError:

@@ -17,8 +17,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import EntraError, GraphError
-from .routes import unauthenticated
+from .errors import EntraError, GraphError, unauthenticated
 
 #: Faults answered as Graph answers (its JSON errors) or not at all, in the order the
 #: documentation lists them.
@@ -62,8 +61,6 @@ FAULT_KINDS = (
 PROCESSING_FAULTS = frozenset({"gateway_timeout", "reset_after", "slow", "bad_gateway"})
 #: Faults answered with a page that is not Graph's (or Entra's) JSON error.
 PAGE_FAULTS = frozenset(PAGE_FAULT_NAMES)
-#: Faults that answer no HTTP response at all: the connection is reset (RST).
-RESET_FAULTS = frozenset({"reset_before", "reset_after"})
 #: A token endpoint has no bearer token to expire.
 _NOT_ON_TOKEN = frozenset({"expired_token"})
 
@@ -269,13 +266,3 @@ def page_fault(fault: PlannedFault) -> tuple[int, bytes, dict[str, str]]:
     if fault.name == "bad_gateway":
         return 502, BAD_GATEWAY_TEXT.encode("ascii"), {"Content-Type": "text/plain"}
     raise ValueError(f"fault {fault.name!r} is not a page")
-
-
-def application_throttled(retry_after: float | None) -> GraphError:
-    """Outlook's answer to a 5th concurrent request for one app + mailbox (GRAPH_NOTES B.1)."""
-    return GraphError(
-        429,
-        "ApplicationThrottled",
-        "Application is over its MailboxConcurrency limit.",
-        retry_after_header(retry_after),
-    )

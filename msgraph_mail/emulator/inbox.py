@@ -29,19 +29,19 @@ import re
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
+import django
+
 from . import inbox_html as html
-from . import log_html, workbench
+from . import workbench
+from .http import Request, Response
 from .inbox_search import MessageQuery
 from .mail import Attachment, SentMessage
 from .request_log import RecordedRequest
-from .routes import Request, Response
 from .store import as_eml
-
-if TYPE_CHECKING:
-    from .server import GraphEmulator
+from .workbench import Emulator
 
 _PREFIXES = (
     "/api/messages",
@@ -66,7 +66,7 @@ _MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
 Handler = Callable[[Request, "re.Match[str]"], Response]
 
 
-def settings_snippet(emulator: GraphEmulator) -> str:
+def settings_snippet(emulator: Emulator) -> str:
     """What to paste into a development settings file to send mail to ``emulator``, in the
     form of the installed Django: ``MAILERS`` OPTIONS on 6.1, ``EMAIL_BACKEND`` and
     ``MSGRAPH_MAIL`` before (6.1 refuses ``EMAIL_BACKEND`` beside ``MAILERS``).
@@ -113,10 +113,6 @@ def settings_snippet(emulator: GraphEmulator) -> str:
 
 def _has_mailers() -> bool:
     """Whether the installed Django configures mail with ``MAILERS`` (6.1 and later)."""
-    try:
-        import django
-    except ImportError:  # the emulator itself needs only the standard library
-        return False
     return bool(django.VERSION >= (6, 1))
 
 
@@ -128,7 +124,7 @@ def serves(path: str) -> bool:
 class Inbox:
     """Answers the inbox's requests from ``emulator.sent`` (and ``clear_messages()``)."""
 
-    def __init__(self, emulator: GraphEmulator) -> None:
+    def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"/"), self._list_page),
@@ -200,40 +196,34 @@ class Inbox:
             query = MessageQuery.parse(request.query)
         except ValueError as exc:
             query, error = MessageQuery(), str(exc)
+        context: dict[str, Any] = {
+            "budgets": html.budgets(self.emulator.budgets(), self.emulator.time_scale),
+            **html.faults(workbench.armed(self.emulator)),
+        }
         if ("fragment", "budgets") in request.query:
-            return _page(html.budgets_fragment(self.emulator.budgets(), self.emulator.time_scale))
+            return _page(html.render("budgets.html", **context))
         if ("fragment", "faults") in request.query:
-            return _page(log_html.armed_fragment(workbench.armed(self.emulator)))
+            return _page(html.render("armed.html", **context))
         messages = self.messages()
         matching = query.filter(messages)
-        listing = html.list_fragment(
-            matching[:LIST_LIMIT],
-            len(messages),
-            len(matching),
-            settings_snippet(self.emulator),
-            _size,
-        )
+        snippet = settings_snippet(self.emulator)
+        shown = matching[:LIST_LIMIT]
+        context["listing"] = html.listing(shown, len(messages), len(matching), snippet, _size)
         if ("fragment", "list") in request.query:
-            return _page(listing, {"X-Inbox-Total": str(len(messages))})
+            return _page(html.render("list.html", **context), {"X-Inbox-Total": str(len(messages))})
         mailboxes = sorted({m.mailbox.user_principal_name for m in messages})
-        body = html.list_page(
-            listing,
-            html.search_form(query, mailboxes, error),
-            log_html.faults_panel(workbench.armed(self.emulator)),
-            self.emulator.budgets(),
-            self.emulator.time_scale,
-            len(messages),
-        )
-        return _page(body)
+        context["search"] = html.search(query, mailboxes, error)
+        return _page(html.render("list_page.html", total=len(messages), **context))
 
     def _requests_page(self, request: Request, match: re.Match[str]) -> Response:
         message = dict(request.query).get("message")
         rows = self.request_log(message)
-        log = log_html.log_fragment(rows[:LOG_LIMIT], len(rows))
+        log = html.log(rows[:LOG_LIMIT], len(rows))
         if ("fragment", "log") in request.query:
-            return _page(log)
-        faults = log_html.faults_panel(workbench.armed(self.emulator))
-        return _page(log_html.requests_page(log, faults, message, len(rows)))
+            return _page(html.render("log.html", log=log))
+        faults = html.faults(workbench.armed(self.emulator))
+        context = {"log": log, "message": message, "total": len(rows), **faults}
+        return _page(html.render("requests.html", **context))
 
     def request_log(
         self, message_id: str | None = None
@@ -264,17 +254,18 @@ class Inbox:
         if message is None:
             return _not_found("This message is gone (cleared, or the emulator restarted)")
         images = ("images", "1") in request.query
-        rows = self.request_log(message.id)
-        carried = log_html.log_fragment(rows, len(rows)) if rows else ""
-        delivery = html.delivery_section(
+        context = html.message(
+            message,
+            self._base(request),
+            images,
+            _size(message),
+            self.request_log(message.id),
             self.emulator.delivery_of(message.request_id),
             self.emulator.reports_of(message.request_id),
         )
-        body = html.message_page(
-            message, self._base(request), images, _size(message), carried, delivery
-        )
         frame_images = "http: https:" if images else ""
-        return _page(body, {"Content-Security-Policy": html.csp(frame_images)})
+        csp = {"Content-Security-Policy": html.csp(frame_images)}
+        return _page(html.render("message.html", **context), csp)
 
     def _report(self, request: Request, match: re.Match[str]) -> Response:
         """An NDR's raw MIME, as plain text (never rendered: it is mail from outside)."""
@@ -452,7 +443,7 @@ def _page(body: str, extra: dict[str, str] | None = None) -> Response:
 
 
 def _not_found(what: str) -> Response:
-    response = _page(html.not_found_page(what))
+    response = _page(html.render("not_found.html", what=what))
     response.status = 404
     return response
 

@@ -37,22 +37,16 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from .directory import User
-from .errors import GraphError, access_denied
-from .mail import _parts
-from .query import select_fields
-from .routes import Request, Response, Route, _json, _options
+from .entra import IssuedToken
+from .errors import GraphError, access_denied, bad_request, bad_segment, item_not_found
+from .http import Request, Response, graph_time, json_response
+from .mail import body_parts
+from .query import options, select_fields, top
 
-if TYPE_CHECKING:
-    from .entra import IssuedToken
-
-#: Request kinds of the Inbox routes (as ``emu.count()`` names them).
-INBOX_KINDS = ("inbox_delta", "message_get", "message_value")
-#: Application roles that may read bodies and MIME (ReadBasic may not).
-FULL_READ_ROLES = frozenset({"Mail.Read", "Mail.ReadWrite"})
 DEFAULT_PAGE = 10
 _PREFER_PAGE = re.compile(r"odata\.maxpagesize\s*=\s*(\d+)", re.I)
 _CHANGE_TYPES = ("created", "updated", "deleted")
@@ -100,7 +94,7 @@ class InboxMessage:
         """Whatever arrived, however malformed: what cannot be read is left empty."""
         message = BytesParser(policy=policy.default).parsebytes(raw)
         assert isinstance(message, EmailMessage)
-        text, html, attachments = _parts(message)
+        text, html, attachments = body_parts(message)
         senders = _addresses(message, "From")
         return cls(
             id="AAMk" + uuid.uuid4().hex,
@@ -121,9 +115,9 @@ class InboxMessage:
         sender = _recipient(*self.sender) if self.sender is not None else None
         values: dict[str, Any] = {
             "id": self.id,
-            "createdDateTime": _iso(self.received),
-            "receivedDateTime": _iso(self.received),
-            "sentDateTime": _iso(self.sent or self.received),
+            "createdDateTime": graph_time(self.received),
+            "receivedDateTime": graph_time(self.received),
+            "sentDateTime": graph_time(self.sent or self.received),
             "subject": self.subject,
             "bodyPreview": self.preview,
             "importance": "normal",
@@ -193,33 +187,35 @@ class Inboxes:
             self._messages.clear()
             self._states.clear()
 
-    def handle(self, route: Route, request: Request, mailbox: User, token: IssuedToken) -> Response:
+    def _full(self, mailbox: User, token: IssuedToken) -> bool:
+        """Whether the token may read bodies and MIME too; 403 if it may not even list."""
         if not self.may_read_basic(mailbox, token.roles):
             raise access_denied()
-        full = self.may_read_full(mailbox, token.roles)
-        if route.name == "inbox_delta":
-            if str(route.item).lower() != "inbox" and route.item != inbox_id(mailbox.id):
-                raise GraphError(
-                    400, "BadRequest", f"Resource not found for the segment '{route.item}'."
-                )
-            return self.delta(request, mailbox, full)
-        if route.name == "message_value":
-            _options(request, ())
-            if not full:
-                raise access_denied()
-            found = self._message(mailbox, str(route.item))
-            return Response(200, found.raw, {"Content-Type": "text/plain"})
-        options = _options(request, ("$select",))
-        select = options.get("$select")
-        fields = select_fields(select, _FIELDS) if select is not None else _FIELDS.values()
-        found = self._message(mailbox, str(route.item))
-        context = f"{self.base_url()}/v1.0/$metadata#users('{quote(mailbox.id)}')/messages/$entity"
-        return _json(200, {"@odata.context": context, **found.as_graph(fields, full)})
+        return self.may_read_full(mailbox, token.roles)
 
-    def delta(self, request: Request, mailbox: User, full: bool) -> Response:
+    def get(self, request: Request, mailbox: User, token: IssuedToken, item: str) -> Response:
+        full = self._full(mailbox, token)
+        select = options(request.query, ("$select",)).get("$select")
+        fields = select_fields(select, _FIELDS) if select is not None else _FIELDS.values()
+        found = self._message(mailbox, item)
+        context = f"{self.base_url()}/v1.0/$metadata#users('{quote(mailbox.id)}')/messages/$entity"
+        return json_response(200, {"@odata.context": context, **found.as_graph(fields, full)})
+
+    def value(self, request: Request, mailbox: User, token: IssuedToken, item: str) -> Response:
+        """``$value``: the message's MIME, for Mail.Read or Mail.ReadWrite only."""
+        full = self._full(mailbox, token)
+        options(request.query, ())
+        if not full:
+            raise access_denied()
+        return Response(200, self._message(mailbox, item).raw, {"Content-Type": "text/plain"})
+
+    def delta(self, request: Request, mailbox: User, token: IssuedToken, folder: str) -> Response:
         """One page of a delta round; the round's state goes into the link it answers with."""
-        options = _options(request, ("$select", "$top", "$skiptoken", "$deltatoken"))
-        state = self._state(request, options, mailbox)
+        full = self._full(mailbox, token)
+        if folder.lower() != "inbox" and folder != inbox_id(mailbox.id):
+            raise bad_segment(folder)
+        found = options(request.query, ("$select", "$top", "$skiptoken", "$deltatoken"))
+        state = self._state(request, found, mailbox)
         page = _prefer_page(request) or state.page
         batch, owed = state.owed[:page], state.owed[page:]
         key = secrets.token_urlsafe(24)
@@ -238,26 +234,28 @@ class Inboxes:
                 for i in batch
             ],
         }
-        response = _json(200, body)
+        response = json_response(200, body)
         if _prefer_page(request):
             response.headers["Preference-Applied"] = f"odata.maxpagesize={page}"
         return response
 
-    def _state(self, request: Request, options: dict[str, str], mailbox: User) -> _SyncState:
+    def _state(self, request: Request, given: dict[str, str], mailbox: User) -> _SyncState:
         """The round a request continues (a token), or a new one over the whole folder."""
         arrived = [m.id for m in self.messages(mailbox.id)]
-        token = options.get("$skiptoken") or options.get("$deltatoken")
+        token = given.get("$skiptoken") or given.get("$deltatoken")
         if token is None:
             change_type = next((v for k, v in request.query if k.lower() == "changetype"), None)
             if change_type is not None and change_type not in _CHANGE_TYPES:
                 raise GraphError(
                     400, "ErrorInvalidUrlQuery", f"Invalid changeType '{change_type}'."
                 )
-            select = options.get("$select")
+            select = given.get("$select")
             fields = (
                 select_fields(select, _FIELDS) if select is not None else list(_FIELDS.values())
             )
-            page = _page(options["$top"]) if "$top" in options else DEFAULT_PAGE
+            value = given.get("$top")
+            error = bad_request(f"Invalid value '{value}' for $top.")
+            page = top(value, None, error) if value is not None else DEFAULT_PAGE
             return _SyncState(
                 mailbox.id, frozenset(), tuple(arrived), tuple(fields), page, change_type
             )
@@ -265,7 +263,7 @@ class Inboxes:
             state = self._states.get(token)
         if state is None or state.mailbox_id != mailbox.id:
             raise GraphError(410, "SyncStateNotFound", "The sync state generation is not found.")
-        if "$deltatoken" in options:  # a new round: what arrived since (messages are only created)
+        if "$deltatoken" in given:  # a new round: what arrived since (messages are only created)
             new = [i for i in arrived if i not in state.seen]
             owed = tuple(new) if state.change_type in (None, "created") else ()
             state = dataclasses.replace(state, owed=owed)
@@ -274,16 +272,8 @@ class Inboxes:
     def _message(self, mailbox: User, message_id: str) -> InboxMessage:
         found = next((m for m in self.messages(mailbox.id) if m.id == message_id), None)
         if found is None:
-            raise GraphError(
-                404, "ErrorItemNotFound", "The specified object was not found in the store."
-            )
+            raise item_not_found()
         return found
-
-
-def _page(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise GraphError(400, "BadRequest", f"Invalid value '{value}' for $top.")
-    return int(value)
 
 
 def _prefer_page(request: Request) -> int | None:
@@ -321,7 +311,3 @@ def _preview(text: str) -> str:
 
 def _recipient(name: str, address: str) -> dict[str, Any]:
     return {"emailAddress": {"name": name or address, "address": address}}
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,9 +1,13 @@
-"""The dev inbox's HTML: the message list and the message view, rendered on the server.
+"""The dev inbox's HTML: the message list, the message view, the request log and the faults
+panel, rendered on the server from the templates in ``templates/``.
 
-Every value from a message is escaped; the HTML body goes into a sandboxed ``srcdoc``
-iframe (no scripts, no forms, no same-origin access) under a Content-Security-Policy that
-admits only inline styles, ``data:`` images and this message's own attachments, plus remote
-images when the reader asks for them. CSS and JavaScript are two static files, no build step.
+Every value is escaped (Django's template engine, used standalone: localization and time
+zones off, so no settings are needed and numbers render as Python writes them);
+the HTML body goes into a sandboxed ``srcdoc`` iframe (no scripts, no forms, no same-origin
+access) under a Content-Security-Policy that admits only inline styles, ``data:`` images and
+this message's own attachments, plus remote images when the reader asks for them. CSS and
+JavaScript are two static files, no build step. The request log shows what
+:mod:`~msgraph_mail.emulator.request_log` keeps, which holds no secret.
 """
 
 from __future__ import annotations
@@ -11,20 +15,43 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from email.utils import parseaddr
-from html import escape
+from functools import cache
+from importlib import resources
 from typing import Any
 from urllib.parse import unquote
 
-from .inbox_search import MessageQuery
-from .mail import Attachment, SentMessage
+from django.template import Context, Engine
+
+from .inbox_search import ROUTES, MessageQuery
+from .mail import SentMessage
+from .request_log import RecordedRequest
+from .workbench import DESCRIPTIONS, FAULTS
 
 _CID = re.compile(r"cid:([^\"'\s)>]+)", re.IGNORECASE)
-_CLIP = (  # inline SVG: no emoji font needed, and no image request
-    '<svg viewBox="0 0 16 16" width="13" height="13" aria-hidden="true"><path d="M10.5 4.5v6'
-    'a2.5 2.5 0 0 1-5 0V4a1.5 1.5 0 0 1 3 0v6a.5.5 0 0 1-1 0V5" fill="none" '
-    'stroke="currentColor" stroke-width="1.3" stroke-linecap="round"/></svg>'
-)
-_SNIPPET_HELP = "Send mail from Django with these settings; it shows up here."
+#: How each route reads in the page; the JSON API gives ``format`` and ``saved_to_sent_items``.
+ROUTE_LABELS = {"mime": "MIME sendMail", "json": "JSON sendMail", "draft": "draft, then send"}
+_SEARCH_ROUTES = {"mime": "MIME sendMail", "json": "JSON sendMail", "draft": "Draft"}
+_BUDGETS = ("concurrency", "requests", "upload", "recipients")
+
+
+@cache
+def _engine() -> Engine:
+    """The templates, each line's indentation and line break dropped (none of them is
+    content): the pages come out as compact as when they were built by hand."""
+    folder = resources.files("msgraph_mail.emulator") / "templates"
+    sources = {}
+    for entry in folder.iterdir():
+        text = entry.read_text(encoding="utf-8")
+        text = re.sub(r"(>|%\}|\}\})[ \t]*\n\s*", r"\1", text)
+        text = re.sub(r"\s*\n\s*(<|\{%)", r"\1", text)
+        sources[entry.name] = re.sub(r"\s*\n\s*", " ", text.strip())
+    locmem = ("django.template.loaders.locmem.Loader", sources)
+    return Engine(loaders=[("django.template.loaders.cached.Loader", [locmem])])
+
+
+def render(template: str, **context: Any) -> str:
+    context = Context(context, autoescape=True, use_l10n=False, use_tz=False)
+    return str(_engine().get_template(template).render(context))
 
 
 def csp(frame_images: str) -> str:
@@ -37,10 +64,6 @@ def csp(frame_images: str) -> str:
     )
 
 
-def e(value: object) -> str:
-    return escape(str(value), quote=True)
-
-
 def size(count: int) -> str:
     if count < 1000:
         return f"{count} B"
@@ -49,262 +72,172 @@ def size(count: int) -> str:
     return f"{count / 1_000_000:.1f} MB"
 
 
-def page(title: str, body: str) -> str:
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>{e(title)}</title><link rel="icon" href="data:,">'
-        '<link rel="stylesheet" href="/static/inbox.css">'
-        '<script src="/static/inbox.js" defer></script></head>'
-        f'<body><header class="bar"><a class="brand" href="/">Graph emulator inbox</a>'
-        '<span class="offline-note">emulator not reachable</span>'
-        '<nav><a href="/">Messages</a><a href="/requests">Requests</a>'
-        '<a href="/api/messages">JSON API</a>'
-        '<form class="clear" method="post" action="/clear">'
-        '<button type="submit">Clear</button></form></nav></header>'
-        f"<main>{body}</main></body></html>\n"
-    )
+def route_label(message: SentMessage) -> str:
+    """Which request carried the message, and whether a copy went to Sent Items."""
+    saved = "saved to Sent Items" if message.save_to_sent_items else "no copy in Sent Items"
+    return f"{ROUTE_LABELS.get(message.format, message.format)} ({saved})"
+
+
+def _count(shown: int, matching: int, total: int, noun: str) -> str:
+    """ "the newest 100 of 250 messages (of 300), newest first"."""
+    newest = f"the newest {shown} of " if shown < matching else ""
+    plural = noun if matching == 1 else f"{noun}s"
+    of = f" (of {total})" if matching < total else ""
+    return f"{newest}{matching} {plural}{of}, newest first"
 
 
 # the list ------------------------------------------------------------------------------------
 
 
-def list_page(
-    listing: str,
-    search: str,
-    faults: str,
-    budgets: list[dict[str, Any]] | None = None,
-    time_scale: float = 1.0,
-    total: int = 0,
-) -> str:
-    """The list page: the search form, the list (``listing``: :func:`list_fragment`), the
-    faults panel and the budgets' meters; the script keeps them current."""
-    body = f'{search}<div id="list">{listing}</div>{faults}'
-    if budgets is not None:
-        body += (
-            '<section class="budgets"><h2>Budgets</h2>'
-            f'<div id="budgets">{budgets_fragment(budgets, time_scale)}</div></section>'
-        )
-    return page(f"Inbox ({total})", body)
+def search(query: MessageQuery, mailboxes: list[str], error: str | None = None) -> dict[str, Any]:
+    """The search form: subject or address, mailbox, route and capture date (``GET /``)."""
+
+    def options(choices: dict[str, str], chosen: str) -> list[tuple[str, str, bool]]:
+        return [(v, label, v.lower() == chosen.lower()) for v, label in choices.items()]
+
+    return {
+        **{name: query.value(name) for name in ("q", "since", "until")},
+        "mailboxes": options({box: box for box in mailboxes}, query.value("mailbox")),
+        "routes": options({r: _SEARCH_ROUTES[r] for r in ROUTES}, query.value("route")),
+        "reset": bool(query),
+        "error": error,
+    }
 
 
-def search_form(query: MessageQuery, mailboxes: list[str], error: str | None = None) -> str:
-    """Search by subject or address, mailbox, route and capture date (``GET /``)."""
-    boxes = "".join(_option(box, box, query.value("mailbox")) for box in mailboxes)
-    routes = "".join(_option(value, label, query.value("route")) for value, label in _ROUTES)
-    problem = f'<p class="error" role="alert">{e(error)}</p>' if error else ""
-    reset = ' <a href="/">Show all</a>' if query else ""
-    return (
-        '<form class="search" method="get" action="/" role="search">'
-        f'<input type="search" name="q" value="{e(query.value("q"))}" '
-        'placeholder="Subject or address" aria-label="Subject or address">'
-        f'<select name="mailbox" aria-label="Mailbox"><option value="">All mailboxes</option>'
-        f"{boxes}</select>"
-        f'<select name="route" aria-label="Route"><option value="">Any route</option>'
-        f"{routes}</select>"
-        f'<label>from <input type="date" name="since" value="{e(query.value("since"))}"></label>'
-        f'<label>to <input type="date" name="until" value="{e(query.value("until"))}"></label>'
-        f'<button type="submit">Search</button>{reset}</form>{problem}'
-    )
-
-
-_ROUTES = (("mime", "MIME sendMail"), ("json", "JSON sendMail"), ("draft", "Draft"))
-
-
-def _option(value: str, label: str, chosen: str) -> str:
-    selected = " selected" if value.lower() == chosen.lower() else ""
-    return f'<option value="{e(value)}"{selected}>{e(label)}</option>'
-
-
-def list_fragment(
+def listing(
     messages: list[SentMessage],
     total: int,
     matching: int,
     snippet: str,
     size_of: Callable[[SentMessage], int],
-) -> str:
+) -> dict[str, Any]:
     """The newest ``messages`` of the ``matching`` ones (of ``total`` stored)."""
-    if not total:
-        return (
-            '<section class="empty"><h1>No messages yet</h1>'
-            f"<p>{e(_SNIPPET_HELP)}</p><pre>{e(snippet)}</pre></section>"
-        )
-    if not matching:
-        return f'<p class="count">No message matches the search ({total} stored).</p>'
-    rows = "".join(_row(m, size_of(m)) for m in messages)
-    noun = "message" if matching == 1 else "messages"
-    shown = f"the newest {len(messages)} of " if len(messages) < matching else ""
-    of = f" (of {total})" if matching < total else ""
-    return (
-        f'<p class="count">{shown}{matching} {noun}{of}, newest first</p>'
-        '<table class="messages"><thead><tr><th>Received</th><th>Mailbox</th><th>From</th>'
-        "<th>To</th><th>Subject</th><th>Size</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>"
-    )
+    return {
+        "total": total,
+        "snippet": snippet,
+        "count": _count(len(messages), matching, total, "message"),
+        "rows": [_row(m, size_of(m)) for m in messages] if matching else [],
+    }
 
 
-def _row(message: SentMessage, count: int) -> str:
+def _row(message: SentMessage, count: int) -> dict[str, Any]:
     when = message.received_at.astimezone()
-    files = len(message.attachments)
-    clip = f' <span class="clip" title="{files} attached">{_CLIP}{files}</span>' if files else ""
-    return (
-        f'<tr data-id="{e(message.id)}">'
-        f'<td class="time"><time datetime="{e(message.received_at.isoformat())}">'
-        f"{e(when.strftime('%H:%M:%S'))}</time><small>{e(when.strftime('%Y-%m-%d'))}</small></td>"
-        f"<td>{e(message.mailbox.user_principal_name)}</td>"
-        f"<td>{_sender(message.from_header)}</td>"
-        f"<td>{_recipients(message)}</td>"
-        f'<td class="subject"><a href="/messages/{e(message.id)}">'
-        f"{e(message.subject or '(no subject)')}</a>{clip}{_route_tag(message)}</td>"
-        f'<td class="size">{e(size(count))}</td></tr>'
-    )
+    name, address = parseaddr(message.from_header)
+    copies = [(label, ", ".join(a)) for label, a in (("Cc", message.cc), ("Bcc", message.bcc))]
+    return {
+        "id": message.id,
+        "received": message.received_at.isoformat(),
+        "time": when.strftime("%H:%M:%S"),
+        "date": when.strftime("%Y-%m-%d"),
+        "mailbox": message.mailbox.user_principal_name,
+        "sender": name if name and address else message.from_header,
+        "sender_address": address if name and address else "",
+        "to": ", ".join(message.to),
+        "copies": [(label, addresses) for label, addresses in copies if addresses],
+        "subject": message.subject or "(no subject)",
+        "files": len(message.attachments),
+        "route": "" if message.format == "mime" else message.format,
+        "route_label": route_label(message),
+        "size": size(count),
+    }
 
 
-#: How each route reads in the page; the JSON API gives ``format`` and ``saved_to_sent_items``.
-ROUTES = {"mime": "MIME sendMail", "json": "JSON sendMail", "draft": "draft, then send"}
-
-
-def route_label(message: SentMessage) -> str:
-    """Which request carried the message, and whether a copy went to Sent Items."""
-    saved = "saved to Sent Items" if message.save_to_sent_items else "no copy in Sent Items"
-    return f"{ROUTES.get(message.format, message.format)} ({saved})"
-
-
-def _route_tag(message: SentMessage) -> str:
-    """A tag on the rows not sent as plain MIME sendMail, so they stand out in the list."""
-    if message.format == "mime":
-        return ""
-    return f' <span class="route" title="{e(route_label(message))}">{e(message.format)}</span>'
-
-
-def _sender(from_header: str) -> str:
-    """The display name, with the address below it in small type."""
-    name, address = parseaddr(from_header)
-    if not name or not address:
-        return e(from_header)
-    return f'{e(name)}<small class="address">{e(address)}</small>'
-
-
-def _recipients(message: SentMessage) -> str:
-    parts = [e(", ".join(message.to))] if message.to else []
-    for label, addresses in (("Cc", message.cc), ("Bcc", message.bcc)):
-        if addresses:
-            parts.append(f'<span class="label">{label}</span> {e(", ".join(addresses))}')
-    return "<br>".join(parts)
-
-
-# budgets -------------------------------------------------------------------------------------
-
-_BUDGETS = (
-    ("concurrency", "In flight"),
-    ("requests", "Requests / 10 min"),
-    ("upload", "Upload / 5 min"),
-    ("recipients", "Recipients / 24 h"),
-)
-
-
-def budgets_fragment(rows: list[dict[str, Any]], time_scale: float) -> str:
+def budgets(rows: list[dict[str, Any]], time_scale: float) -> dict[str, Any]:
     """One row per mailbox (and application), a meter per limit; the script refreshes it."""
-    head = "".join(f"<th>{e(label)}</th>" for _, label in _BUDGETS)
-    body = "".join(_budget_row(row) for row in rows)
-    scaled = (
-        f'<p class="note">Windows scaled by {e(f"{time_scale:g}")} '
-        f"(10 minutes last {e(f'{600 * time_scale:g}')} s).</p>"
-        if time_scale != 1.0
-        else ""
-    )
-    return (
-        f'{scaled}<table class="budgets"><thead><tr><th>Mailbox</th><th>Application</th>'
-        f"{head}<th>429s</th></tr></thead><tbody>{body}</tbody></table>"
-    )
+    return {
+        "scaled": time_scale != 1.0,
+        "scale": f"{time_scale:g}",
+        "window": f"{600 * time_scale:g}",
+        "rows": [
+            {
+                "mailbox": row["mailbox"],
+                "app": row["app"],
+                "meters": [_meter(name, row[name]) for name in _BUDGETS],
+                "refused": sum(row["throttled"].values()),
+            }
+            for row in rows
+        ],
+    }
 
 
-def _mebibytes(count: float) -> str:
-    """The upload limit's unit: Graph's MB, 2**20 bytes (the 150 MB of the 5-minute limit)."""
-    return f"{count / 2**20:.1f} MB".replace(".0 MB", " MB")
-
-
-def _budget_row(row: dict[str, Any]) -> str:
-    cells = "".join(_meter(name, row[name]) for name, _ in _BUDGETS)
-    refused = sum(row["throttled"].values())
-    return (
-        f"<tr><td>{e(row['mailbox'])}</td><td><small>{e(row['app'])}</small></td>{cells}"
-        f'<td class="refused">{refused}</td></tr>'
-    )
-
-
-def _meter(name: str, budget: dict[str, Any]) -> str:
+def _meter(name: str, budget: dict[str, Any]) -> dict[str, str | None]:
     used, limit = budget["used"], budget["limit"]
-    show = _mebibytes if name == "upload" else (lambda n: f"{n:g}")
+
+    def show(count: float) -> str:  # the upload limit's unit: Graph's MB, 2**20 bytes
+        return (
+            f"{count / 2**20:.1f} MB".replace(".0 MB", " MB") if name == "upload" else f"{count:g}"
+        )
+
     if limit is None:
-        return f"<td><small>{e(show(used))} (no limit)</small></td>"
+        return {"limit": None, "text": show(used)}
     text = f"{show(used)} of {show(limit)}"
-    return (
-        f'<td><meter data-budget="{e(name)}" min="0" max="{e(limit)}" value="{e(used)}" '
-        f'high="{e(limit * 0.8)}" title="{e(text)}">{e(text)}</meter>'
-        f"<small>{e(text)}</small></td>"
-    )
+    return {
+        "name": name,
+        "limit": str(limit),
+        "used": str(used),
+        "high": str(limit * 0.8),
+        "text": text,
+    }
+
+
+# the request log and the faults panel ------------------------------------------------------
+
+
+def log(rows: list[tuple[RecordedRequest, str | None]], total: int) -> dict[str, Any]:
+    """Newest first; each row links to the message it carried, if any."""
+    return {"count": _count(len(rows), total, total, "request"), "rows": [_entry(*r) for r in rows]}
+
+
+def _entry(record: RecordedRequest, message: str | None) -> dict[str, Any]:
+    path = record.path if len(record.path) <= 70 else f"{record.path[:69]}…"
+    return {
+        "request_id": record.request_id,
+        "kind": record.kind,
+        "failed": record.status == 0 or record.status >= 400,
+        "started": record.started.isoformat(),
+        "time": record.started.astimezone().strftime("%H:%M:%S.%f")[:12],
+        "method": record.method,
+        "path": record.path,
+        "short": path,
+        "status": record.status or "reset",
+        "error": record.error,
+        "ms": f"{record.duration * 1000:.0f}",
+        "mailbox": record.mailbox or "",
+        "app": record.app_id or "",
+        "message": message,
+    }
+
+
+def faults(armed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The faults panel's choices and what is armed now."""
+    choices = [(name, DESCRIPTIONS[name]) for name in (*FAULTS, "latency")]
+    return {"fault_choices": choices, "armed": [_armed_text(entry) for entry in armed]}
+
+
+def _armed_text(entry: dict[str, Any]) -> str:
+    seconds = entry["seconds"]
+    if entry["fault"] == "latency":
+        return f"latency {seconds:g} s on every answer"
+    retry = seconds is not None and entry["fault"] in ("429", "503")
+    wait = f", Retry-After {seconds:g} s" if retry else ""
+    times = "request" if entry["count"] == 1 else f"{entry['count']} requests"
+    return f"{entry['fault']} on the next {times}{wait}: {entry['description']}"
 
 
 # one message ---------------------------------------------------------------------------------
 
 
-def message_page(
+def message(
     message: SentMessage,
     base: str,
     images: bool,
     count: int,
-    requests: str = "",
-    delivery: str = "",
-) -> str:
-    """Summary, HTML body (phone and desktop widths), text part, attachments, the requests
-    that carried it (``requests``: the log's fragment) and every header of one message."""
-    sections = [
-        f'<p class="back"><a href="/">&larr; All messages</a></p>'
-        f"<h1>{e(message.subject or '(no subject)')}</h1>",
-        _summary(message, count),
-        delivery,
-        _html_section(message, base, images),
-        f'<section><h2>Requests</h2><div class="carried">{requests}</div>'
-        f'<p class="note"><a href="/requests?message={e(message.id)}">In the request log</a>'
-        "</p></section>"
-        if requests
-        else "",
-        _text_section(message),
-        _attachments_section(message),
-        _headers_section(message),
-    ]
-    return page(message.subject or "(no subject)", "".join(s for s in sections if s))
-
-
-def delivery_section(states: list[dict[str, Any]], reports: list[Any]) -> str:
-    """After the 202: each recipient's status as the message trace shows it, and the NDRs
-    the message brought into its sender's Inbox (links to their raw MIME, as text)."""
-    if not states:
-        return ""
-    rows = "".join(
-        f'<tr class="{e(s["outcome"])}"><td>{e(s["recipient"])}</td><td>{e(s["status"])}</td>'
-        f"<td>{e(' '.join(filter(None, (s['code'], s['diagnostic']))))}</td></tr>"
-        for s in states
-    )
-    links = "".join(
-        f'<li><a href="/reports/{e(r.id)}.txt">{e(r.subject or "(no subject)")}</a></li>'
-        for r in reports
-    )
-    return (
-        "<section><h2>Delivery</h2>"
-        '<table class="delivery"><tr><th>Recipient</th><th>Trace status</th><th>Code</th></tr>'
-        f"{rows}</table>"
-        + (
-            f'<h3>Reports in the sender\'s Inbox</h3><ul class="reports">{links}</ul>'
-            if links
-            else ""
-        )
-        + "</section>"
-    )
-
-
-def _summary(message: SentMessage, count: int) -> str:
+    log_rows: list[tuple[RecordedRequest, str | None]],
+    states: list[dict[str, Any]],
+    reports: list[Any],
+) -> dict[str, Any]:
+    """Summary, delivery, HTML body (phone and desktop widths), text part, attachments, the
+    requests that carried it and every header of one message."""
     fields = [
         ("Received", message.received_at.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")),
         ("Mailbox", message.mailbox.user_principal_name),
@@ -317,36 +250,31 @@ def _summary(message: SentMessage, count: int) -> str:
         ("Importance", "" if message.importance == "normal" else message.importance),
         ("Sent as", f"{route_label(message)}, request-id {message.request_id}"),
     ]
-    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in fields if v)
-    links = (
-        f'<p class="actions"><a class="button" href="/messages/{e(message.id)}.eml" download>'
-        f'Download .eml</a> <a href="/api/messages/{e(message.id)}">JSON</a></p>'
-    )
-    return f'<table class="summary">{rows}</table>{links}'
-
-
-def _html_section(message: SentMessage, base: str, images: bool) -> str:
-    if message.html is None:
-        return ""
-    if images:
-        toggle = f'<a href="/messages/{e(message.id)}">Block remote images</a>'
-    else:
-        toggle = (
-            f'Remote images are blocked. <a href="/messages/{e(message.id)}?images=1">'
-            "Show remote images</a>"
+    attachments = [
+        (
+            index,
+            a.filename or f"attachment-{index}",
+            f"{a.content_type}, {size(a.size)}"
+            + (f", inline, cid:{a.content_id}" if a.content_id else ""),
         )
-    document = e(frame_document(message, base, images))
-    sandbox = 'sandbox="allow-popups allow-popups-to-escape-sandbox" referrerpolicy="no-referrer"'
-    return (
-        f'<section><h2>HTML</h2><p class="note">{toggle} Shown at a desktop and a phone '
-        "width, side by side.</p>"
-        '<div class="preview"><figure class="desktop"><figcaption>Desktop, 800 px</figcaption>'
-        f'<iframe class="html-body" title="HTML body, desktop width" {sandbox} '
-        f'srcdoc="{document}"></iframe></figure>'
-        '<figure class="phone"><figcaption>Phone, 375 px</figcaption>'
-        f'<iframe class="html-phone" title="HTML body, phone width" {sandbox} '
-        f'srcdoc="{document}"></iframe></figure></div></section>'
-    )
+        for index, a in enumerate(message.attachments)
+    ]
+    return {
+        "id": message.id,
+        "subject": message.subject or "(no subject)",
+        "summary": [(name, value) for name, value in fields if value],
+        "delivery": [
+            {**s, "code": " ".join(filter(None, (s["code"], s["diagnostic"])))} for s in states
+        ],
+        "reports": [(r.id, r.subject or "(no subject)") for r in reports],
+        "images": images,
+        "document": None if message.html is None else frame_document(message, base, images),
+        "log": log(log_rows, len(log_rows)),
+        "text": message.text,
+        "attachments": attachments,
+        "header_count": len(message.headers),
+        "headers": message.headers,
+    }
 
 
 def frame_document(message: SentMessage, base: str, images: bool) -> str:
@@ -356,10 +284,7 @@ def frame_document(message: SentMessage, base: str, images: bool) -> str:
         f"default-src 'none'; style-src 'unsafe-inline'; font-src data:; "
         f"img-src data: {attachments}{' http: https:' if images else ''}"
     )
-    head = (
-        f'<meta http-equiv="Content-Security-Policy" content="{e(policy)}">'
-        '<meta name="referrer" content="no-referrer"><base target="_blank">'
-    )
+    head = render("frame_head.html", policy=policy)
     return head + inline_images(message, attachments)
 
 
@@ -376,40 +301,3 @@ def inline_images(message: SentMessage, attachments_url: str) -> str:
         return match.group(0) if index is None else f"{attachments_url}{index}"
 
     return _CID.sub(replace, message.html or "")
-
-
-def _text_section(message: SentMessage) -> str:
-    if message.text is None:
-        return ""
-    return f'<section><h2>Text</h2><pre class="text-body">{e(message.text)}</pre></section>'
-
-
-def _attachments_section(message: SentMessage) -> str:
-    if not message.attachments:
-        return ""
-    items = "".join(_attachment(message, index, a) for index, a in enumerate(message.attachments))
-    return f'<section><h2>Attachments</h2><ul class="attachments">{items}</ul></section>'
-
-
-def _attachment(message: SentMessage, index: int, attachment: Attachment) -> str:
-    name = attachment.filename or f"attachment-{index}"
-    inline = f", inline, cid:{attachment.content_id}" if attachment.content_id else ""
-    return (
-        f'<li><a href="/messages/{e(message.id)}/attachments/{index}" download>{e(name)}</a> '
-        f'<span class="meta">{e(attachment.content_type)}, {e(size(attachment.size))}'
-        f"{e(inline)}</span></li>"
-    )
-
-
-def _headers_section(message: SentMessage) -> str:
-    rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in message.headers)
-    return (
-        f"<section><details><summary>All headers ({len(message.headers)})</summary>"
-        f'<table class="headers">{rows}</table></details></section>'
-    )
-
-
-def not_found_page(what: str) -> str:
-    return page(
-        "Not found", f'<p class="back"><a href="/">&larr; All messages</a></p><h1>{e(what)}</h1>'
-    )

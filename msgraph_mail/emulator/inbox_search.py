@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from urllib.parse import urlencode
 
 from .mail import SentMessage
 
@@ -51,10 +50,6 @@ class MessageQuery:
 
     def value(self, name: str) -> str:
         return dict(self.text).get(name, "")
-
-    def encoded(self) -> str:
-        """The query string that repeats this search (for fragments and links)."""
-        return urlencode(self.text)
 
     def matches(self, message: SentMessage) -> bool:
         if self.mailbox and self.mailbox not in (

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .errors import GraphError
-from .faults import application_throttled, retry_after_header
+from .faults import retry_after_header
 
 #: Graph's limit: concurrent requests per app ID + mailbox.
 MAILBOX_CONCURRENCY = 4
@@ -43,6 +43,12 @@ WINDOWS = {
     "requests": ("REQUESTS_PER_10_MINUTES", 600.0),
     "upload": ("UPLOAD_MB_PER_5_MINUTES", 300.0),
     "recipients": ("RECIPIENTS_PER_24_HOURS", 86_400.0),
+}
+#: How Outlook's 429 names each per-application-and-mailbox limit it refuses for.
+_OUTLOOK_LIMITS = {
+    "concurrency": "MailboxConcurrency",
+    "requests": "MailboxRequests",
+    "upload": "IncomingBytes",
 }
 #: One MB of the upload limit (Graph's MB, like the 4 MB request limit, is 2**20 bytes).
 MB = 1024 * 1024
@@ -86,6 +92,11 @@ def throttled_error(refusal: Refusal) -> GraphError:
     the names Outlook gives these two limits in that message.
     """
     retry = retry_after_header(refusal.retry_after)
+    if refusal.reason in _OUTLOOK_LIMITS:  # concurrency's text observed (GRAPH_NOTES B.1)
+        limit = _OUTLOOK_LIMITS[refusal.reason]
+        return GraphError(
+            429, "ApplicationThrottled", f"Application is over its {limit} limit.", retry
+        )
     if refusal.reason == "trace":
         # UNCONFIRMED: the code and text of message trace's 429 (only the limit is documented).
         return GraphError(
@@ -94,16 +105,6 @@ def throttled_error(refusal: Refusal) -> GraphError:
             "Too many requests: the tenant is over message trace's limit of 100 requests "
             "per 5 minutes.",
             retry,
-        )
-    if refusal.reason == "concurrency":
-        return application_throttled(refusal.retry_after)
-    if refusal.reason == "requests":
-        return GraphError(
-            429, "ApplicationThrottled", "Application is over its MailboxRequests limit.", retry
-        )
-    if refusal.reason == "upload":
-        return GraphError(
-            429, "ApplicationThrottled", "Application is over its IncomingBytes limit.", retry
         )
     # UNCONFIRMED (GRAPH_NOTES B.2 says only that the mailbox "can't send until the 24-h count
     # drops"): Exchange's SMTP answer is "554 5.2.0 STOREDRV.Submission.Exception:

@@ -23,7 +23,7 @@ from email.utils import getaddresses
 from typing import Any
 
 from .directory import User
-from .errors import GraphError
+from .errors import GraphError, body_read_error
 
 _ADDRESS = re.compile(r"^[^\s@<>(),;:\\\[\]]+@[^\s@<>(),;:\\\[\]\"]+$")
 NO_RECIPIENTS = (
@@ -214,7 +214,7 @@ def from_mime(raw: bytes, mailbox: User, request_id: str) -> SentMessage:
         raise mime_invalid()
     headers = _headers(message)
     sender = _addresses(message, "From")
-    text, html, attachments = _parts(message)
+    text, html, attachments = body_parts(message)
     return SentMessage(
         mailbox=mailbox,
         from_=sender[0].lower() if sender else mailbox.mail.lower(),
@@ -285,7 +285,7 @@ def _leaves(part: EmailMessage) -> list[EmailMessage]:
     return leaves
 
 
-def _parts(message: EmailMessage) -> tuple[str | None, str | None, list[Attachment]]:
+def body_parts(message: EmailMessage) -> tuple[str | None, str | None, list[Attachment]]:
     """Pick the text and HTML bodies; everything attachment-like goes to the table."""
     text: str | None = None
     html: str | None = None
@@ -403,10 +403,6 @@ FILE_ATTACHMENT_PROPERTIES = frozenset(
     }
 )
 IMPORTANCES = ("low", "normal", "high")
-
-
-def body_read_error(message: str) -> GraphError:
-    return GraphError(400, "RequestBodyRead", message)
 
 
 def from_json(payload: Any, raw: bytes, mailbox: User, request_id: str) -> SentMessage:
@@ -565,10 +561,10 @@ def _json_attachments(value: Any) -> list[Attachment]:
         return []
     if not isinstance(value, list):
         raise body_read_error("Invalid value for property 'attachments'.")
-    return [_json_attachment(item) for item in value]
+    return [json_attachment(item) for item in value]
 
 
-def _json_attachment(item: Any) -> Attachment:
+def json_attachment(item: Any) -> Attachment:
     if not isinstance(item, dict) or item.get("@odata.type") != FILE_ATTACHMENT:
         raise body_read_error(
             "A type named for the attachment is missing or is not "

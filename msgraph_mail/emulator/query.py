@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from .directory import SELECTABLE_PROPERTIES, User
-from .errors import GraphError
+from .errors import GraphError, bad_request, unsupported_query
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<string>'(?:[^']|'')*')|(?P<punct>[():,])"
@@ -24,8 +24,34 @@ _TOKEN = re.compile(
 _FIELDS = {"mail": "mail", "userprincipalname": "userPrincipalName"}
 
 
-def unsupported() -> GraphError:
-    return GraphError(400, "Request_UnsupportedQuery", "Unsupported Query.")
+def options(
+    query: list[tuple[str, str]], allowed: tuple[str, ...], *, listing: bool = False
+) -> dict[str, str]:
+    """System query options by lower-case name: each at most once; one the route does not
+    take is refused as Graph refuses it (``Request_UnsupportedQuery``). A message list
+    (``listing``) refuses any parameter it does not take, ``$`` or not, with a BadRequest."""
+    found: dict[str, str] = {}
+    for name, value in query:
+        if not name.startswith("$") and not listing:
+            continue
+        if name.lower() in found:
+            raise bad_request(
+                f"Query option '{name}' was specified more than once, but it must be "
+                "specified at most once."
+            )
+        if name.lower() not in allowed:
+            if listing:
+                raise bad_request(f"Query option '{name}' is not supported.")
+            raise unsupported_query()
+        found[name.lower()] = value
+    return found
+
+
+def top(value: str, maximum: int | None, error: GraphError) -> int:
+    """A ``$top``: a whole number from 1 to ``maximum`` (None: no maximum), else ``error``."""
+    if not value.isdigit() or int(value) < 1 or (maximum is not None and int(value) > maximum):
+        raise error
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -52,7 +78,7 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
             break
         match = _TOKEN.match(text, pos)
         if match is None or match.lastgroup is None:
-            raise unsupported()
+            raise unsupported_query()
         tokens.append((match.lastgroup, match.group(match.lastgroup)))
         pos = match.end()
     return tokens
@@ -68,7 +94,7 @@ class _Parser:
     def parse(self) -> list[Clause]:
         clauses = self.expr()
         if self.pos != len(self.tokens):
-            raise unsupported()
+            raise unsupported_query()
         return clauses
 
     def expr(self) -> list[Clause]:
@@ -93,12 +119,12 @@ class _Parser:
             variable = self.expect("word")
             self.expect("punct", ":")
             if self.expect("word") != variable:
-                raise unsupported()
+                raise unsupported_query()
             self.expect_word("eq")
             value = self.string()
             self.expect("punct", ")")
             return [Clause("proxyAddresses", value)]
-        raise unsupported()
+        raise unsupported_query()
 
     def string(self) -> str:
         return self.expect("string")[1:-1].replace("''", "'")
@@ -114,13 +140,13 @@ class _Parser:
 
     def expect(self, kind: str, text: str | None = None) -> str:
         if not self.peek(kind, text):
-            raise unsupported()
+            raise unsupported_query()
         self.pos += 1
         return self.tokens[self.pos - 1][1]
 
     def expect_word(self, word: str) -> None:
         if not self.peek_word(word):
-            raise unsupported()
+            raise unsupported_query()
         self.pos += 1
 
 
@@ -171,30 +197,18 @@ def message_list_query(
 
     ``properties`` maps each selectable property, lower-cased, to its name.
     """
-    options: dict[str, str] = {}
-    for name, value in query:
-        lowered = name.lower()
-        if lowered not in ("$filter", "$select"):
-            raise GraphError(400, "BadRequest", f"Query option '{name}' is not supported.")
-        if lowered in options:
-            raise GraphError(
-                400,
-                "BadRequest",
-                f"Query option '{name}' was specified more than once, but it must be "
-                "specified at most once.",
-            )
-        options[lowered] = value
+    found = options(query, ("$filter", "$select"), listing=True)
     wanted: str | None = None
-    if "$filter" in options:
-        match = MESSAGE_ID_FILTER.match(options["$filter"])
+    if "$filter" in found:
+        match = MESSAGE_ID_FILTER.match(found["$filter"])
         if match is None:
             raise GraphError(
                 400, "ErrorInvalidUrlQueryFilter", "The emulator filters on internetMessageId."
             )
         wanted = match.group(1).replace("''", "'")
-    if "$select" not in options:
+    if "$select" not in found:
         return wanted, None
-    return wanted, select_fields(options["$select"], properties)
+    return wanted, select_fields(found["$select"], properties)
 
 
 def select_fields(text: str, properties: dict[str, str]) -> list[str]:
@@ -239,7 +253,7 @@ class _TraceParser(_Parser):
             self.pos += 1
             self.clause(found)
         if self.pos != len(self.tokens):
-            raise unsupported()
+            raise unsupported_query()
         return found
 
     def clause(self, found: TraceFilter) -> None:
@@ -247,7 +261,7 @@ class _TraceParser(_Parser):
         if name in _SUBJECT_FUNCTIONS:
             self.expect("punct", "(")
             if self.expect("word").lower() != "subject":
-                raise unsupported()
+                raise unsupported_query()
             self.expect("punct", ",")
             found.subject.append((name, self.string()))
             self.expect("punct", ")")
@@ -255,20 +269,20 @@ class _TraceParser(_Parser):
             bound = "since" if self.peek_word("ge") else "until" if self.peek_word("le") else ""
             self.pos += 1
             if not bound or getattr(found, bound) is not None:
-                raise unsupported()
+                raise unsupported_query()
             setattr(found, bound, _moment(self.expect("datetime")))
         elif name in TRACE_EQ_FIELDS and TRACE_EQ_FIELDS[name] not in found.equals:
             self.expect_word("eq")
             found.equals[TRACE_EQ_FIELDS[name]] = self.string()
         else:
-            raise unsupported()
+            raise unsupported_query()
 
 
 def _moment(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise unsupported() from None
+        raise unsupported_query() from None
 
 
 def parse_trace_filter(text: str) -> TraceFilter:

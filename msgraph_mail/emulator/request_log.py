@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .inbox_folder import INBOX_KINDS
-from .routes import Response
+from .http import Response
 
 _DRAFT = re.compile(r"/messages/([^/]+)")
 
@@ -87,7 +86,7 @@ def error_code(status: int, response: Response | None) -> str | None:
 
 def draft_of(path: str, kind: str, response: Response | None) -> str | None:
     """The draft a draft-route request worked on: in its path, or the one it created."""
-    if kind in INBOX_KINDS:  # an Inbox message's path names no draft
+    if kind in ("inbox_delta", "message_get", "message_value"):  # Inbox paths name no draft
         return None
     found = _DRAFT.search(path)
     if found is not None:

@@ -1,5 +1,6 @@
-"""Graph ``/v1.0`` endpoints: user get/list and ``sendMail``, with Graph's checks and order;
-the mailbox's folders, drafts and message trace are in their own modules.
+"""Graph's ``/v1.0`` endpoints in one routing table, and the service that answers them: user
+get/list and ``sendMail`` here, with Graph's checks and order; the mailbox's folders, drafts,
+subscriptions and message trace in their own modules.
 
 Routing is separate from HTTP plumbing so that the request kind ("user_get", "sendMail", ...)
 can be known before the body is read (the 4 MB limit is enforced on ``Content-Length``).
@@ -7,17 +8,27 @@ can be known before the body is read (the 4 MB limit is enforced on ``Content-Le
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from .delivery import Deliveries
 from .directory import Tenant, User
+from .drafts import UPLOAD_PREFIX, Draft, DraftStore, upload_kind
 from .entra import IssuedToken, TokenStore
-from .errors import GraphError, access_denied, send_as_denied
+from .errors import (
+    GraphError,
+    access_denied,
+    bad_segment,
+    body_read_error,
+    method_not_allowed,
+    send_as_denied,
+    unauthenticated,
+)
+from .http import Request, Response, json_response
+from .inbox_folder import Inboxes
 from .mail import (
     NO_RECIPIENTS,
     Screened,
@@ -26,211 +37,154 @@ from .mail import (
     from_json,
     screen_mime,
 )
-from .query import filter_addresses, parse_filter, parse_select, unsupported
+from .query import filter_addresses, options, parse_filter, parse_select, top
+from .sent_items import SentItems, delivered_message_id
+from .subscriptions import Subscriptions
+from .trace import MessageTraces
 
-ODATA_JSON = "application/json;odata.metadata=minimal;odata.streaming=true;charset=utf-8"
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-_USERS_KEY = re.compile(r"users\('((?:[^']|'')*)'\)", re.IGNORECASE)
-_FOLDER_KEY = re.compile(r"mailFolders\('((?:[^']|'')*)'\)", re.IGNORECASE)
-_DETAILS = re.compile(
-    r"(?:microsoft\.graph\.)?getDetailsByRecipient\(recipientAddress='((?:[^']|'')*)'\)",
-    re.IGNORECASE,
+TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token/?")
+#: Every Graph route: (request kind, method, path after ``/v1.0``), one regular expression
+#: per segment, matched in any case against the percent-decoded segment. ``{user}``: a user
+#: id or UPN (also ``users('{user}')``), ``{item}``: a message, folder (also
+#: ``mailFolders('{item}')``), subscription or trace id; ``{ns}``: the optional
+#: ``microsoft.graph.`` of an action.
+ROUTES = (
+    ("user_get", "GET", "users/{user}"),
+    ("user_list", "GET", "users"),
+    ("sendMail", "POST", "users/{user}/{ns}sendMail"),
+    ("draft_create", "POST", "users/{user}/messages"),
+    ("attachment", "POST", "users/{user}/messages/{item}/attachments"),
+    ("upload_session", "POST", "users/{user}/messages/{item}/attachments/{ns}createUploadSession"),
+    ("draft_send", "POST", "users/{user}/messages/{item}/{ns}send"),
+    ("draft_delete", "DELETE", "users/{user}/messages/{item}"),
+    ("message_list", "GET", "users/{user}/messages"),
+    ("sent_items", "GET", "users/{user}/mailFolders/sentItems/messages"),
+    ("inbox_delta", "GET", "users/{user}/mailFolders/{item}/messages/{ns}delta"),
+    ("message_get", "GET", "users/{user}/messages/{item}"),
+    ("message_value", "GET", r"users/{user}/messages/{item}/\$value"),
+    ("message_trace", "GET", "admin/exchange/tracing/messageTraces"),
+    (
+        "message_trace_detail",
+        "GET",
+        "admin/exchange/tracing/messageTraces/{item}/"
+        "{ns}getDetailsByRecipient\\(recipientAddress='{argument}'\\)",
+    ),
+    ("subscription_create", "POST", "subscriptions"),
+    ("subscription_list", "GET", "subscriptions"),
+    ("subscription_get", "GET", "subscriptions/{item}"),
+    ("subscription_update", "PATCH", "subscriptions/{item}"),
+    ("subscription_delete", "DELETE", "subscriptions/{item}"),
+    ("subscription_reauthorize", "POST", "subscriptions/{item}/{ns}reauthorize"),
 )
-_TRACES = ["admin", "exchange", "tracing", "messagetraces"]
-_SEND_MAIL = ("sendmail", "microsoft.graph.sendmail")
-_DIRECTORY_OPTIONS = ("$select", "$filter", "$top")
-_WWW_AUTHENTICATE = (
-    'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/'
-    'authorize", client_id="00000003-0000-0000-c000-000000000000"'
+_PLACEHOLDERS = {
+    "{ns}": r"(?:microsoft\.graph\.)?",
+    "{user}": "(?P<user>.*)",
+    "{item}": "(?P<item>.*)",
+    "{argument}": "(?P<argument>(?:[^']|'')*)",
+}
+
+
+def _pattern(segment: str) -> str:
+    for placeholder, pattern in _PLACEHOLDERS.items():
+        segment = segment.replace(placeholder, pattern)
+    return segment
+
+
+_PATTERNS = [
+    (kind, method, [re.compile(_pattern(part), re.IGNORECASE) for part in path.split("/")])
+    for kind, method, path in ROUTES
+]
+_KEYED = re.compile(r"(users|mailFolders)\('((?:[^']|'')*)'\)", re.IGNORECASE)
+#: Request kinds, as ``emu.count()`` names them (the upload URL's and the token's included).
+KINDS = (
+    *("token", "user_get", "user_list", "sendMail", "draft_create", "attachment"),
+    *("upload_session", "draft_send", "draft_delete", "message_list", "sent_items"),
+    *("upload_chunk", "upload_cancel", "upload_status", "inbox_delta", "message_get"),
+    *("message_value", "message_trace", "message_trace_detail", "other"),
 )
-
-
-@dataclass
-class Request:
-    """One HTTP request as the routes see it (body already read)."""
-
-    method: str
-    path: str
-    query: list[tuple[str, str]]
-    headers: dict[str, str]
-    body: bytes
-    request_id: str
-    client_request_id: str | None
-
-    def header(self, name: str) -> str | None:
-        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Route:
-    """``name`` is the request kind; ``key`` the user id/UPN; ``bad`` an unknown segment."""
+    """Where a path leads: the request kind (None: no route has the path), the values its
+    path holds, and the first segment no route knows (for Graph's 400)."""
 
-    name: str
-    key: str | None = None
-    bad: str | None = None
-    method: str | None = None
-    item: str | None = None  # a message id (drafts, Inbox), a folder, a message trace id
-    argument: str | None = None  # getDetailsByRecipient's recipientAddress
+    kind: str | None
+    values: dict[str, str]
+    bad: str = ""
 
 
-def _segments(path: str) -> list[str]:
-    """The percent-decoded segments after ``/v1.0`` (a trailing slash ignored)."""
+@dataclass(frozen=True)
+class Call:
+    """A request the table routed, with its token and the values of its path."""
+
+    request: Request
+    token: IssuedToken
+    key: str
+    item: str
+    argument: str
+
+
+def _segments(path: str) -> tuple[list[str], bool]:
+    """The percent-decoded segments after ``/v1.0`` (a trailing slash ignored), the keyed
+    forms ``users('k')`` and ``mailFolders('f')`` split in two; and whether the user key was
+    written keyed (only then may it start with ``$``)."""
     segments = [unquote(s) for s in path.split("/")[2:]]
     if segments and segments[-1] == "" and len(segments) > 1:
         segments.pop()
-    return segments
+    keyed = False
+    for at, name in ((0, "users"), (2, "mailfolders")):
+        match = _KEYED.fullmatch(segments[at]) if len(segments) > at else None
+        if match and match.group(1).lower() == name:
+            segments[at : at + 1] = [match.group(1), match.group(2).replace("''", "'")]
+            keyed = keyed or at == 0
+    return segments, keyed
 
 
-def _user_key(segments: list[str]) -> tuple[str, list[str]] | None:
-    """``users/{key}/...`` or ``users('{key}')/...``: the key and what follows it."""
-    match = _USERS_KEY.fullmatch(segments[0]) if segments else None
-    if match:
-        return match.group(1).replace("''", "'"), segments[1:]
-    if len(segments) > 1 and segments[0].lower() == "users":
-        return segments[1], segments[2:]
-    return None
-
-
-def user_key(path: str) -> str | None:
-    """The user key of any ``/v1.0/users/{key}`` path, a directory read included, else None."""
-    if path.split("/")[1:2] != ["v1.0"]:
-        return None
-    found = _user_key(_segments(path))
-    return found[0] if found is not None else None
-
-
-def mailbox_key(path: str) -> str | None:
-    """The user key of a path *under* a mailbox (``/v1.0/users/{key}/...``), else None.
-
-    Outlook's concurrency limit counts these; ``/users/{key}`` itself is a directory read.
-    """
-    if path.split("/")[1:2] != ["v1.0"]:
-        return None
-    found = _user_key(_segments(path))
-    return found[0] if found is not None and found[1] else None
-
-
-def resolve(path: str) -> Route:
-    """Map a ``/v1.0/...`` path to a route (path segments are percent-decoded one by one)."""
-    segments = _segments(path)
-    if not segments:
-        return Route("other", bad="")
-    if [s.lower() for s in segments] == ["users"]:
-        return Route("user_list", method="GET")
-    if segments[0].lower() == "admin":
-        return _trace_route(segments)
-    if segments[0].lower() == "subscriptions":
-        return _subscription_route(segments[1:])
-    found = _user_key(segments)
-    if found is None:
-        return Route("other", bad=segments[0])
-    key, rest = found
-    if key.startswith("$") and not _USERS_KEY.fullmatch(segments[0]):
-        return Route("other", bad=key)  # Graph: 400; a UPN starting with $ needs users('$x')
-    if not rest:
-        return Route("user_get", key=key, method="GET")
-    if len(rest) == 1 and rest[0].lower() in _SEND_MAIL:
-        return Route("sendMail", key=key, method="POST")
-    if rest[0].lower() == "messages":
-        return _message_route(key, rest[1:])
-    if rest[0].lower().startswith("mailfolders"):
-        return _folder_route(key, rest)
-    return Route("other", bad=rest[0])
-
-
-def _folder_route(key: str, rest: list[str]) -> Route:
-    """``mailFolders/{folder}/messages[/delta]``, also spelled ``mailFolders('{folder}')``."""
-    match = _FOLDER_KEY.fullmatch(rest[0])
-    if match:
-        folder, tail = match.group(1).replace("''", "'"), [s.lower() for s in rest[1:]]
-    elif rest[0].lower() == "mailfolders" and len(rest) > 1:
-        folder, tail = rest[1], [s.lower() for s in rest[2:]]
-    else:
-        return Route("other", bad=rest[0])
-    if tail == ["messages"]:
-        if folder.lower() == "sentitems":  # the well-known folder name, in any case
-            return Route("sent_items", key=key, method="GET")
-        return Route("other", bad=folder)
-    if tail in (["messages", "delta"], ["messages", "microsoft.graph.delta"]):
-        return Route("inbox_delta", key=key, method="GET", item=folder)  # inbox_folder.py
-    return Route("other", bad=rest[0])
-
-
-def _trace_route(segments: list[str]) -> Route:
-    """``admin/exchange/tracing/messageTraces[/{id}/getDetailsByRecipient(...)]``."""
-    for segment, expected in zip(segments, _TRACES, strict=False):
-        if segment.lower() != expected:
-            return Route("other", bad=segment)
-    if len(segments) < len(_TRACES):
-        return Route("other", bad=segments[-1])
-    rest = segments[len(_TRACES) :]
-    if not rest:
-        return Route("message_trace", method="GET")
-    match = _DETAILS.fullmatch(rest[-1]) if len(rest) == 2 else None
-    if match is None:
-        return Route("other", bad=rest[-1])
-    recipient = match.group(1).replace("''", "'")
-    return Route("message_trace_detail", method="GET", item=rest[0], argument=recipient)
-
-
-def _subscription_route(rest: list[str]) -> Route:
-    """``subscriptions``, ``subscriptions/{id}`` and its ``reauthorize`` (subscriptions.py)."""
-    if not rest:
-        return Route("subscription_create", method="POST")
-    if len(rest) == 1:
-        return Route("subscription_get", method="GET", item=rest[0])
-    if len(rest) == 2 and rest[1].lower() in ("reauthorize", "microsoft.graph.reauthorize"):
-        return Route("subscription_reauthorize", method="POST", item=rest[0])
-    return Route("other", bad=rest[-1])
-
-
-def _message_route(key: str, rest: list[str]) -> Route:
-    """``messages``, ``messages/{id}``, its ``send``, ``$value``, ``attachments``,
-    ``createUploadSession``."""
-    if not rest:
-        return Route("draft_create", key=key, method="POST")
-    item, tail = rest[0], [s.lower() for s in rest[1:]]
-    if not tail:
-        return Route("draft_delete", key=key, method="DELETE", item=item)
-    if tail in (["send"], ["microsoft.graph.send"]):
-        return Route("draft_send", key=key, method="POST", item=item)
-    if tail == ["$value"]:
-        return Route("message_value", key=key, method="GET", item=item)
-    if tail == ["attachments"]:
-        return Route("attachment", key=key, method="POST", item=item)
-    if tail[0] == "attachments" and tail[1:] in (
-        ["createuploadsession"],
-        ["microsoft.graph.createuploadsession"],
-    ):
-        return Route("upload_session", key=key, method="POST", item=item)
-    return Route("other", bad=rest[-1])
-
-
-def _for_method(route: Route, method: str) -> Route:
-    """``GET .../messages`` lists the mailbox's messages where ``POST`` creates a draft."""
-    if route.name == "draft_create" and method == "GET":
-        return Route("message_list", key=route.key, method="GET")
-    if route.name == "draft_delete" and method == "GET":
-        return Route("message_get", key=route.key, method="GET", item=route.item)
-    if route.name == "subscription_create" and method == "GET":
-        return Route("subscription_list", method="GET")
-    if route.name == "subscription_get" and method in ("PATCH", "DELETE"):
-        name = "subscription_update" if method == "PATCH" else "subscription_delete"
-        return Route(name, method=method, item=route.item)
-    return route
+def resolve(method: str, path: str) -> Route:
+    """The route of a ``/v1.0`` request; ``kind`` "other" when only another method has it."""
+    segments, keyed = _segments(path)
+    users = not keyed and len(segments) > 1 and segments[0].lower() == "users"
+    if users and segments[1].startswith("$"):  # Graph: 400; a UPN with $ needs users('$x')
+        return Route(None, {}, segments[1])
+    known = 0
+    kinds: list[str] = []
+    for kind, route_method, patterns in _PATTERNS:
+        matches = [p.fullmatch(s) for p, s in zip(patterns, segments, strict=False)]
+        matched = next((i for i, m in enumerate(matches) if m is None), len(matches))
+        known = max(known, matched)
+        if matched == len(patterns) == len(segments):
+            if route_method == method:
+                values = {k: v for m in matches if m for k, v in m.groupdict().items()}
+                return Route(kind, values)
+            kinds.append(kind)
+    if kinds:
+        return Route("other", {})
+    return Route(None, {}, segments[min(known, len(segments) - 1)] if segments else "")
 
 
 def kind_of(method: str, path: str) -> str:
-    """The request kind recorded for counting: a route only counts with its own method."""
-    route = _for_method(resolve(path), method)
-    return route.name if route.method == method else "other"
+    """The request kind recorded for counting (``KINDS``)."""
+    if TOKEN_PATH.fullmatch(path):
+        return "token" if method == "POST" else "other"
+    if path.startswith(UPLOAD_PREFIX):
+        return upload_kind(method)
+    if path.split("/")[1:2] == ["v1.0"]:
+        return resolve(method, path).kind or "other"
+    return "other"
+
+
+def user_key(path: str, *, mailbox: bool = False) -> str | None:
+    """The user key of a ``/v1.0/users/{key}`` path, else None; with ``mailbox``, only of a
+    path *under* a mailbox (Outlook's limits count these; ``/users/{key}`` is a directory
+    read)."""
+    if path.split("/")[1:2] != ["v1.0"]:
+        return None
+    segments, _ = _segments(path)
+    if len(segments) < 2 or segments[0].lower() != "users":
+        return None
+    return segments[1] if len(segments) > 2 or not mailbox else None
 
 
 class GraphApi:
@@ -246,13 +200,7 @@ class GraphApi:
         self.tenant = tenant
         self.tokens = tokens
         self.base_url = base_url
-        self.deliver = deliver
-        from .drafts import DraftStore  # these modules build on this one
-        from .inbox_folder import FULL_READ_ROLES, Inboxes
-        from .sent_items import SentItems, delivered_message_id
-        from .trace import MessageTraces
-
-        self.sent_items = SentItems()
+        self.sent_items = SentItems(tenant.may_read)
         self.deliveries = Deliveries(tenant)
 
         def delivered(message: SentMessage | Screened) -> None:
@@ -261,21 +209,15 @@ class GraphApi:
             self.sent_items.record(message, message_id)  # Exchange moves the copy there
             self.deliveries.accept(message, message_id)  # and routes it (delivery.py)
 
-        def may_read_full(mailbox: User, roles: Iterable[str]) -> bool:
-            return bool(FULL_READ_ROLES & set(roles)) or self.drafts.may_read_write(mailbox, roles)
-
         def reports_arrive() -> None:
             for report in self.deliveries.due():
                 self.inboxes.add(report.mailbox, report.raw, report.arrived)
 
         self.deliver = delivered
         self.drafts = DraftStore(tenant, base_url, delivered)
-        self.sent_items.may_read_also = self.drafts.may_read_write
-        self.inboxes = Inboxes(base_url, self.sent_items.may_read, may_read_full)
+        self.inboxes = Inboxes(base_url, tenant.may_read, tenant.may_read_full)
         self.inboxes.before_read = reports_arrive
-        from .subscriptions import Subscriptions
-
-        self.subscriptions = Subscriptions(tenant, base_url, self.sent_items.may_read)
+        self.subscriptions = Subscriptions(tenant, base_url)
         self.subscriptions.tick = reports_arrive
         self.inboxes.on_arrival = self.subscriptions.arrived
         #: The tenant's ``time_scale`` (the emulator sets it): message trace's window uses it.
@@ -284,52 +226,62 @@ class GraphApi:
         #: Called before a message is delivered, with the mailbox and the number of its
         #: recipients; raises the refusal when the mailbox is over its recipient rate limit.
         self.before_send: Callable[[User, int], None] = lambda mailbox, count: None
+        self.handlers = self._handlers()
+
+    def _handlers(self) -> dict[str, Callable[[Call], Response]]:
+        """What answers each route of ``ROUTES``, each check in Graph's order."""
+        drafts, inboxes, traces, subscriptions = (
+            self.drafts,
+            self.inboxes,
+            self.traces,
+            self.subscriptions,
+        )
+        return {
+            "user_get": lambda c: self.get_user(c.request, c.token, c.key),
+            "user_list": lambda c: self.list_users(c.request, c.token),
+            "sendMail": lambda c: self.send_mail(c.request, self._mailbox(c, True), c.token),
+            "draft_create": lambda c: drafts.create(c.request, self._writable(c)),
+            "attachment": lambda c: drafts.add_attachment(c.request, self._draft(c)),
+            "upload_session": lambda c: drafts.create_upload_session(
+                c.request, self._draft(c), c.token.app_id
+            ),
+            "draft_send": lambda c: drafts.send(c.request, self._mailbox(c, True), c.item, c.token),
+            "draft_delete": lambda c: drafts.delete(self._draft(c)),
+            "message_list": lambda c: drafts.list_messages(c.request, self._writable(c, False)),
+            "sent_items": lambda c: self.sent_items.list(
+                c.request.query, self._mailbox(c), c.token.roles, self.base_url()
+            ),
+            "inbox_delta": lambda c: inboxes.delta(c.request, self._mailbox(c), c.token, c.item),
+            "message_get": lambda c: inboxes.get(c.request, self._mailbox(c), c.token, c.item),
+            "message_value": lambda c: inboxes.value(c.request, self._mailbox(c), c.token, c.item),
+            "message_trace": lambda c: traces.list(c.request, c.token),
+            "message_trace_detail": lambda c: traces.details(
+                c.request, c.token, c.item, c.argument.replace("''", "'")
+            ),
+            "subscription_create": lambda c: subscriptions.create(c.request, c.token),
+            "subscription_list": lambda c: subscriptions.listing(c.token),
+            "subscription_get": lambda c: subscriptions.get(c.item, c.token),
+            "subscription_update": lambda c: subscriptions.update(c.request, c.item, c.token),
+            "subscription_delete": lambda c: subscriptions.delete(c.item, c.token),
+            "subscription_reauthorize": lambda c: subscriptions.reauthorize(c.item, c.token),
+        }
 
     def handle(self, request: Request) -> Response:
         token = self.authenticate(request)
-        route = _for_method(resolve(request.path), request.method)
-        if route.bad is not None:
-            raise GraphError(
-                400, "BadRequest", f"Resource not found for the segment '{route.bad}'."
-            )
-        if route.method != request.method:
-            raise GraphError(
-                405,
-                "Request_BadRequest",
-                "Specified HTTP method is not allowed for the request target.",
-            )
-        if route.name == "sendMail":
-            assert route.key is not None
-            return self.send_mail(request, route.key, token)
-        if route.name in ("message_trace", "message_trace_detail"):
-            return self.traces.handle(route, request, token)
-        if route.name.startswith("subscription_"):
-            return self.subscriptions.handle(route, request, token)
-        if route.name in ("inbox_delta", "message_get", "message_value"):
-            assert route.key is not None
-            return self.inboxes.handle(route, request, self._mailbox(route.key), token)
-        if route.name == "sent_items":
-            assert route.key is not None
-            mailbox = self._mailbox(route.key)
-            status, body = self.sent_items.list(
-                request.query, mailbox, token.roles, self.base_url()
-            )
-            return _json(status, body)
-        if route.item is not None or route.name in ("draft_create", "message_list"):
-            assert route.key is not None
-            if route.name != "message_list":  # it takes $filter and $select
-                _options(request, ())
-            return self.drafts.handle(route, request, self._mailbox(route.key), token)
-        if not self.tenant.may_read_directory(token.roles):
-            raise GraphError(
-                403,
-                "Authorization_RequestDenied",
-                "Insufficient privileges to complete the operation.",
-            )
-        if route.name == "user_get":
-            assert route.key is not None
-            return self.get_user(request, route.key)
-        return self.list_users(request)
+        route = resolve(request.method, request.path)
+        if route.kind is None:
+            raise bad_segment(route.bad)
+        if route.kind == "other":
+            raise method_not_allowed()
+        values = route.values
+        call = Call(
+            request,
+            token,
+            values.get("user", ""),
+            values.get("item", ""),
+            values.get("argument", ""),
+        )
+        return self.handlers[route.kind](call)
 
     def authenticate(self, request: Request) -> IssuedToken:
         """Graph's 401s: no bearer token, an unknown one, an expired or revoked one."""
@@ -345,8 +297,17 @@ class GraphApi:
 
     # users -------------------------------------------------------------------------------
 
-    def get_user(self, request: Request, key: str) -> Response:
-        options = _options(request, ("$select",))
+    def _directory(self, token: IssuedToken) -> None:
+        if not self.tenant.may_read_directory(token.roles):
+            raise GraphError(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            )
+
+    def get_user(self, request: Request, token: IssuedToken, key: str) -> Response:
+        self._directory(token)
+        found = options(request.query, ("$select",))
         user = self.tenant.by_id_or_upn(key) or self.tenant.adopt(key)
         if user is None:
             raise GraphError(
@@ -355,26 +316,33 @@ class GraphApi:
                 f"Resource '{key}' does not exist or one of its queried reference-property "
                 "objects are not present.",
             )
-        select = parse_select(options["$select"]) if "$select" in options else None
+        select = parse_select(found["$select"]) if "$select" in found else None
         body = {"@odata.context": self._context(select, entity=True), **user.to_graph(select)}
-        return _json(200, body)
+        return json_response(200, body)
 
-    def list_users(self, request: Request) -> Response:
-        options = _options(request, _DIRECTORY_OPTIONS)
-        select = parse_select(options["$select"]) if "$select" in options else None
+    def list_users(self, request: Request, token: IssuedToken) -> Response:
+        self._directory(token)
+        found = options(request.query, ("$select", "$filter", "$top"))
+        select = parse_select(found["$select"]) if "$select" in found else None
         users: list[User] = self.tenant.users
-        if "$filter" in options:
-            predicate = parse_filter(options["$filter"])
+        if "$filter" in found:
+            predicate = parse_filter(found["$filter"])
             users = [u for u in users if predicate(u)]
             if not users:  # permissive mode: the address asked for becomes a mailbox
-                users = self._adopt(filter_addresses(options["$filter"]), predicate)
-        if "$top" in options:
-            users = users[: _top(options["$top"])]
+                users = self._adopt(filter_addresses(found["$filter"]), predicate)
+        if "$top" in found:
+            value = found["$top"]
+            error = GraphError(
+                400,
+                "Request_BadRequest",
+                f"Invalid page size specified: '{value}'. Must be between 1 and 999 inclusive.",
+            )
+            users = users[: top(value, 999, error)]
         body = {
             "@odata.context": self._context(select, entity=False),
             "value": [u.to_graph(select) for u in users],
         }
-        return _json(200, body)
+        return json_response(200, body)
 
     def _adopt(self, addresses: list[str], predicate: Callable[[User], bool]) -> list[User]:
         """Permissive mode: the first address that becomes a mailbox, if it matches."""
@@ -388,12 +356,37 @@ class GraphApi:
         selected = f"({','.join(select)})" if select is not None else ""
         return f"{self.base_url()}/v1.0/$metadata#users{selected}" + ("/$entity" if entity else "")
 
-    # sendMail ----------------------------------------------------------------------------
+    # mailboxes ---------------------------------------------------------------------------
 
-    def send_mail(self, request: Request, key: str, token: IssuedToken) -> Response:
-        """Mailbox, permission, body, From, recipients: each refused the way Graph does."""
-        _options(request, ())
-        mailbox = self._mailbox(key)
+    def _mailbox(self, call: Call, no_options: bool = False) -> User:
+        """The mailbox of ``/users/{key}/...`` (after refusing any query option: actions)."""
+        if no_options:
+            options(call.request.query, ())
+        mailbox = self.tenant.by_id_or_upn(call.key) or self.tenant.adopt(call.key)
+        if mailbox is None:
+            raise GraphError(
+                404, "ErrorInvalidUser", f"The requested user '{call.key}' is invalid."
+            )
+        if not mailbox.mailbox_enabled:
+            raise GraphError(
+                404,
+                "MailboxNotEnabledForRESTAPI",
+                "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+            )
+        return mailbox
+
+    def _writable(self, call: Call, no_options: bool = True) -> User:
+        """The draft routes' mailbox: Mail.ReadWrite (Entra or RBAC) on it, or 403."""
+        mailbox = self._mailbox(call, no_options)
+        if not self.tenant.may_read_write(mailbox, call.token.roles):
+            raise access_denied()
+        return mailbox
+
+    def _draft(self, call: Call) -> Draft:
+        return self.drafts.find(self._writable(call), call.item)
+
+    def send_mail(self, request: Request, mailbox: User, token: IssuedToken) -> Response:
+        """Permission, body, From, recipients: each refused the way Graph does."""
         if not self.tenant.may_send_from(mailbox, token.roles):
             raise access_denied()
         message = self._parse(request, mailbox)
@@ -405,38 +398,17 @@ class GraphApi:
         self.deliver(message)
         return Response(202)
 
-    def _mailbox(self, key: str) -> User:
-        mailbox = self.tenant.by_id_or_upn(key) or self.tenant.adopt(key)
-        if mailbox is None:
-            raise GraphError(404, "ErrorInvalidUser", f"The requested user '{key}' is invalid.")
-        if not mailbox.mailbox_enabled:
-            raise GraphError(
-                404,
-                "MailboxNotEnabledForRESTAPI",
-                "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
-            )
-        return mailbox
-
     def _parse(self, request: Request, mailbox: User) -> SentMessage | Screened:
-        media_type = (request.header("Content-Type") or "").split(";")[0].strip().lower()
+        media_type = request.media_type()
         if media_type == "text/plain":
             raw = decode_base64_mime(request.body)
             return screen_mime(raw, mailbox, request.request_id)
         if media_type == "application/json":
-            try:
-                payload = json.loads(request.body)
-            except (ValueError, UnicodeDecodeError):
-                raise GraphError(
-                    400,
-                    "RequestBodyRead",
-                    "Invalid JSON. A token was not recognized in the JSON content.",
-                ) from None
+            payload = request.json("Invalid JSON. A token was not recognized in the JSON content.")
             return from_json(payload, request.body, mailbox, request.request_id)
-        raise GraphError(
-            400,
-            "RequestBodyRead",
+        raise body_read_error(
             f"The content type '{media_type or 'none'}' is not supported; sendMail takes "
-            "'application/json' or 'text/plain' (base64 MIME).",
+            "'application/json' or 'text/plain' (base64 MIME)."
         )
 
 
@@ -444,42 +416,3 @@ def bearer_token(request: Request) -> str:
     """The presented bearer token, or "" when there is none."""
     scheme, _, token = (request.header("Authorization") or "").strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
-
-
-def unauthenticated(message: str) -> GraphError:
-    return GraphError(
-        401, "InvalidAuthenticationToken", message, {"WWW-Authenticate": _WWW_AUTHENTICATE}
-    )
-
-
-def _json(status: int, body: object) -> Response:
-    return Response(status, json.dumps(body).encode(), {"Content-Type": ODATA_JSON})
-
-
-def _options(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
-    """System query options: each at most once; valid ones the emulator lacks are refused."""
-    options: dict[str, str] = {}
-    for name, value in request.query:
-        if not name.startswith("$"):
-            continue
-        if name.lower() in options:
-            raise GraphError(
-                400,
-                "BadRequest",
-                f"Query option '{name}' was specified more than once, but it must be "
-                "specified at most once.",
-            )
-        if name.lower() not in allowed:
-            raise unsupported()
-        options[name.lower()] = value
-    return options
-
-
-def _top(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 999:
-        raise GraphError(
-            400,
-            "Request_BadRequest",
-            f"Invalid page size specified: '{value}'. Must be between 1 and 999 inclusive.",
-        )
-    return int(value)

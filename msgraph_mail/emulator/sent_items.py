@@ -24,11 +24,10 @@ from urllib.parse import quote
 
 from .directory import User
 from .errors import access_denied
+from .http import Response, graph_time, json_response
 from .mail import Screened, SentMessage
 from .query import message_list_query
 
-#: Application permissions that may read a mailbox's messages (their basic properties).
-READ_ROLES = frozenset({"Mail.ReadBasic.All", "Mail.Read", "Mail.ReadWrite"})
 #: The ``$select``able properties (lower-case name -> Graph's).
 _FIELDS = {
     "id": "id",
@@ -67,7 +66,7 @@ class SentItem:
         values: dict[str, object] = {
             "id": self.id,
             "internetMessageId": self.internet_message_id,
-            "sentDateTime": self.sent.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "sentDateTime": graph_time(self.sent),
             "subject": self.subject,
             "isDraft": False,
         }
@@ -77,23 +76,12 @@ class SentItem:
 class SentItems:
     """Every mailbox's Sent Items; thread-safe (handler threads)."""
 
-    def __init__(self, may_read: Callable[[User, Iterable[str]], bool] | None = None) -> None:
+    def __init__(self, may_read: Callable[[User, Iterable[str]], bool]) -> None:
         self._lock = threading.Lock()
         self._items: list[SentItem] = []
         #: The Sent Items copy gets a Message-ID of Exchange's own (a tenant that rewrites it).
         self.rewrite_message_ids = False
-        self._read_scope: set[str] | None = None
-        #: Another grant that also covers reading (the emulator's Mail.ReadWrite RBAC scope).
-        self.may_read_also = may_read or (lambda mailbox, roles: False)
-
-    @property
-    def read_scope(self) -> set[str] | None:
-        return self._read_scope
-
-    @read_scope.setter
-    def read_scope(self, scope: Iterable[str] | None) -> None:
-        with self._lock:
-            self._read_scope = None if scope is None else set(scope)
+        self.may_read = may_read  # Tenant.may_read
 
     def items(self, mailbox_id: str | None = None) -> list[SentItem]:
         with self._lock:
@@ -118,28 +106,14 @@ class SentItems:
         with self._lock:
             self._items.append(item)
 
-    def may_read(self, mailbox: User, roles: Iterable[str]) -> bool:
-        """Entra ``Mail.ReadBasic.All``/``Mail.Read``/``Mail.ReadWrite``, or an Exchange RBAC
-        grant on the mailbox ("Application Mail.ReadBasic", or Mail.ReadWrite's)."""
-        roles = set(roles)
-        if READ_ROLES & roles:
-            return True
-        with self._lock:
-            scope = None if self._read_scope is None else {s.lower() for s in self._read_scope}
-        if scope is not None and (
-            mailbox.id.lower() in scope or bool(scope & set(mailbox.addresses()))
-        ):
-            return True
-        return self.may_read_also(mailbox, roles)
-
     def list(
         self,
         query: list[tuple[str, str]],
         mailbox: User,
         roles: Iterable[str],
         base_url: str,
-    ) -> tuple[int, dict[str, object]]:
-        """``GET .../mailFolders/sentitems/messages``: (status, JSON body)."""
+    ) -> Response:
+        """``GET .../mailFolders/sentitems/messages``."""
         if not self.may_read(mailbox, roles):
             raise access_denied()
         wanted, selected = message_list_query(query, _FIELDS)
@@ -154,4 +128,6 @@ class SentItems:
             f"{base_url}/v1.0/$metadata#users('{quote(mailbox.id)}')/mailFolders('sentitems')"
             "/messages"
         )
-        return 200, {"@odata.context": context, "value": [i.as_graph(fields) for i in found]}
+        return json_response(
+            200, {"@odata.context": context, "value": [i.as_graph(fields) for i in found]}
+        )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import secrets
 import socket
 import struct
@@ -28,17 +27,16 @@ from urllib.parse import parse_qsl, unquote
 
 from .delivery import checked_outcome
 from .directory import CLIENT_ID, CLIENT_SECRET, TENANT_DOMAIN, TENANT_ID, Tenant, User
-from .drafts import DRAFT_KINDS, UPLOAD_KINDS, UPLOAD_PREFIX, Draft, upload_kind
+from .drafts import UPLOAD_PREFIX, Draft
 from .entra import (
     EmulatorCredential,
     RegisteredCertificate,
     TokenStore,
     check_tenant,
     grant_token,
-    new_trace_id,
     register,
 )
-from .errors import EntraError, GraphError
+from .errors import EntraError, GraphError, bad_request
 from .events import EventHub
 from .faults import (
     PAGE_FAULTS,
@@ -50,8 +48,17 @@ from .faults import (
     graph_fault,
     page_fault,
 )
+from .http import (
+    Request,
+    Response,
+    entra_error,
+    entra_headers,
+    graph_error,
+    graph_headers,
+    new_trace_id,
+)
 from .inbox import EVENTS_PATH, Inbox, serves
-from .inbox_folder import INBOX_KINDS, InboxMessage
+from .inbox_folder import InboxMessage
 from .limits import (
     CONCURRENCY_RETRY_AFTER,
     MailboxBudgets,
@@ -61,36 +68,13 @@ from .limits import (
 )
 from .mail import Screened, SentMessage
 from .request_log import RecordedRequest, draft_of, error_code
-from .routes import (
-    MAX_REQUEST_BYTES,
-    GraphApi,
-    Request,
-    Response,
-    bearer_token,
-    kind_of,
-    mailbox_key,
-    user_key,
-)
+from .routes import KINDS, MAX_REQUEST_BYTES, TOKEN_PATH, GraphApi, bearer_token, kind_of, user_key
 from .sent_items import SentItem
 from .store import EmlStore
 from .subscriptions import Delivery
-from .trace import TRACE_KINDS
 
 HOST = "127.0.0.1"
-_TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token/?")
 _DRAIN_CHUNK = 64 * 1024
-KINDS = (
-    "token",
-    "user_get",
-    "user_list",
-    "sendMail",
-    *DRAFT_KINDS,
-    "sent_items",
-    *UPLOAD_KINDS,
-    *INBOX_KINDS,
-    *TRACE_KINDS,
-    "other",
-)
 
 
 @dataclass
@@ -166,21 +150,6 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """No per-request logging: the emulator runs inside test suites."""
 
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
     def _dispatch(self) -> None:
         emulator = self.server.emulator
         started = time.monotonic()
@@ -195,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
             request_id=str(uuid.uuid4()),
             client_request_id=self.headers.get("client-request-id"),
         )
-        kind = emulator._kind(request)
+        kind = kind_of(request.method, request.path)
         refusal = self._read_body(request, kind == "token")
         if refusal is None and serves(request.path):  # the dev inbox: not Graph, not recorded
             if request.path == EVENTS_PATH and request.method == "GET":
@@ -220,6 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
         # The slot is free once the work is done, before the answer travels back: a client
         # that starts its next request on receipt must not find the slot still taken.
         self._answer(outcome)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
     def _stream(self, emulator: GraphEmulator, request: Request) -> None:
         """``/api/events``: server-sent events until the page or the emulator goes away."""
@@ -259,19 +230,15 @@ class _Handler(BaseHTTPRequestHandler):
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:
                 self.close_connection = True
-                return _graph_error(
-                    request, GraphError(400, "BadRequest", "Invalid Content-Length.")
-                )
-            if length > MAX_REQUEST_BYTES and not is_token:
+                return graph_error(request, bad_request("Invalid Content-Length."))
+            too_large = length > MAX_REQUEST_BYTES and not is_token
+            if too_large:
                 self._drain(length)
-                error = GraphError(
-                    413, "BadRequest", "The maximum request length supported is 4MB."
-                )
-                return _graph_error(request, error)
-            request.body = self.rfile.read(length) if length > 0 else b""
+            else:
+                request.body = self.rfile.read(length) if length > 0 else b""
         if length > MAX_REQUEST_BYTES and not is_token:
             error = GraphError(413, "BadRequest", "The maximum request length supported is 4MB.")
-            return _graph_error(request, error)
+            return graph_error(request, error)
         return None
 
     def _drain(self, length: int) -> None:
@@ -301,21 +268,6 @@ class _Handler(BaseHTTPRequestHandler):
         if response.body:
             self.wfile.write(response.body)
         self.wfile.flush()
-
-
-def _graph_error(request: Request, error: GraphError) -> Response:
-    headers = {"Content-Type": "application/json", **error.headers}
-    headers.update(_graph_headers(request))
-    return Response(
-        error.status, error.body(request.request_id, request.client_request_id), headers
-    )
-
-
-def _graph_headers(request: Request) -> dict[str, str]:
-    headers = {"request-id": request.request_id}
-    if request.client_request_id is not None:
-        headers["client-request-id"] = request.client_request_id
-    return headers
 
 
 class GraphEmulator:
@@ -458,11 +410,11 @@ class GraphEmulator:
     @property
     def rbac_readwrite_scope(self) -> set[str] | None:
         """Mailboxes the app holds Exchange "Application Mail.ReadWrite" on (drafts)."""
-        return self._graph.drafts.readwrite_scope
+        return self._tenant.rbac["Mail.ReadWrite"]
 
     @rbac_readwrite_scope.setter
     def rbac_readwrite_scope(self, scope: Iterable[str] | None) -> None:
-        self._graph.drafts.readwrite_scope = scope
+        self._tenant.set_rbac("Mail.ReadWrite", scope)
 
     @property
     def rewrite_message_ids(self) -> bool:
@@ -479,11 +431,11 @@ class GraphEmulator:
     def rbac_read_scope(self) -> set[str] | None:
         """Mailboxes (ids or addresses) the Exchange RBAC role "Application Mail.ReadBasic"
         covers: their Sent Items may be listed without Mail.ReadBasic.All."""
-        return self._graph.sent_items.read_scope
+        return self._tenant.rbac["Mail.ReadBasic"]
 
     @rbac_read_scope.setter
     def rbac_read_scope(self, scope: Iterable[str] | None) -> None:
-        self._graph.sent_items.read_scope = scope
+        self._tenant.set_rbac("Mail.ReadBasic", scope)
 
     def sent_items(self, mailbox: str | None = None) -> list[SentItem]:
         """The Sent Items copies of every mailbox, or of one (an address or id), oldest first."""
@@ -608,11 +560,11 @@ class GraphEmulator:
     @property
     def rbac_scope(self) -> set[str] | None:
         """Mailboxes (ids or addresses) the app holds Exchange "Application Mail.Send" on."""
-        return self._tenant.rbac_scope
+        return self._tenant.rbac["Mail.Send"]
 
     @rbac_scope.setter
     def rbac_scope(self, scope: Iterable[str] | None) -> None:
-        self._tenant.rbac_scope = scope
+        self._tenant.set_rbac("Mail.Send", scope)
 
     def add_user(
         self,
@@ -928,15 +880,6 @@ class GraphEmulator:
         counts toward it, so its speed does not change what a client measures."""
         return max(0.0, self.latency - (time.monotonic() - started))
 
-    def _kind(self, request: Request) -> str:
-        if _TOKEN_PATH.fullmatch(request.path):
-            return "token" if request.method == "POST" else "other"
-        if request.path.startswith(UPLOAD_PREFIX):
-            return upload_kind(request.method)
-        if request.path.split("/")[1:2] == ["v1.0"]:
-            return kind_of(request.method, request.path)
-        return "other"
-
     def _record(self, request: Request, kind: str, outcome: _Outcome, started: float) -> None:
         """Log the request (request_log.py): what the dev inbox shows, never a secret."""
         headers = {
@@ -992,14 +935,14 @@ class GraphEmulator:
             return
         if not self._gate.enter(owner, self._budgets.limit("CONCURRENT_REQUESTS")):
             refusal = self._budgets.refused_concurrency(owner[1], self.concurrency_retry_after)
-            yield _graph_error(request, throttled_error(refusal))
+            yield graph_error(request, throttled_error(refusal))
             return
         try:
             refused = None
             if owner[0]:  # an authenticated request: Graph's budgets count per application
                 uploaded = len(request.body) if request.method in ("POST", "PUT", "PATCH") else 0
                 refused = self._budgets.spend_request(owner, uploaded)
-            yield None if refused is None else _graph_error(request, throttled_error(refused))
+            yield None if refused is None else graph_error(request, throttled_error(refused))
         finally:
             self._gate.leave(owner)
 
@@ -1012,7 +955,7 @@ class GraphEmulator:
         """
         if request.path.startswith(UPLOAD_PREFIX):
             return self._graph.drafts.session_owner(request.path)
-        key = mailbox_key(request.path)
+        key = user_key(request.path, mailbox=True)
         if key is None:
             return None
         issued = self._tokens.lookup(bearer_token(request))
@@ -1064,8 +1007,8 @@ class GraphEmulator:
             return Response(status, body, headers)
         if kind == "token":
             error, headers = entra_fault(fault)
-            return _entra_error(request, error, headers)
-        return _graph_error(request, graph_fault(fault))
+            return entra_error(request, error, headers)
+        return graph_error(request, graph_fault(fault))
 
     def _served(self, fault: PlannedFault, request: Request, kind: str, delivered: bool) -> None:
         record = InjectedFault(
@@ -1082,25 +1025,25 @@ class GraphEmulator:
     def _respond(self, request: Request, kind: str) -> Response:
         """Route to Entra or Graph; an emulator bug answers 500, never a hung client."""
         try:
-            token_path = _TOKEN_PATH.fullmatch(request.path)
+            token_path = TOKEN_PATH.fullmatch(request.path)
             if token_path:
                 return self._token(request, unquote(token_path.group(1)))
             if request.path.startswith(UPLOAD_PREFIX):
                 response = self._graph.drafts.upload(request)
-                response.headers.update(_graph_headers(request))
+                response.headers.update(graph_headers(request))
                 return response
             if request.path.split("/")[1:2] != ["v1.0"]:
                 segment = unquote(request.path.split("/")[1]) if "/" in request.path else ""
-                raise GraphError(400, "BadRequest", f"Invalid version: {segment}")
+                raise bad_request(f"Invalid version: {segment}")
             response = self._graph.handle(request)
-            response.headers.update(_graph_headers(request))
+            response.headers.update(graph_headers(request))
             return response
         except GraphError as error:
-            return _graph_error(request, error)
+            return graph_error(request, error)
         except Exception:
             traceback.print_exc()
             failure = GraphError(500, "generalException", "An internal emulator error occurred.")
-            return _graph_error(request, failure)
+            return graph_error(request, failure)
 
     def _applications_now(self) -> dict[str, str]:
         with self._lock:
@@ -1135,28 +1078,8 @@ class GraphEmulator:
                 strict=self.strict,
             )
         except EntraError as error:
-            return _entra_error(request, error)
-        return Response(200, json.dumps(body).encode(), _entra_headers(new_trace_id(), request))
-
-
-def _entra_headers(trace_id: str, request: Request) -> dict[str, str]:
-    headers = {
-        "Content-Type": "application/json; charset=utf-8",
-        "Cache-Control": "no-store, no-cache",
-        "x-ms-request-id": trace_id,
-    }
-    if request.client_request_id is not None:
-        headers["client-request-id"] = request.client_request_id
-    return headers
-
-
-def _entra_error(
-    request: Request, error: EntraError, extra: dict[str, str] | None = None
-) -> Response:
-    """Entra's error answer; the correlation id echoes the client's ``client-request-id``."""
-    trace_id, correlation_id = new_trace_id(), request.client_request_id or new_trace_id()
-    headers = {**_entra_headers(trace_id, request), **(extra or {})}
-    return Response(error.status, error.body(trace_id, correlation_id), headers)
+            return entra_error(request, error)
+        return Response(200, json.dumps(body).encode(), entra_headers(new_trace_id(), request))
 
 
 def _complete(entry: SentMessage | Screened) -> SentMessage:

@@ -30,22 +30,19 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote, urlsplit
 from urllib.request import ProxyHandler, build_opener
 from urllib.request import Request as HttpRequest
 
-from .directory import TENANT_ID, User
-from .errors import GraphError, access_denied
-from .routes import Request, Response, Route, _json
-
-if TYPE_CHECKING:
-    from .directory import Tenant
-    from .entra import IssuedToken
+from .directory import TENANT_ID, Tenant, User
+from .entra import IssuedToken
+from .errors import GraphError, access_denied, bad_request
+from .http import Request, Response, graph_time, json_response
 
 MAX_MINUTES, MIN_MINUTES = 10_080, 45
 MAX_PER_MAILBOX = 1000
@@ -74,7 +71,7 @@ class Subscription:
             "changeType": self.change_type,
             "notificationUrl": self.notification_url,
             "lifecycleNotificationUrl": self.lifecycle_url,
-            "expirationDateTime": _iso(self.expires),
+            "expirationDateTime": graph_time(self.expires, ".0000000"),
             "clientState": self.client_state,
             "applicationId": self.app_id,
             "creatorId": self.app_id,
@@ -100,13 +97,8 @@ class Delivery:
 class Subscriptions:
     """The tenant's subscriptions and a sender thread posting their notifications."""
 
-    def __init__(
-        self,
-        tenant: Tenant,
-        base_url: Callable[[], str],
-        may_read: Callable[[User, Iterable[str]], bool],
-    ) -> None:
-        self.tenant, self.base_url, self.may_read = tenant, base_url, may_read
+    def __init__(self, tenant: Tenant, base_url: Callable[[], str]) -> None:
+        self.tenant, self.base_url = tenant, base_url
         self.timeout = 3.0
         self.retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0)
         self._lock = threading.Lock()
@@ -138,37 +130,41 @@ class Subscriptions:
 
     # Graph's API -------------------------------------------------------------------------
 
-    def handle(self, route: Route, request: Request, token: IssuedToken) -> Response:
-        if route.name == "subscription_create":
-            return self._create(request, token)
-        if route.name == "subscription_list":
-            return _json(200, {"value": [s.graph() for s in self._live(token.app_id)]})
-        found = self._find(str(route.item), token.app_id)
-        if route.name == "subscription_get":
-            return _json(200, found.graph())
-        if route.name == "subscription_update":
-            body = _body(request)
-            if set(body) - {"expirationDateTime", "notificationUrl"}:
-                raise GraphError(400, "InvalidRequest", "Only expirationDateTime can be updated.")
-            found.expires = _expiry(body.get("expirationDateTime"))
-            return _json(200, found.graph())
-        if route.name == "subscription_reauthorize":
-            return Response(204)
-        with self._lock:  # subscription_delete
+    def listing(self, token: IssuedToken) -> Response:
+        return json_response(200, {"value": [s.graph() for s in self._live(token.app_id)]})
+
+    def get(self, item: str, token: IssuedToken) -> Response:
+        return json_response(200, self._find(item, token.app_id).graph())
+
+    def update(self, request: Request, item: str, token: IssuedToken) -> Response:
+        found = self._find(item, token.app_id)
+        body = _body(request)
+        if set(body) - {"expirationDateTime", "notificationUrl"}:
+            raise _invalid("Only expirationDateTime can be updated.")
+        found.expires = _expiry(body.get("expirationDateTime"))
+        return json_response(200, found.graph())
+
+    def reauthorize(self, item: str, token: IssuedToken) -> Response:
+        self._find(item, token.app_id)
+        return Response(204)
+
+    def delete(self, item: str, token: IssuedToken) -> Response:
+        found = self._find(item, token.app_id)
+        with self._lock:
             del self._subscriptions[found.id]
         return Response(204)
 
-    def _create(self, request: Request, token: IssuedToken) -> Response:
+    def create(self, request: Request, token: IssuedToken) -> Response:
         body = _body(request)
         change_type = str(body.get("changeType") or "")
         if not change_type or set(change_type.split(",")) - CHANGE_TYPES:
-            raise GraphError(400, "InvalidRequest", f"Invalid changeType '{change_type}'.")
+            raise _invalid(f"Invalid changeType '{change_type}'.")
         mailbox = self._mailbox(str(body.get("resource") or ""))
-        if not self.may_read(mailbox, token.roles):  # Mail.ReadBasic or more, or RBAC
+        if not self.tenant.may_read(mailbox, token.roles):  # Mail.ReadBasic or more, or RBAC
             raise access_denied()
         state = body.get("clientState")
         if state is not None and len(str(state)) > 128:
-            raise GraphError(400, "InvalidRequest", "clientState must be at most 128 characters.")
+            raise _invalid("clientState must be at most 128 characters.")
         url, lifecycle = _url(body.get("notificationUrl")), body.get("lifecycleNotificationUrl")
         if lifecycle is not None:
             lifecycle = _url(lifecycle)
@@ -189,7 +185,7 @@ class Subscriptions:
         )
         with self._lock:
             self._subscriptions[subscription.id] = subscription
-        return _json(201, subscription.graph())
+        return json_response(201, subscription.graph())
 
     # notifications -----------------------------------------------------------------------
 
@@ -200,7 +196,7 @@ class Subscriptions:
                 continue
             item = {
                 "subscriptionId": subscription.id,
-                "subscriptionExpirationDateTime": _iso(subscription.expires),
+                "subscriptionExpirationDateTime": graph_time(subscription.expires, ".0000000"),
                 "changeType": "created",
                 "resource": f"Users/{mailbox_id}/Messages/{message_id}",
                 "resourceData": {
@@ -223,7 +219,7 @@ class Subscriptions:
                 del self._subscriptions[subscription_id]
         item = {
             "subscriptionId": subscription.id,
-            "subscriptionExpirationDateTime": _iso(subscription.expires),
+            "subscriptionExpirationDateTime": graph_time(subscription.expires, ".0000000"),
             "lifecycleEvent": event,
             "clientState": subscription.client_state,
             "tenantId": TENANT_ID,
@@ -301,7 +297,7 @@ class Subscriptions:
         inbox = folder in ("mailfolders('inbox')/messages", "mailfolders/inbox/messages")
         user = self.tenant.by_id_or_upn(parts[1]) if len(parts) > 1 else None
         if parts[:1] not in (["users"], ["Users"]) or not inbox or user is None:
-            raise GraphError(400, "InvalidRequest", f"Invalid resource '{resource}'.")
+            raise _invalid(f"Invalid resource '{resource}'.")
         return user
 
 
@@ -319,9 +315,7 @@ def _validate(url: str) -> None:
     except (URLError, OSError, UnicodeDecodeError):
         ok = False
     if not ok:
-        raise GraphError(
-            400,
-            "InvalidRequest",
+        raise _invalid(
             f"Subscription validation request failed. Notification endpoint must respond "
             f"with 200 OK to validation request. ({url})",
         )
@@ -331,9 +325,7 @@ def _url(value: Any) -> str:
     parts = urlsplit(str(value or ""))
     loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise GraphError(
-            400, "InvalidRequest", "The notification URL must use https (http://127.0.0.1 here)."
-        )
+        raise _invalid("The notification URL must use https (http://127.0.0.1 here).")
     return str(value)
 
 
@@ -343,26 +335,24 @@ def _expiry(value: Any) -> datetime:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
         when = when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
     except ValueError:
-        raise GraphError(400, "InvalidRequest", "Invalid expirationDateTime.") from None
+        raise _invalid("Invalid expirationDateTime.") from None
     now = datetime.now(timezone.utc)
     if when > now + timedelta(minutes=MAX_MINUTES):
-        raise GraphError(
-            400,
-            "InvalidRequest",
+        raise _invalid(
             f"Subscription expiration can only be {MAX_MINUTES} minutes in the future.",
         )
     return max(when, now + timedelta(minutes=MIN_MINUTES))
+
+
+def _invalid(message: str) -> GraphError:
+    return GraphError(400, "InvalidRequest", message)
 
 
 def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(request.body or b"{}")
     except ValueError:
-        raise GraphError(400, "BadRequest", "Invalid JSON.") from None
+        raise bad_request("Invalid JSON.") from None
     if not isinstance(body, dict):
-        raise GraphError(400, "BadRequest", "Invalid JSON.")
+        raise bad_request("Invalid JSON.")
     return body
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")

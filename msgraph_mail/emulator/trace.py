@@ -39,20 +39,16 @@ import hashlib
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from .delivery import EXCHANGE_HOST, Deliveries, Delivery, Outcome
-from .errors import GraphError
+from .entra import IssuedToken
+from .errors import GraphError, bad_request
+from .http import Request, Response, graph_time, json_response
 from .limits import TenantWindow, throttled_error
-from .query import TraceFilter, parse_trace_filter
-from .routes import Request, Response, Route, _json, _options
+from .query import TraceFilter, options, parse_trace_filter, top
 
-if TYPE_CHECKING:
-    from .entra import IssuedToken
-
-#: Request kinds of the message trace routes (as ``emu.count()`` names them).
-TRACE_KINDS = ("message_trace", "message_trace_detail")
 TRACE_ROLE = "ExchangeMessageTrace.Read.All"
 #: The first-party app whose service principal the tenant needs (Learn: exchangemessagetrace).
 TRACE_APP_ID = "8bd644d1-64a1-4d4b-ae52-2e0cbf64e373"
@@ -75,8 +71,8 @@ class MessageTraces:
         #: The tenant holds the service principal of ``TRACE_APP_ID``.
         self.service_principal = True
 
-    def handle(self, route: Route, request: Request, token: IssuedToken) -> Response:
-        """Refuse as Graph does (service principal, permission, rate), then answer."""
+    def _admit(self, token: IssuedToken) -> None:
+        """Refuse as Graph does: service principal, permission, rate."""
         if not self.service_principal:
             raise GraphError(
                 401,
@@ -95,14 +91,16 @@ class MessageTraces:
         refused = self.window.spend()
         if refused is not None:
             raise throttled_error(refused)
-        if route.name == "message_trace":
-            return self.list(request)
-        return self.details(request, str(route.item), str(route.argument))
 
-    def list(self, request: Request) -> Response:
-        options = _options(request, ("$filter", "$top", "$skiptoken"))
-        top = _top(options.get("$top", str(DEFAULT_TOP)))
-        wanted = parse_trace_filter(options["$filter"]) if "$filter" in options else TraceFilter()
+    def list(self, request: Request, token: IssuedToken) -> Response:
+        self._admit(token)
+        given = options(request.query, ("$filter", "$top", "$skiptoken"))
+        value = given.get("$top", str(DEFAULT_TOP))
+        error = bad_request(
+            f"Invalid $top '{value}': the page size must be between 1 and {MAX_TOP}."
+        )
+        size = top(value, MAX_TOP, error)
+        wanted = parse_trace_filter(given["$filter"]) if "$filter" in given else TraceFilter()
         since, until = _period(wanted)
         now = time.monotonic()
         rows = [
@@ -110,28 +108,31 @@ class MessageTraces:
             for row in self._rows()
             if since <= row[2].received <= until and _matches(wanted, _trace(row, now))
         ]
-        if "$skiptoken" in options:
-            after = _position(options["$skiptoken"])
+        if "$skiptoken" in given:
+            after = _position(given["$skiptoken"])
             rows = [row for row in rows if (row[0], row[1]) < after]
-        page = rows[:top]
+        page = rows[:size]
         context = "$metadata#admin/exchange/tracing/messageTraces"
         body: dict[str, Any] = {
             "@odata.context": f"{self.base_url()}/v1.0/{context}",
             "value": [_trace(row, now) for row in page],
         }
-        if len(rows) > top:
-            kept = {k: v for k, v in options.items() if k != "$skiptoken"}
-            token = base64.urlsafe_b64encode(f"{page[-1][0]}.{page[-1][1]}".encode()).decode()
-            query = urlencode({**kept, "$skiptoken": token})
+        if len(rows) > size:
+            kept = {k: v for k, v in given.items() if k != "$skiptoken"}
+            skip = base64.urlsafe_b64encode(f"{page[-1][0]}.{page[-1][1]}".encode()).decode()
+            query = urlencode({**kept, "$skiptoken": skip})
             body["@odata.nextLink"] = (
                 f"{self.base_url()}/v1.0/admin/exchange/tracing/messageTraces?{query}"
             )
-        return _json(200, body)
+        return json_response(200, body)
 
-    def details(self, request: Request, trace_id: str, recipient: str) -> Response:
+    def details(
+        self, request: Request, token: IssuedToken, trace_id: str, recipient: str
+    ) -> Response:
         """One recipient's events so far; an unknown id or recipient has none (as the
         Get-MessageTraceDetailV2 cmdlet answers; Graph's answer is UNCONFIRMED)."""
-        _options(request, ())
+        self._admit(token)
+        options(request.query, ())
         now = time.monotonic()
         events = [
             event
@@ -140,7 +141,9 @@ class MessageTraces:
             for event in _events(delivery, address, outcome, now)
         ]
         context = "$metadata#Collection(microsoft.graph.exchangeMessageTraceDetail)"
-        return _json(200, {"@odata.context": f"{self.base_url()}/v1.0/{context}", "value": events})
+        return json_response(
+            200, {"@odata.context": f"{self.base_url()}/v1.0/{context}", "value": events}
+        )
 
     def _rows(self) -> Iterator[Row]:
         """Every (message, recipient), newest message first."""
@@ -161,7 +164,7 @@ def _trace(row: Row, now: float) -> dict[str, Any]:
         "recipientAddress": address,
         "subject": delivery.message.subject,
         "status": delivery.status(outcome, now),
-        "receivedDateTime": _iso(delivery.received),
+        "receivedDateTime": graph_time(delivery.received),
         "size": len(delivery.message.raw),
         "fromIP": "",
         "toIP": _mx_ip(address) if outcome.external else "",
@@ -187,7 +190,7 @@ def _events(delivery: Delivery, address: str, outcome: Outcome, now: float) -> l
         {
             "id": delivery.trace_id,
             "messageId": delivery.message_id,
-            "dateTime": _iso(moment),
+            "dateTime": graph_time(moment),
             "event": event,
             "action": "",
             "description": description,
@@ -212,18 +215,12 @@ def _period(wanted: TraceFilter) -> tuple[datetime, datetime]:
     if wanted.since is None and wanted.until is None:
         return now - _DEFAULT_SPAN, now
     if wanted.since is None or wanted.until is None:
-        raise _bad("Filter on receivedDateTime with both bounds (ge and le).")
+        raise bad_request("Filter on receivedDateTime with both bounds (ge and le).")
     if not timedelta(0) <= wanted.until - wanted.since <= _MAX_SPAN:
-        raise _bad("The receivedDateTime interval must not exceed 10 days.")
+        raise bad_request("The receivedDateTime interval must not exceed 10 days.")
     if wanted.since < now - _MAX_AGE or wanted.until > now:
-        raise _bad("The start must be within 90 days and the end not later than now.")
+        raise bad_request("The start must be within 90 days and the end not later than now.")
     return wanted.since, wanted.until
-
-
-def _top(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= MAX_TOP:
-        raise _bad(f"Invalid $top '{value}': the page size must be between 1 and {MAX_TOP}.")
-    return int(value)
 
 
 def _position(token: str) -> tuple[int, int]:
@@ -231,18 +228,10 @@ def _position(token: str) -> tuple[int, int]:
         index, position = base64.urlsafe_b64decode(token.encode()).decode().split(".")
         return int(index), int(position)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise _bad("The $skiptoken is not valid.") from None
+        raise bad_request("The $skiptoken is not valid.") from None
 
 
 def _mx_ip(address: str) -> str:
     """A documentation address (RFC 5737) standing for the domain's MX, the same each time."""
     digest = hashlib.sha256(address.rpartition("@")[2].encode()).digest()
     return f"203.0.113.{digest[0] % 254 + 1}"
-
-
-def _bad(message: str) -> GraphError:
-    return GraphError(400, "BadRequest", message)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

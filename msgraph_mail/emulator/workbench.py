@@ -10,11 +10,49 @@ exactly what a developer clicks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .server import GraphEmulator
+from .events import EventHub
+from .faults import PlannedFault
+from .inbox_folder import InboxMessage
+from .mail import SentMessage
+from .request_log import RecordedRequest
+
+
+class Emulator(Protocol):
+    """What the workbench and the dev inbox use of ``Emulator`` (which they serve:
+    naming the protocol, not the class, keeps them free of the server module)."""
+
+    latency: float
+    events: EventHub
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def strict(self) -> bool: ...
+    @property
+    def sent(self) -> list[SentMessage]: ...
+    @property
+    def requests(self) -> list[RecordedRequest]: ...
+    @property
+    def time_scale(self) -> float: ...
+    @property
+    def limits(self) -> Mapping[str, float | None]: ...
+    def settings(self, **overrides: Any) -> dict[str, Any]: ...
+    def clear_messages(self) -> None: ...
+    def budgets(self) -> list[dict[str, Any]]: ...
+    def throttled(self, mailbox: str | None = None) -> dict[str, int]: ...
+    def delivery_of(self, request_id: str) -> list[dict[str, Any]]: ...
+    def reports_of(self, request_id: str) -> list[InboxMessage]: ...
+    def inbox_messages(self, mailbox: str | None = None) -> list[InboxMessage]: ...
+    def fail_next(
+        self, fault: str, times: int = 1, *, on: str = "sendMail", retry_after: float | None = 0.01
+    ) -> None: ...
+    def pending_faults(self, on: str = "sendMail") -> list[PlannedFault]: ...
+    def clear_faults(self, on: str | None = None) -> None: ...
+
 
 #: The workbench's fault names, and the emulator fault each arms on sendMail.
 FAULTS = {
@@ -47,7 +85,7 @@ class Arming:
     count: int = 1
     seconds: float | None = None  # Retry-After (429, 503) or the latency
 
-    def apply(self, emulator: GraphEmulator) -> None:
+    def apply(self, emulator: Emulator) -> None:
         if self.fault == "latency":
             emulator.latency = float(self.seconds or 0.0)
             return
@@ -103,7 +141,7 @@ def _number(value: Any, name: str, kind: type[int] | type[float]) -> Any:
     return kind(number)
 
 
-def armed(emulator: GraphEmulator) -> list[dict[str, Any]]:
+def armed(emulator: Emulator) -> list[dict[str, Any]]:
     """What is armed now, in the workbench's words: faults waiting for sendMail requests
     (consecutive equal ones together), then the latency if any."""
     names = {fault: name for name, fault in FAULTS.items()}
@@ -122,7 +160,7 @@ def armed(emulator: GraphEmulator) -> list[dict[str, Any]]:
     return found
 
 
-def disarm(emulator: GraphEmulator) -> None:
+def disarm(emulator: Emulator) -> None:
     """Switch every workbench fault off: the pending sendMail faults and the latency."""
     emulator.clear_faults("sendMail")
     emulator.latency = 0.0
