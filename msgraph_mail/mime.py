@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import email.policy
 import io
+import itertools
 import re
 import secrets
 import uuid
@@ -266,39 +267,9 @@ def _shape(entry: str) -> tuple[str, str]:
     address as written.
     """
     text = entry.strip()
-    outside: list[str] = []  # the entry with quoted strings and comments emptied
-    in_quotes = escaped = False
-    depth = 0  # of nested comments
-    for char in text:
-        if escaped:
-            escaped = False
-        elif (in_quotes or depth) and char == "\\":
-            escaped = True
-        elif in_quotes:
-            in_quotes = char != '"'
-            if not in_quotes:
-                outside.append(char)
-        elif char == "," and depth:
-            # Python's strict parser (3.13, patched releases) refuses it; older ones take it
-            return "a comma inside a comment (put the name in double quotes instead)", ""
-        elif char == "(":
-            depth += 1
-            if depth == 1:
-                outside.append(char)
-        elif char == ")":
-            if depth == 0:
-                return "an unbalanced parenthesis", ""
-            depth -= 1
-            if depth == 0:
-                outside.append(char)
-        elif depth == 0:
-            in_quotes = char == '"'
-            outside.append(char)
-    if in_quotes:
-        return "an unbalanced double quote", ""
-    if depth:
-        return "an unbalanced parenthesis", ""
-    bare = "".join(outside)
+    flaw, bare, _commas = _scan(text)
+    if flaw:
+        return flaw, ""
     if "<" not in bare and ">" not in bare:
         if bare != text or any(char.isspace() or char in _ADDRESS_SPECIALS for char in text):
             return "text around the address: a name, comment or second address?", ""
@@ -317,28 +288,56 @@ def _shape(entry: str) -> tuple[str, str]:
 
 def _header_entries(value: str) -> list[str]:
     """An address header's value, split at the commas outside quoted strings and comments."""
-    entries: list[str] = []
-    current: list[str] = []
+    bounds = [-1, *_scan(value)[2], len(value)]
+    return [value[start + 1 : end] for start, end in itertools.pairwise(bounds)]
+
+
+def _scan(text: str) -> tuple[str, str, list[int]]:
+    """One walk over address text, for both checks above: the first flaw that keeps it from
+    being read plainly (``""`` if none), the text with quoted strings and comments emptied
+    (their delimiters kept), and the positions of the commas outside them.
+
+    The walk goes on after a flaw, so the commas of a damaged header are still found (each
+    entry is then refused on its own).
+    """
+    flaw = ""
+    outside: list[str] = []
+    commas: list[int] = []
     in_quotes = escaped = False
-    depth = 0
-    for char in value:
+    depth = 0  # of nested comments
+    for index, char in enumerate(text):
         if escaped:
             escaped = False
         elif (in_quotes or depth) and char == "\\":
             escaped = True
         elif in_quotes:
             in_quotes = char != '"'
-        elif char == '"' and not depth:
-            in_quotes = True
-        elif char in "()":
-            depth = max(depth + (1 if char == "(" else -1), 0)
-        elif char == "," and not depth:
-            entries.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    entries.append("".join(current))
-    return entries
+            if not in_quotes:
+                outside.append(char)
+        elif char == "," and depth:
+            # Python's strict parser (3.13, patched releases) refuses it; older ones take it
+            flaw = flaw or "a comma inside a comment (put the name in double quotes instead)"
+        elif char == "(":
+            depth += 1
+            if depth == 1:
+                outside.append(char)
+        elif char == ")":
+            if depth == 0:
+                flaw = flaw or "an unbalanced parenthesis"
+                continue
+            depth -= 1
+            if depth == 0:
+                outside.append(char)
+        elif depth == 0:
+            in_quotes = char == '"'
+            if char == "," and not in_quotes:
+                commas.append(index)
+            outside.append(char)
+    if in_quotes:
+        flaw = flaw or "an unbalanced double quote"
+    if depth:
+        flaw = flaw or "an unbalanced parenthesis"
+    return flaw, "".join(outside), commas
 
 
 def _is_bare_address(text: str) -> bool:

@@ -11,6 +11,9 @@ each recipient's fate by rule, puts Exchange-shaped NDRs into the sender's Inbox
 delta, get and ``$value``) and answers message trace with its permission, paging and
 100-requests-per-5-minutes limit. Standard library only, but for Django's template engine
 (used standalone, no settings) behind the dev inbox's pages.
+
+Who may import what: it imports nothing of the product (it must stand for Graph, not mirror
+our code); the product imports it only in ``testing`` (the pytest fixture) and ``demo``.
 """
 
 from .delivery import OUTCOMES

@@ -58,6 +58,10 @@ Details that matter:
 - **Fork**: the Redis client is made lazily, once per process (redis-py also resets its pool
   after a fork).
 
+Who may import what: the Graph client, the shared caches (``redis_client``), the diagnosis
+and the telemetry's budget gauges import this package; it imports only conf, exceptions and
+telemetry.
+
 The package: :mod:`.interface` (the interface, the budgets and what both stores share),
 :mod:`.in_process` and :mod:`.redis_store` (the two stores; the Redis one runs the Lua scripts
 of ``lua/``, package data, which ``redis-cli --eval`` can run too once ``common.lua`` is put

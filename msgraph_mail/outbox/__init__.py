@@ -6,6 +6,11 @@ id, never a secret), records it in a store and enqueues it with the engine chose
 message, sends it and applies the outcome rules (sent, retry later, failed, unknown). The
 engines (:mod:`msgraph_mail.outbox.tasks` for Django's tasks framework,
 :mod:`msgraph_mail.outbox.celery`) are thin adapters over that one function.
+
+Who may import what: the backend (to queue), the admin, ``msgraph_outbox`` and the tracker
+(to settle an unknown message) import this package; its modules import the core below them
+(conf, routes, graph, resolvers, mime). ``deliver`` and the engines still reach up to
+``backend`` for ``MessageStatus`` and the signals' sender class.
 """
 
 from .envelope import Envelope, build_envelope
