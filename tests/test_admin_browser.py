@@ -10,7 +10,6 @@ and a search each render in under 300 ms. Run by ``nox -s browser``.
 
 from __future__ import annotations
 
-import os
 import socket
 import sqlite3
 import subprocess
@@ -26,12 +25,12 @@ import requests
 from msgraph_mail.emulator import GraphEmulator
 
 from .helpers import render_ms
-from .test_outbox_tasks_worker import Worker, wait_for
+from .test_outbox_tasks_worker import ROOT, Worker, migrated_env, running_worker, wait_for
 
 pytestmark = pytest.mark.browser
 pytest.importorskip("django_tasks_db", reason="needs the tasks extra (django-tasks-db)")
 
-ROOT = Path(__file__).resolve().parent.parent
+DJANGO = [sys.executable, "-m", "django"]
 PASSWORD = "admin-test-password"  # a throwaway test account
 #: The list, a filter and a search must each render in under this, with 100,000 rows.
 RENDER_BUDGET_MS = 300
@@ -53,18 +52,9 @@ def graph() -> Iterator[GraphEmulator]:
 @pytest.fixture(scope="module")
 def env(graph: GraphEmulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("admin")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.admin_settings",
-        "OUTBOX_DB": str(folder / "outbox.sqlite3"),
-        "OUTBOX_GRAPH_URL": graph.url,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
-    }
-    django = [sys.executable, "-m", "django"]
-    subprocess.run([*django, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)  # noqa: S603
+    env = migrated_env("tests.admin_settings", graph, folder, DJANGO_SUPERUSER_PASSWORD=PASSWORD)
     subprocess.run(  # noqa: S603
-        [*django, "createsuperuser", "--noinput", "--username", "root", "--email", "r@x.org"],
+        [*DJANGO, "createsuperuser", "--noinput", "--username", "root", "--email", "r@x.org"],
         cwd=ROOT,
         env=env,
         check=True,
@@ -113,10 +103,7 @@ def site(env: dict[str, str]) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def worker(env: dict[str, str]) -> Iterator[Worker]:
-    worker = Worker(env, Path(env["OUTBOX_DB"]).with_suffix(".log"))
-    worker.start()
-    yield worker
-    worker.stop()
+    yield from running_worker(env)
 
 
 @pytest.fixture

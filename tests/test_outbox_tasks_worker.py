@@ -85,15 +85,16 @@ def graph() -> Iterator[GraphEmulator]:
         yield emulator
 
 
-@pytest.fixture(scope="module")
-def env(graph: GraphEmulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("outbox")
+def migrated_env(settings: str, graph: GraphEmulator, folder: Path, **extra: str) -> dict[str, str]:
+    """The environment of a "web" and a worker process sharing one SQLite file in ``folder``
+    (settings module ``settings``, Graph at the emulator), its database migrated."""
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.outbox_settings",
+        "DJANGO_SETTINGS_MODULE": settings,
         "OUTBOX_DB": str(folder / "outbox.sqlite3"),
         "OUTBOX_GRAPH_URL": graph.url,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        **extra,
     }
     subprocess.run(
         [sys.executable, "-m", "django", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True
@@ -101,12 +102,22 @@ def env(graph: GraphEmulator, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return env
 
 
-@pytest.fixture(scope="module")
-def worker(env: dict[str, str]) -> Iterator[Worker]:
+def running_worker(env: dict[str, str]) -> Iterator[Worker]:
+    """A started db_worker on ``env``'s database, stopped after (a module fixture's body)."""
     worker = Worker(env, Path(env["OUTBOX_DB"]).with_suffix(".log"))
     worker.start()
     yield worker
     worker.stop()
+
+
+@pytest.fixture(scope="module")
+def env(graph: GraphEmulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return migrated_env("tests.outbox_settings", graph, tmp_path_factory.mktemp("outbox"))
+
+
+@pytest.fixture(scope="module")
+def worker(env: dict[str, str]) -> Iterator[Worker]:
+    yield from running_worker(env)
 
 
 @pytest.fixture(autouse=True)

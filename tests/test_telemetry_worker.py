@@ -5,10 +5,7 @@ OpenTelemetry SDK writing its spans to a file (tests/otel_spans.py), the emulato
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,15 @@ from msgraph_mail.emulator import GraphEmulator
 pytest.importorskip("django_tasks_db", reason="needs the tasks extra (django-tasks-db)")
 pytest.importorskip("opentelemetry.sdk", reason="needs the test extra (opentelemetry-sdk)")
 
-from tests.test_outbox_tasks_worker import ROOT, Worker, finished, queue, rows, wait_for
+from tests.test_outbox_tasks_worker import (
+    Worker,
+    finished,
+    migrated_env,
+    queue,
+    rows,
+    running_worker,
+    wait_for,
+)
 
 ADDRESS = re.compile(r"@(contoso|example)\.com", re.IGNORECASE)
 
@@ -34,26 +39,13 @@ def graph() -> Iterator[GraphEmulator]:
 @pytest.fixture(scope="module")
 def env(graph: GraphEmulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("otel-outbox")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.otel_outbox_settings",
-        "OUTBOX_DB": str(folder / "outbox.sqlite3"),
-        "OUTBOX_GRAPH_URL": graph.url,
-        "OTEL_SPANS_FILE": str(folder / "spans.jsonl"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    subprocess.run(
-        [sys.executable, "-m", "django", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True
-    )
-    return env
+    spans_file = str(folder / "spans.jsonl")
+    return migrated_env("tests.otel_outbox_settings", graph, folder, OTEL_SPANS_FILE=spans_file)
 
 
 @pytest.fixture(scope="module")
 def worker(env: dict[str, str]) -> Iterator[Worker]:
-    worker = Worker(env, Path(env["OUTBOX_DB"]).with_suffix(".log"))
-    worker.start()
-    yield worker
-    worker.stop()
+    yield from running_worker(env)
 
 
 def spans(env: dict[str, str]) -> list[dict[str, Any]]:
