@@ -416,18 +416,17 @@ class RedisOutboxAdmin(admin.ModelAdmin):
         wanted = {name: request.GET.get(name, "") for name in ("status", "route", "mailbox")}
         rows = store.listing(query=query, **wanted)
         page = Paginator(rows, PER_PAGE).get_page(request.GET.get("p"))
-        found = [store.summary(message_id) for message_id in page.object_list]
+        found = store.summaries(page.object_list)
         for row in found:
-            if row is not None:
-                row["url"] = reverse(
-                    "admin:msgraph_mail_redisoutboxmessage_change", args=[quote(row["message_id"])]
-                ) + (f"?using={quote(alias)}" if alias else "")
+            row["url"] = reverse(
+                "admin:msgraph_mail_redisoutboxmessage_change", args=[quote(row["message_id"])]
+            ) + (f"?using={quote(alias)}" if alias else "")
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "title": "Select outbox message to change",
             "subtitle": f"Redis outbox of {alias or 'EMAIL_BACKEND'}",
-            "rows": [r for r in found if r is not None],
+            "rows": found,
             "page": page,
             "count": len(rows),
             "query": query,

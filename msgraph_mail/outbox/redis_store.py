@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -501,20 +501,18 @@ class RedisStore:
                 kept.append(message_id)
         return kept
 
-    def summary(self, message_id: str) -> dict[str, Any] | None:
-        """The listed fields of one message (no envelope read), None when it is gone."""
-        values = self.client.hmget(self.message_key(message_id), self.LISTED)
-        if values[0] is None:
-            return None
-        row: dict[str, Any] = {"message_id": message_id}
-        for name, value in zip(self.LISTED, values, strict=True):
-            row[name] = _text(value) if value is not None else ""
-        for name in ("created_at", "next_try_at"):
-            row[name] = _datetime(row[name])
-        due = row["next_try_at"]
-        if row["status"] == "queued" and due is not None and due > datetime.now(timezone.utc):
-            row["status"] = "deferred"
-        return row
+    def summaries(self, message_ids: Iterable[str]) -> builtins.list[dict[str, Any]]:
+        """The listed fields of these messages (no envelope read), in one round trip; a
+        message gone meanwhile is left out."""
+        ids = list(message_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for message_id in ids:
+            pipe.hmget(self.message_key(message_id), self.LISTED)
+        return [
+            _summary(message_id, values)
+            for message_id, values in zip(ids, pipe.execute(), strict=True)
+            if values[0] is not None
+        ]
 
     def mailboxes(self) -> builtins.list[str]:
         """Every mailbox a stored message names, for the admin's filter."""
@@ -568,3 +566,15 @@ class RedisStore:
             history=history(values.get("history")),
             mailbox=values.get("mailbox") or None,
         )
+
+
+def _summary(message_id: str, values: Sequence[Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {"message_id": message_id}
+    for name, value in zip(RedisStore.LISTED, values, strict=True):
+        row[name] = _text(value) if value is not None else ""
+    for name in ("created_at", "next_try_at"):
+        row[name] = _datetime(row[name])
+    due = row["next_try_at"]
+    if row["status"] == "queued" and due is not None and due > datetime.now(timezone.utc):
+        row["status"] = "deferred"
+    return row
