@@ -15,8 +15,7 @@ import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
@@ -33,36 +32,12 @@ from .exceptions import (
 )
 from .graph import GraphClient
 from .mime import MAILBOX_HEADER, header, sender_address
+from .outbox import build_envelope
 from .resolvers import SenderResolver, refuse_early, resolver_for
-from .routes import Route
 from .tracking import outgoing
+from .values import MessageStatus
 
 logger = logging.getLogger("msgraph_mail")
-
-
-@dataclass
-class MessageStatus:
-    """What became of one message; set as ``message.msgraph_status`` by every send.
-
-    ``status`` is ``"sent"`` (Graph accepted it: 202), ``"failed"`` (it was not sent) or
-    ``"unknown"`` (the request left but no answer came back: it may have been sent);
-    ``QueuedEmailBackend`` sets ``"queued"`` (in its outbox; the worker decides the rest).
-    ``route`` is the request that carried it (:mod:`msgraph_mail.routes`): ``"sendMail"``
-    (MIME, saved to Sent Items), ``"sendMail-json"`` (JSON, not saved: ``SAVE_TO_SENT_ITEMS``
-    off; ``message_id`` is then None, as Exchange assigns the Message-ID), or ``"draft"``
-    for a message too large for sendMail (``LARGE_MESSAGES``: draft, upload sessions, send).
-    ``suppressed`` names the recipients left out because an earlier hard bounce put them on
-    the suppression list (``SUPPRESS_BOUNCED``).
-    """
-
-    status: Literal["queued", "sent", "failed", "unknown"]
-    mailbox: str | None = None
-    request_id: str | None = None
-    client_request_id: str | None = None
-    message_id: str | None = None
-    error: MSGraphMailError | None = None
-    route: Route = "sendMail"
-    suppressed: list[str] = field(default_factory=list)
 
 
 class EmailBackend(BaseEmailBackend):
@@ -291,7 +266,7 @@ class QueuedEmailBackend(EmailBackend):
         pass
 
     def send_messages(self, email_messages: Iterable[EmailMessage]) -> int:
-        from .outbox.engines import engine_for, store_for
+        from .outbox.engines import engine_for, store_for  # the store's models: apps ready
 
         email_messages = list(email_messages)
         if not email_messages:
@@ -330,8 +305,6 @@ class QueuedEmailBackend(EmailBackend):
     ) -> MessageStatus:
         """Build, record and enqueue one message; its envelope carries the trace context of
         its ``send outbox`` span, which the worker's ``process outbox`` span continues."""
-        from .outbox.envelope import build_envelope
-
         status = MessageStatus(status="failed")
         message.msgraph_status = status
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from django.core.mail import EmailMessage
 
@@ -29,12 +28,11 @@ from .graph import GraphClient, Response
 from .json_message import NotExpressible, build_json
 from .large import DraftPlan, beyond_send_mail, prepare, send_draft
 from .mime import SAVE_HEADER, build_mime, encode, message_id_of, save_override
+from .values import Route
 
 __all__ = ["Payload", "Route", "build", "saves_to_sent_items", "send"]
 
 logger = logging.getLogger("msgraph_mail")
-
-Route = Literal["sendMail", "sendMail-json", "draft"]
 
 
 @dataclass(frozen=True)

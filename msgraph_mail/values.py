@@ -12,15 +12,28 @@ import hashlib
 import html
 import re
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import requests
 
     from .conf import MSGraphMailSettings
+    from .exceptions import MSGraphMailError
 
-__all__ = ["EXCERPT_LENGTH", "AccessToken", "Mailbox", "body_excerpt", "credential_key"]
+__all__ = [
+    "EXCERPT_LENGTH",
+    "AccessToken",
+    "Mailbox",
+    "MessageStatus",
+    "Route",
+    "body_excerpt",
+    "credential_key",
+]
+
+#: The request that carries a message (:mod:`.routes`): MIME to sendMail, JSON to sendMail,
+#: or a draft with upload sessions.
+Route = Literal["sendMail", "sendMail-json", "draft"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +102,28 @@ def body_excerpt(response: requests.Response, limit: int = EXCERPT_LENGTH) -> st
     text = " ".join(html.unescape(text).split())
     text = _SECRETS.sub("[redacted]", text)
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+@dataclass
+class MessageStatus:
+    """What became of one message; set as ``message.msgraph_status`` by every send.
+
+    ``status`` is ``"sent"`` (Graph accepted it: 202), ``"failed"`` (it was not sent) or
+    ``"unknown"`` (the request left but no answer came back: it may have been sent);
+    ``QueuedEmailBackend`` sets ``"queued"`` (in its outbox; the worker decides the rest).
+    ``route`` is the request that carried it (:mod:`msgraph_mail.routes`): ``"sendMail"``
+    (MIME, saved to Sent Items), ``"sendMail-json"`` (JSON, not saved: ``SAVE_TO_SENT_ITEMS``
+    off; ``message_id`` is then None, as Exchange assigns the Message-ID), or ``"draft"``
+    for a message too large for sendMail (``LARGE_MESSAGES``: draft, upload sessions, send).
+    ``suppressed`` names the recipients left out because an earlier hard bounce put them on
+    the suppression list (``SUPPRESS_BOUNCED``).
+    """
+
+    status: Literal["queued", "sent", "failed", "unknown"]
+    mailbox: str | None = None
+    request_id: str | None = None
+    client_request_id: str | None = None
+    message_id: str | None = None
+    error: MSGraphMailError | None = None
+    route: Route = "sendMail"
+    suppressed: list[str] = field(default_factory=list)

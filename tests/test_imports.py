@@ -1,9 +1,14 @@
-"""The package's modules import one another without circles: the product and the emulator.
+"""The package's modules import one another without circles, and only downwards.
 
 A circle (``a`` imports ``b``, ``b`` imports ``a``, however indirectly) means neither module can
 be read, tested or replaced alone. Every import counts: at module level, inside a function,
 under ``if TYPE_CHECKING:``. Relative imports are resolved against the package, and
 ``from . import name`` counts as importing the submodule ``name`` when there is one.
+
+:data:`LAYERS` names every module's layer, lowest first; a module imports its own layer and
+the ones below it, never one above (and a new module must be given a layer). The emulator
+stands alone: it imports nothing of the product, so a project's tests can run it under any
+settings.
 """
 
 from __future__ import annotations
@@ -13,6 +18,34 @@ from pathlib import Path
 
 PACKAGE = "msgraph_mail"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+
+#: The layers, lowest first; a name ending in ``.*`` stands for a package's modules.
+LAYERS: list[tuple[str, list[str]]] = [
+    (
+        "settings and values",
+        ["", "exceptions", "certificate", "conf", "values", "retry", "findings"]
+        + ["telemetry", "signals", "models", "migrations", "migrations.*"],
+    ),
+    (
+        "building and sending one message",
+        ["auth", "shared_state", "limits", "limits.*", "graph", "mime", "large"]
+        + ["json_message", "routes", "resolvers"],
+    ),
+    (
+        "what is recorded at the send",
+        ["tracking", "tracking.events", "tracking.ndr", "tracking.records"]
+        + ["tracking.redis_store", "tracking.store", "tracking.outgoing"],
+    ),
+    ("the outbox and its workers", ["outbox", "outbox.*"]),
+    ("the backends", ["backend"]),
+    ("after Graph's 202", ["tracking.*"]),
+    ("the emulator", ["emulator", "emulator.*"]),
+    (
+        "Django's parts and the tools",
+        ["mailers", "diagnose", "checks", "admin", "views", "urls", "apps", "management"]
+        + ["management.*", "testing", "demo", "__main__"],
+    ),
+]
 
 
 def module_name(path: Path) -> str:
@@ -80,8 +113,69 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
+def layer_of(module: str) -> int | None:
+    """The index in :data:`LAYERS` of a module: its own name first, then its package's ``.*``."""
+    name = module.removeprefix(PACKAGE).removeprefix(".")
+    for exact in (True, False):
+        for index, (_, members) in enumerate(LAYERS):
+            for member in members:
+                if exact and member == name:
+                    return index
+                if not exact and member.endswith(".*") and name.startswith(member[:-1]):
+                    return index
+    return None
+
+
+def upward(edges: dict[str, set[str]]) -> list[str]:
+    """Each import of a module in a higher layer, or by a module without a layer."""
+    found = []
+    for module, targets in sorted(edges.items()):
+        here = layer_of(module)
+        if here is None:
+            found.append(f"{module} has no layer in LAYERS")
+            continue
+        for target in sorted(targets):
+            there = layer_of(target)
+            if there is None or there > here:
+                layer = LAYERS[there][0] if there is not None else "no layer"
+                found.append(f"{module} ({LAYERS[here][0]}) imports {target} ({layer})")
+    return found
+
+
 def test_no_import_cycles() -> None:
     assert cycles(graph()) == []
+
+
+def test_no_import_runs_up_a_layer() -> None:
+    assert upward(graph()) == []
+
+
+def test_the_emulator_imports_nothing_of_the_product() -> None:
+    emulator = f"{PACKAGE}.emulator"
+    outside = {
+        f"{module} imports {target}"
+        for module, targets in graph().items()
+        if module.startswith(emulator)
+        for target in targets
+        if not target.startswith(emulator)
+    }
+    assert sorted(outside) == []
+
+
+def test_the_check_sees_an_import_up_a_layer() -> None:
+    edges = {
+        f"{PACKAGE}.conf": {f"{PACKAGE}.backend"},
+        f"{PACKAGE}.backend": {f"{PACKAGE}.conf"},
+        f"{PACKAGE}.tracking.tracker": {f"{PACKAGE}.tracking.store"},
+        f"{PACKAGE}.tracking.store": {f"{PACKAGE}.tracking.tracker"},
+        f"{PACKAGE}.newcomer": set(),
+    }
+    assert upward(edges) == [
+        f"{PACKAGE}.conf (settings and values) imports {PACKAGE}.backend (the backends)",
+        f"{PACKAGE}.newcomer has no layer in LAYERS",
+        f"{PACKAGE}.tracking.store (what is recorded at the send) imports "
+        f"{PACKAGE}.tracking.tracker (after Graph's 202)",
+    ]
 
 
 def test_the_check_sees_a_cycle() -> None:
@@ -91,3 +185,4 @@ def test_the_check_sees_a_cycle() -> None:
 if __name__ == "__main__":
     for group in cycles(graph()):
         print(" <-> ".join(name.removeprefix(f"{PACKAGE}.") for name in group))
+    print("\n".join(upward(graph())))

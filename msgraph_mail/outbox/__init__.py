@@ -7,10 +7,12 @@ message, sends it and applies the outcome rules (sent, retry later, failed, unkn
 engines (:mod:`msgraph_mail.outbox.tasks` for Django's tasks framework,
 :mod:`msgraph_mail.outbox.celery`) are thin adapters over that one function.
 
-Who may import what: the backend (to queue), the admin, ``msgraph_outbox`` and the tracker
-(to settle an unknown message) import this package; its modules import the core below them
-(conf, routes, graph, resolvers, mime). ``deliver`` and the engines still reach up to
-``backend`` for ``MessageStatus`` and the signals' sender class.
+Who may import what: the backends (``QueuedEmailBackend`` queues), the tracker (to settle an
+unknown message), the admin and ``msgraph_outbox`` import this package; its modules import
+only the layers below it (conf, values, routes, graph, resolvers, mime, the tracking records),
+never ``backend``: the worker names its signals' sender by dotted path
+(:data:`~msgraph_mail.outbox.deliver.QUEUED_BACKEND`) and takes ``MessageStatus`` from
+:mod:`msgraph_mail.values`.
 """
 
 from .envelope import Envelope, build_envelope

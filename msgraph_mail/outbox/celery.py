@@ -46,7 +46,16 @@ from celery import shared_task  # type: ignore[import-untyped]
 from .. import telemetry
 from ..conf import MSGraphMailSettings
 from ..exceptions import ConfigurationError, DeliveryUnknown
-from .deliver import claim_timeout, deliver, resolution_delay, resolve, settings_for
+from ..values import MessageStatus
+from .deliver import (
+    announce,
+    claim_timeout,
+    deliver,
+    missing,
+    resolution_delay,
+    resolve,
+    settings_for,
+)
 from .envelope import Envelope
 from .redis_store import FINISHED, STALE_CLAIM, RedisStore
 
@@ -154,12 +163,7 @@ def run(
     _reap(store, grace, settings, app)
     record = store.get(message_id)
     if record is None:
-        logger.warning(
-            "Message %s is not in the outbox (expired or never stored)",
-            message_id,
-            extra=telemetry.log_extra(status="missing"),
-        )
-        return "missing"
+        return missing(message_id)
     if resolve_check > 0:  # RESOLVE_UNKNOWN: a lookup in Sent Items, never a send
         looked = resolve(record.envelope, check=resolve_check, store=store)
         if looked.status == "again":
@@ -248,15 +252,8 @@ def _announce_lost(envelope: Envelope) -> None:
         STALE_CLAIM,
         extra=telemetry.log_extra(status="unknown", route=envelope.route),
     )
-    from .. import signals
-    from ..backend import MessageStatus, QueuedEmailBackend
-
-    status = MessageStatus(
-        status="unknown",
-        message_id=envelope.message_id,
-        error=DeliveryUnknown(STALE_CLAIM),
-    )
-    signals.announce(QueuedEmailBackend, None, status)
+    error = DeliveryUnknown(STALE_CLAIM)
+    announce(MessageStatus(status="unknown", message_id=envelope.message_id, error=error))
 
 
 def _conf(app: Any, name: str, default: Any) -> Any:

@@ -35,8 +35,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from django.conf import settings as django_settings
+from django.utils.module_loading import import_string
 
-from .. import routes, telemetry
+from .. import routes, signals, telemetry
 from ..conf import OPTION_NAMES, MSGraphMailSettings, load_settings
 from ..exceptions import (
     AuthenticationError,
@@ -50,16 +51,20 @@ from ..exceptions import (
 from ..graph import GraphClient
 from ..resolvers import resolver_for
 from ..tracking import outgoing
+from ..values import MessageStatus
 from .envelope import Envelope, payload_of
 from .store import ClaimStore
 
 __all__ = [
+    "QUEUED_BACKEND",
     "RESOLVE_CHECKS",
     "Outcome",
     "Resolution",
+    "announce",
     "claim_timeout",
     "classify",
     "deliver",
+    "missing",
     "resolution_delay",
     "resolve",
     "settings_for",
@@ -497,18 +502,39 @@ def _signal(envelope: Envelope, outcome: Outcome) -> None:
     """message_sent / message_failed / message_unknown, from the worker (no EmailMessage)."""
     if outcome.status == "retry" or not outcome.claimed:
         return
-    from .. import signals
-    from ..backend import MessageStatus, QueuedEmailBackend
-
-    status = MessageStatus(
-        status=outcome.status,
-        mailbox=outcome.mailbox,
-        request_id=outcome.request_id,
-        message_id=envelope.message_id,
-        error=outcome.exception,
-        route=envelope.route,
+    announce(
+        MessageStatus(
+            status=outcome.status,
+            mailbox=outcome.mailbox,
+            request_id=outcome.request_id,
+            message_id=envelope.message_id,
+            error=outcome.exception,
+            route=envelope.route,
+        )
     )
-    signals.announce(QueuedEmailBackend, None, status)
+
+
+#: The sender of the worker's signals, as the caller's were sent: the class that queued the
+#: message. Named by its dotted path, as ``EMAIL_BACKEND`` names it: the outbox sits below
+#: the backends and imports none of them (tests/test_imports.py).
+QUEUED_BACKEND = "msgraph_mail.backend.QueuedEmailBackend"
+
+
+def missing(message_id: str) -> str:
+    """A task's message that the outbox no longer holds (expired, deleted, never stored):
+    nothing to send, logged; the task's result."""
+    logger.error(
+        "Queued message %s is not in the outbox (expired, deleted or never stored): "
+        "nothing to send",
+        message_id,
+        extra=telemetry.log_extra(status="missing"),
+    )
+    return "missing"
+
+
+def announce(status: MessageStatus) -> None:
+    """A worker's outcome to the project's receivers (:mod:`msgraph_mail.signals`)."""
+    signals.announce(import_string(QUEUED_BACKEND), None, status)
 
 
 def claim_timeout(settings: MSGraphMailSettings) -> float:

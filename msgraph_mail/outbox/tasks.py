@@ -19,8 +19,17 @@ import django
 from django.utils import timezone
 
 from .. import telemetry
+from ..values import MessageStatus
 from . import sealing
-from .deliver import claim_timeout, deliver, resolution_delay, resolve, settings_for
+from .deliver import (
+    announce,
+    claim_timeout,
+    deliver,
+    missing,
+    resolution_delay,
+    resolve,
+    settings_for,
+)
 from .envelope import Envelope
 from .store import DatabaseStore
 
@@ -43,12 +52,7 @@ def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> 
     store = DatabaseStore()
     found = store.get(message_id)
     if found is None:
-        logger.error(
-            "Queued message %s is not in the outbox: nothing to send",
-            message_id,
-            extra=telemetry.log_extra(status="missing"),
-        )
-        return "missing"
+        return missing(message_id)
     settings = settings_for(found.envelope.alias)
     store.keep_content = settings.outbox_keep_content  # the mailer's OUTBOX_KEEP_CONTENT
     store.keys = settings.outbox_encryption_keys  # and OUTBOX_ENCRYPTION_KEYS, which opens it:
@@ -87,8 +91,6 @@ def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> 
 def _after_reaping(store: DatabaseStore, lost: list[str], settings: Any) -> None:
     """A message left sending by a stopped worker is unknown like any other: announced, and
     with RESOLVE_UNKNOWN looked up in Sent Items."""
-    from .. import signals
-    from ..backend import MessageStatus, QueuedEmailBackend
     from ..exceptions import DeliveryUnknown
 
     wait = resolution_delay(settings, 1)
@@ -96,12 +98,8 @@ def _after_reaping(store: DatabaseStore, lost: list[str], settings: Any) -> None
         found = store.get(message_id)
         if found is None or found.status != "unknown":
             continue  # reaped by another run, or finished meanwhile
-        status = MessageStatus(
-            status="unknown",
-            message_id=message_id,
-            error=DeliveryUnknown(found.last_error or "the worker stopped while sending"),
-        )
-        signals.announce(QueuedEmailBackend, None, status)
+        error = DeliveryUnknown(found.last_error or "the worker stopped while sending")
+        announce(MessageStatus(status="unknown", message_id=message_id, error=error))
         if wait is not None:
             enqueue(found.envelope, wait, attempt=max(found.attempts, 1), resolve_check=1)
 
