@@ -56,18 +56,27 @@ def _who(user: Any) -> str:
 # the detail page, the preview and the resend confirmation: shared by both admins ----------
 
 
+@dataclasses.dataclass(frozen=True)
+class _Found:
+    """A message the detail page shows, and what differs between the two stores there:
+    where it is resent, where the admin logs it, and which links the page offers."""
+
+    stored: StoredMessage
+    stores: Callable[[StoredMessage], tuple[MSGraphMailSettings, ClaimStore]]
+    logged_as: str  # its LogEntry.object_id
+    history_url: str | None
+    delete_url: str | None
+
+
 def _detail(
-    model_admin: admin.ModelAdmin,
-    request: HttpRequest,
-    stored: StoredMessage,
-    *,
-    object_id: str,
-    history: Sequence[LogEntry],
-    history_url: str | None,
-    delete_url: str | None,
+    model_admin: admin.ModelAdmin, request: HttpRequest, message: _Found, object_id: str
 ) -> HttpResponse:
+    stored = message.stored
     found = details(stored.envelope)
     status = "deferred" if stored.deferred else stored.status
+    history = LogEntry.objects.filter(
+        content_type=_content_type(model_admin.model), object_id=message.logged_as
+    ).order_by("-action_time")[:20]
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.opts,
@@ -79,13 +88,19 @@ def _detail(
         "preview_url": "../preview/" if found.html else None,
         "can_resend": model_admin.has_change_permission(request)
         and status in ("failed", "unknown"),
-        "delete_url": delete_url,
-        "history_url": history_url,
-        "admin_history": history,
+        "delete_url": message.delete_url,
+        "history_url": message.history_url,
+        "admin_history": list(history),
         "events": _events(stored),
         "object_id": object_id,
     }
     return render(request, "admin/msgraph_mail/outbox/detail.html", context)
+
+
+def _content_type(model: type) -> ContentType:
+    """The content type the admin's history of ``model`` is kept under: the Redis outbox's is
+    its proxy model's, not the database outbox's it is a proxy of."""
+    return ContentType.objects.get_for_model(model, for_concrete_model=False)
 
 
 def _preview(stored: StoredMessage) -> HttpResponse:
@@ -172,11 +187,44 @@ def _settings_and_store(stored: StoredMessage) -> tuple[MSGraphMailSettings, Cla
     return settings, store_for(settings)
 
 
+class _OutboxAdmin(admin.ModelAdmin):
+    """What both outbox admins share: nothing is added, and the detail page with its Resend
+    button. Each finds its messages in its own store (:meth:`_found`)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # messages are queued by sending mail, never typed in
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The detail page (nothing here is edited: a message is what was queued)."""
+        found = self._found(request, object_id)
+        if isinstance(found, HttpResponse):
+            return found  # no such message (any more): back to the list
+        if request.method == "POST":
+            if not self.has_change_permission(request):
+                raise PermissionDenied
+            return _resend_one(self, request, found.stored, found.stores, self._logger(request))
+        return _detail(self, request, found, object_id)
+
+    def _found(self, request: HttpRequest, object_id: str) -> _Found | HttpResponse:
+        """The message to show (raises PermissionDenied), or where to go when there is none."""
+        raise NotImplementedError
+
+    def _logger(self, request: HttpRequest) -> Callable[[StoredMessage, str], None]:
+        """Each resend, in the admin's history."""
+        raise NotImplementedError
+
+
 # the database store ----------------------------------------------------------------------
 
 
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(admin.ModelAdmin):
+class OutboxMessageAdmin(_OutboxAdmin):
     """The database outbox: Django's own change list over columns of their own (indexed,
     no envelope read, no per-row query), and the shared detail page."""
 
@@ -201,9 +249,6 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[OutboxMessage]:
         return super().get_queryset(request).defer("envelope", "history")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # messages are queued by sending mail, never typed in
 
     @admin.display(description="status", ordering="status")  # type: ignore[untyped-decorator]
     def status_label(self, row: OutboxMessage) -> str:
@@ -297,14 +342,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             raise PermissionDenied
         return _preview(stored)
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        """The detail page (nothing here is edited: a message is what was queued)."""
+    def _found(self, request: HttpRequest, object_id: str) -> _Found | HttpResponse:
         row = self.get_object(request, unquote(object_id))
         if row is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
@@ -313,19 +351,10 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         stored = self._get(row.message_id)
         if stored is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        if request.method == "POST":
-            if not self.has_change_permission(request):
-                raise PermissionDenied
-            return _resend_one(self, request, stored, _settings_and_store, self._logger(request))
-        history = LogEntry.objects.filter(
-            content_type=ContentType.objects.get_for_model(OutboxMessage), object_id=str(row.pk)
-        ).order_by("-action_time")[:20]
-        return _detail(
-            self,
-            request,
+        return _Found(
             stored,
-            object_id=object_id,
-            history=list(history),
+            _settings_and_store,
+            logged_as=str(row.pk),
             history_url="../history/",
             delete_url="../delete/" if self.has_delete_permission(request, row) else None,
         )
@@ -348,7 +377,7 @@ def _redis_mailers() -> list[tuple[str | None, MSGraphMailSettings]]:
 
 
 @admin.register(RedisOutboxMessage)
-class RedisOutboxAdmin(admin.ModelAdmin):
+class RedisOutboxAdmin(_OutboxAdmin):
     """The Redis outbox (``QUEUE = "celery"``), read through the store: the same columns,
     filters, search, detail page and actions as the database one. Listed in the admin only
     when a QueuedEmailBackend mailer uses Celery."""
@@ -358,9 +387,6 @@ class RedisOutboxAdmin(admin.ModelAdmin):
             return {"add": False, "change": False, "delete": False, "view": False}
         perms: dict[str, bool] = super().get_model_perms(request)
         return perms
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
     def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view
@@ -389,9 +415,7 @@ class RedisOutboxAdmin(admin.ModelAdmin):
     def _log(self, request: HttpRequest, stored: StoredMessage, text: str, flag: int) -> None:
         LogEntry.objects.create(
             user_id=request.user.pk,
-            content_type=ContentType.objects.get_for_model(
-                RedisOutboxMessage, for_concrete_model=False
-            ),
+            content_type=_content_type(RedisOutboxMessage),
             object_id=stored.message_id,
             object_repr=_short(f"{stored.message_id} ({stored.status})", 200),
             action_flag=flag,
@@ -498,20 +522,20 @@ class RedisOutboxAdmin(admin.ModelAdmin):
             )
         if force and request.POST.get("confirmed") != "yes":
             return _confirm(self, request, chosen)
+        _resend_all(
+            request, lambda _: (settings, store), chosen, force=force, log=self._logger(request)
+        )
+        return None
+
+    def _logger(self, request: HttpRequest) -> Callable[[StoredMessage, str], None]:
+        """Each resend, in the admin's history (under the message's id)."""
 
         def log(stored: StoredMessage, text: str) -> None:
             self._log(request, stored, text, CHANGE)
 
-        _resend_all(request, lambda _: (settings, store), chosen, force=force, log=log)
-        return None
+        return log
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
+    def _found(self, request: HttpRequest, object_id: str) -> _Found | HttpResponse:
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
         _, settings, store = self._store(request)
@@ -520,26 +544,10 @@ class RedisOutboxAdmin(admin.ModelAdmin):
         if stored is None:
             messages.warning(request, f"The Redis outbox has no message {message_id}.")
             return HttpResponseRedirect(reverse("admin:msgraph_mail_redisoutboxmessage_changelist"))
-        if request.method == "POST":
-            if not self.has_change_permission(request):
-                raise PermissionDenied
-
-            def log(found: StoredMessage, text: str) -> None:
-                self._log(request, found, text, CHANGE)
-
-            return _resend_one(self, request, stored, lambda _: (settings, store), log)
-        history = LogEntry.objects.filter(
-            content_type=ContentType.objects.get_for_model(
-                RedisOutboxMessage, for_concrete_model=False
-            ),
-            object_id=message_id,
-        ).order_by("-action_time")[:20]
-        return _detail(
-            self,
-            request,
+        return _Found(
             stored,
-            object_id=object_id,
-            history=list(history),
+            lambda _: (settings, store),
+            logged_as=message_id,
             history_url=None,
             delete_url="../delete/" if self.has_delete_permission(request) else None,
         )

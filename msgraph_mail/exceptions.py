@@ -105,6 +105,19 @@ class MSGraphMailError(Exception):
         self.mailbox = mailbox
         self.email_message = email_message
 
+    def context(self, **changes: Any) -> dict[str, Any]:
+        """What an error raised in this one's place keeps of it (``changes`` replacing some):
+        Graph's code, the HTTP status, both request ids (what Microsoft support asks for) and
+        the mailbox."""
+        kept = {
+            "code": self.code,
+            "status": self.status,
+            "request_id": self.request_id,
+            "client_request_id": self.client_request_id,
+            "mailbox": self.mailbox,
+        }
+        return {**kept, **changes}
+
     def __str__(self) -> str:
         details = [
             f"{label} {value}"

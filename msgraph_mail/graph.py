@@ -171,11 +171,7 @@ class GraphClient:
                 "looking a message up by its Message-ID needs the application permission "
                 "Mail.ReadBasic.All (or Mail.Read), or the Exchange RBAC role "
                 '"Application Mail.ReadBasic" scoped to this mailbox',
-                code=exc.code,
-                status=exc.status,
-                request_id=exc.request_id,
-                client_request_id=exc.client_request_id,
-                mailbox=mailbox,
+                **exc.context(mailbox=mailbox),
             )
             raise denied from exc
         values = body.get("value") if isinstance(body, dict) else None
@@ -291,10 +287,7 @@ class GraphClient:
             raise DeliveryUnknown(
                 f"Graph answered {method} {path} with HTTP {response.status_code} ({failure}): "
                 f"it may or may not have been processed, so it was not repeated{page}",
-                code=error.code,
-                status=error.status,
-                request_id=error.request_id,
-                client_request_id=client_request_id,
+                **error.context(),
             )
         if response.status_code >= 400:
             error = graph_error(response, client_request_id)

@@ -555,11 +555,7 @@ def _explain_create(
         return MailboxOutOfScope(
             f"The application may not create drafts in {mailbox}, which messages over 4 MB "
             f"need: {_FIX}",
-            code=error.code,
-            status=error.status,
-            request_id=error.request_id,
-            client_request_id=error.client_request_id,
-            mailbox=mailbox,
+            **error.context(mailbox=mailbox),
         )
     if isinstance(error, DeliveryUnknown):
         return error  # handled by _failed: a draft may exist, its id unknown
@@ -572,11 +568,7 @@ def _failed(error: MSGraphMailError, step: str, note: str) -> MSGraphMailError:
     if isinstance(error, DeliveryUnknown):  # before the send, "maybe done" is still "not sent"
         return GraphConnectionError(
             message,
-            code=error.code,
-            status=error.status,
-            request_id=error.request_id,
-            client_request_id=error.client_request_id,
-            mailbox=error.mailbox,
+            **error.context(),
         )
     error.message = message
     error.args = (message,)

@@ -54,7 +54,10 @@ class StoredMessage:
         )
 
 
-class ClaimStore(Protocol):
+class ClaimStore(sealing.Rewritable, Protocol):
+    """What :func:`~msgraph_mail.outbox.deliver.deliver` needs of a store; what
+    ``--reencrypt`` needs (:class:`.sealing.Rewritable`) is declared there, once."""
+
     def add(self, envelope: Envelope) -> None:
         """Record a new message as queued."""
 
@@ -103,15 +106,6 @@ class ClaimStore(Protocol):
         """A failed (with ``force`` also an unknown) message back to queued: a manual resend
         (``by``: who asked, kept in its history)."""
         ...
-
-    def envelope_refs(self) -> builtins.list[Any]:
-        """Every stored message, as references for ``read_envelope``/``swap_envelope``
-        (what ``msgraph_outbox --reencrypt`` rewrites: :class:`.sealing.Rewritable`)."""
-        ...
-
-    def read_envelope(self, ref: Any) -> tuple[str, str] | None: ...
-
-    def swap_envelope(self, ref: Any, old: str, new: str) -> bool: ...
 
 
 P = ParamSpec("P")
