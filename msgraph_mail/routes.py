@@ -10,7 +10,7 @@ makes the requests. Both backends and the outbox worker go through these two.
   ``X-MSGraph-Save-To-Sent-Items: false``. What the JSON body cannot carry goes by MIME with a
   warning, or fails, as ``SENT_ITEMS_FALLBACK`` says.
 - ``"draft"``: draft, attachments, upload sessions, send (``LARGE_MESSAGES``,
-  :mod:`msgraph_mail.large`); also saved to Sent Items.
+  :mod:`msgraph_mail.large`, :mod:`msgraph_mail.drafts`); also saved to Sent Items.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from django.core.mail import EmailMessage
 
 from . import telemetry
 from .conf import MSGraphMailSettings
+from .drafts import send_draft
 from .exceptions import InvalidMessage, MessageTooLarge, MSGraphMailError
 from .graph import GraphClient, Response
 from .json_message import NotExpressible, build_json
-from .large import DraftPlan, beyond_send_mail, prepare, send_draft
+from .large import DraftPlan, beyond_send_mail, prepare
 from .mime import SAVE_HEADER, build_mime, encode, message_id_of, save_override
 from .values import Route
 
