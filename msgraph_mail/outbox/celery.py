@@ -45,17 +45,8 @@ from celery import shared_task  # type: ignore[import-untyped]
 
 from .. import telemetry
 from ..conf import MSGraphMailSettings
-from ..exceptions import ConfigurationError, DeliveryUnknown
-from ..values import MessageStatus
-from .deliver import (
-    announce,
-    claim_timeout,
-    deliver,
-    missing,
-    resolution_delay,
-    resolve,
-    settings_for,
-)
+from ..exceptions import ConfigurationError
+from . import deliver as worker
 from .envelope import Envelope
 from .redis_store import FINISHED, STALE_CLAIM, RedisStore
 
@@ -86,7 +77,7 @@ VISIBILITY_TIMEOUT = 3600.0
 
 def store_for(alias: str | None = None) -> RedisStore:
     """The claim store in the Redis of the mailer's ``REDIS_URL`` (required for this engine)."""
-    settings = settings_for(alias)
+    settings = worker.settings_for(alias)
     return store_of(settings)
 
 
@@ -128,7 +119,7 @@ def claim_grace(settings: MSGraphMailSettings, app: Any = None) -> float:
     """How long a claim may last before its message is taken for lost (seconds): the Celery
     setting ``msgraph_mail_claim_grace``, else ``claim_timeout(settings)``."""
     configured = _conf(app, "msgraph_mail_claim_grace", None)
-    return float(configured) if configured is not None else claim_timeout(settings)
+    return float(configured) if configured is not None else worker.claim_timeout(settings)
 
 
 @shared_task(  # type: ignore[untyped-decorator]
@@ -157,15 +148,15 @@ def run(
     """The task's body: ``sent``, ``retry``, ``failed``, ``unknown``, or ``waiting`` (not
     due yet, published again), ``missing`` (not in the store), or the status of a message a
     duplicate run found finished."""
-    settings = settings_for(alias)
+    settings = worker.settings_for(alias)
     store = store_of(settings)
     grace = claim_grace(settings, app)
     _reap(store, grace, settings, app)
     record = store.get(message_id)
     if record is None:
-        return missing(message_id)
+        return worker.missing(message_id)
     if resolve_check > 0:  # RESOLVE_UNKNOWN: a lookup in Sent Items, never a send
-        looked = resolve(record.envelope, check=resolve_check, store=store)
+        looked = worker.resolve(record.envelope, check=resolve_check, store=store)
         if looked.status == "again":
             _publish(
                 message_id, attempt, alias, looked.delay, app=app, resolve_check=resolve_check + 1
@@ -193,10 +184,10 @@ def run(
     if due - now > EARLY:
         _publish(message_id, attempt, alias, due - now, app=app)
         return "waiting"
-    outcome = deliver(record.envelope, attempt=attempt, store=store)
+    outcome = worker.deliver(record.envelope, attempt=attempt, store=store)
     if outcome.status == "retry":
         _publish(message_id, attempt + 1, alias, outcome.delay, app=app)
-    wait = resolution_delay(settings, 1)
+    wait = worker.resolution_delay(settings, 1)
     if outcome.status == "unknown" and outcome.claimed and wait is not None:
         _publish(message_id, attempt, alias, wait, app=app, resolve_check=1)
     return outcome.status
@@ -236,7 +227,7 @@ def _reap(store: RedisStore, grace: float, settings: Any = None, app: Any = None
             record = store.get(message_id)
             if record is not None:
                 _announce_lost(record.envelope)
-                wait = resolution_delay(settings, 1) if settings is not None else None
+                wait = worker.resolution_delay(settings, 1) if settings is not None else None
                 if wait is not None:
                     alias = record.envelope.alias
                     _publish(
@@ -252,8 +243,7 @@ def _announce_lost(envelope: Envelope) -> None:
         STALE_CLAIM,
         extra=telemetry.log_extra(status="unknown", route=envelope.route),
     )
-    error = DeliveryUnknown(STALE_CLAIM)
-    announce(MessageStatus(status="unknown", message_id=envelope.message_id, error=error))
+    worker.announce_lost(envelope.message_id, STALE_CLAIM)
 
 
 def _conf(app: Any, name: str, default: Any) -> Any:

@@ -61,6 +61,7 @@ __all__ = [
     "Outcome",
     "Resolution",
     "announce",
+    "announce_lost",
     "claim_timeout",
     "classify",
     "deliver",
@@ -535,6 +536,13 @@ def missing(message_id: str) -> str:
 def announce(status: MessageStatus) -> None:
     """A worker's outcome to the project's receivers (:mod:`msgraph_mail.signals`)."""
     signals.announce(import_string(QUEUED_BACKEND), None, status)
+
+
+def announce_lost(message_id: str, reason: str) -> None:
+    """message_unknown for a message whose worker stopped while it was claimed: the request
+    may have left, so the message is never sent again automatically."""
+    error = DeliveryUnknown(reason)
+    announce(MessageStatus(status="unknown", message_id=message_id, error=error))
 
 
 def claim_timeout(settings: MSGraphMailSettings) -> float:

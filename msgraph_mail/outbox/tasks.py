@@ -19,17 +19,8 @@ import django
 from django.utils import timezone
 
 from .. import telemetry
-from ..values import MessageStatus
+from . import deliver as worker
 from . import sealing
-from .deliver import (
-    announce,
-    claim_timeout,
-    deliver,
-    missing,
-    resolution_delay,
-    resolve,
-    settings_for,
-)
 from .envelope import Envelope
 from .store import DatabaseStore
 
@@ -52,17 +43,17 @@ def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> 
     store = DatabaseStore()
     found = store.get(message_id)
     if found is None:
-        return missing(message_id)
-    settings = settings_for(found.envelope.alias)
+        return worker.missing(message_id)
+    settings = worker.settings_for(found.envelope.alias)
     store.keep_content = settings.outbox_keep_content  # the mailer's OUTBOX_KEEP_CONTENT
     store.keys = settings.outbox_encryption_keys  # and OUTBOX_ENCRYPTION_KEYS, which opens it:
     found = dataclasses.replace(found, envelope=sealing.opened(found.envelope, store.keys))
     if resolve_check > 0:
-        looked = resolve(found.envelope, check=resolve_check, store=store)
+        looked = worker.resolve(found.envelope, check=resolve_check, store=store)
         if looked.status == "again":
             enqueue(found.envelope, looked.delay, attempt=attempt, resolve_check=resolve_check + 1)
         return f"resolve:{looked.status}"
-    stale = claim_timeout(settings)
+    stale = worker.claim_timeout(settings)
     lost = store.stale(stale)
     reaped = store.reap(stale)
     if reaped:
@@ -79,10 +70,10 @@ def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> 
             extra=telemetry.log_extra(status="queued", route=orphan.envelope.route),
         )
         enqueue(orphan.envelope, attempt=max(orphan.attempts, 1))
-    outcome = deliver(found.envelope, attempt=attempt, store=store)
+    outcome = worker.deliver(found.envelope, attempt=attempt, store=store)
     if outcome.status == "retry":
         enqueue(found.envelope, delay=outcome.delay, attempt=attempt + 1)
-    wait = resolution_delay(settings, 1)
+    wait = worker.resolution_delay(settings, 1)
     if outcome.status == "unknown" and outcome.claimed and wait is not None:
         enqueue(found.envelope, wait, attempt=attempt, resolve_check=1)
     return outcome.status
@@ -91,15 +82,12 @@ def send_envelope(message_id: str, attempt: int = 1, resolve_check: int = 0) -> 
 def _after_reaping(store: DatabaseStore, lost: list[str], settings: Any) -> None:
     """A message left sending by a stopped worker is unknown like any other: announced, and
     with RESOLVE_UNKNOWN looked up in Sent Items."""
-    from ..exceptions import DeliveryUnknown
-
-    wait = resolution_delay(settings, 1)
+    wait = worker.resolution_delay(settings, 1)
     for message_id in lost:
         found = store.get(message_id)
         if found is None or found.status != "unknown":
             continue  # reaped by another run, or finished meanwhile
-        error = DeliveryUnknown(found.last_error or "the worker stopped while sending")
-        announce(MessageStatus(status="unknown", message_id=message_id, error=error))
+        worker.announce_lost(message_id, found.last_error or "the worker stopped while sending")
         if wait is not None:
             enqueue(found.envelope, wait, attempt=max(found.attempts, 1), resolve_check=1)
 
