@@ -377,8 +377,7 @@ class MSGraphMailSettings(BaseModel):
     @field_validator("allowed_senders", mode="before")
     @classmethod
     def _senders(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            raise ValueError("must be a list of addresses or '@domain' entries, not a string")
+        value = _list_of(value, "of addresses or '@domain' entries")
         entries = tuple(str(entry).strip().lower() for entry in value)
         for entry in entries:
             if not (_ADDRESS.match(entry) or _DOMAIN.match(entry)):
@@ -388,8 +387,7 @@ class MSGraphMailSettings(BaseModel):
     @field_validator("delivery_tracking", mode="before")
     @classmethod
     def _sources(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            raise ValueError('must be a list such as ["trace", "bounces"], not a string')
+        value = _list_of(value, 'such as ["trace", "bounces"]')
         return tuple(dict.fromkeys(value))  # each source once, in the order given
 
     @field_validator("outbox_encryption_keys", mode="before")
@@ -569,6 +567,13 @@ def cloud_mixture(settings: MSGraphMailSettings) -> str | None:
     if common:
         return None
     return " and ".join(f"{name} ({'/'.join(sorted(clouds))})" for name, clouds in named)
+
+
+def _list_of(value: Any, what: str) -> Any:
+    """A list setting given as one string would be read letter by letter: refused."""
+    if isinstance(value, str):
+        raise ValueError(f"must be a list {what}, not a string")
+    return value
 
 
 def _installed(module: str) -> bool:

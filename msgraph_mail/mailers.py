@@ -16,9 +16,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.module_loading import import_string
 
+from .conf import MSGraphMailSettings, load_settings
 from .exceptions import ConfigurationError
 
-__all__ = ["Mailer", "configured", "for_command", "pick"]
+__all__ = ["Mailer", "configured", "for_command", "pick", "settings_for_command"]
 
 #: Django's default backend when a MAILERS entry names none.
 DEFAULT_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
@@ -133,3 +134,13 @@ def for_command(command: BaseCommand, alias: str | None, *, queued: bool = False
             "(choose with --using)."
         )
     return mailer
+
+
+def settings_for_command(command: BaseCommand, alias: str | None) -> MSGraphMailSettings:
+    """The settings of :func:`for_command`'s mailer; settings that do not validate stop the
+    command with a CommandError that says what is wrong."""
+    mailer = for_command(command, alias)
+    try:
+        return load_settings(mailer.options)
+    except ConfigurationError as exc:
+        raise CommandError(str(exc)) from exc

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .. import telemetry
-from .interface import BUDGETS, SLOTS, Ask, Limits, Receipt, Short, mailbox_key
+from .interface import BUDGETS, SLOTS, Ask, MailboxLimits, Receipt, Short, mailbox_key
 
 
 @dataclass(eq=False)
@@ -52,7 +52,7 @@ _states: dict[str, _MailboxState] = {}
 _states_lock = threading.Lock()
 
 
-class InProcessLimits(Limits):
+class InProcessLimits(MailboxLimits):
     """Slots and budgets counted in this process (no REDIS_URL).
 
     The counts live at module level, per application and mailbox, so every backend object

@@ -1,5 +1,5 @@
 """The limits' interface, the budgets, and what both stores share: the asks of a request,
-pacing and the errors (:class:`Limits`)."""
+pacing and the errors (:class:`MailboxLimits`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any
 
 from .. import telemetry
 from ..conf import MSGraphMailSettings
@@ -41,45 +41,6 @@ POLL = 0.1
 TIME_SCALE_ENV = "MSGRAPH_MAIL_LIMITS_TIME_SCALE"
 
 PRIORITIES = ("normal", "bulk")
-
-
-class MailboxLimits(Protocol):
-    """May this request go now, and what does it spend? One instance per configuration."""
-
-    def hold(self, mailbox: str, settle: Receipt | None = None) -> AbstractContextManager[None]:
-        """Occupy one of the mailbox's CONCURRENT_REQUESTS slots while the block runs; then
-        :meth:`settle` ``settle``, in the same step as the release."""
-        ...
-
-    def spend(
-        self,
-        mailbox: str,
-        *,
-        requests: int,
-        recipients: int,
-        upload_bytes: int,
-        priority: str | None = None,
-        max_wait: float | None = None,
-    ) -> Receipt | None:
-        """Spend on every budget at once, or on none: wait for room, or raise
-        MailboxBudgetExhausted. ``priority`` defaults to PRIORITY, ``max_wait`` to
-        MAX_RETRY_WAIT (pass what the message has left of it). Returns what was spent, for
-        :meth:`settle`, or None when nothing was."""
-        ...
-
-    def settle(self, mailbox: str, receipt: Receipt | None) -> None:
-        """Date what ``receipt`` spent from now, when the request has been answered.
-
-        Graph counts a request when it arrives, which is after we spent it; counted from the
-        answer, our windows free no earlier than Graph's, so pacing never meets a 429 at a
-        window's edge.
-        """
-        ...
-
-    def usage(self, mailbox: str) -> dict[str, dict[str, float]]:
-        """Each MAILBOX_LIMITS key -> ``{"used": ..., "limit": ...}`` (in flight for
-        CONCURRENT_REQUESTS, MB for uploads)."""
-        ...
 
 
 def env_scale() -> float:
@@ -129,14 +90,24 @@ class Receipt:
     entries: tuple[tuple[Ask, Any], ...]  # (ask, the store's handle of its entry)
 
 
-class Limits:
-    """What both stores share: the asks of a request, pacing and the errors."""
+class MailboxLimits:
+    """May this request go now, and what does it spend? One instance per configuration.
+
+    What both stores share is here: the asks of a request, pacing and the errors; each keeps
+    the counts in its own place (:class:`~.in_process.InProcessLimits`,
+    :class:`~.redis_store.RedisLimits`: ``hold`` and the hooks at the end).
+    """
 
     def __init__(self, settings: MSGraphMailSettings, *, window_scale: float = 1.0) -> None:
         if not 0 < window_scale <= 1:
             raise ValueError("window_scale must be in (0, 1]")
         self.settings = settings
         self.window_scale = window_scale
+
+    def hold(self, mailbox: str, settle: Receipt | None = None) -> AbstractContextManager[None]:
+        """Occupy one of the mailbox's CONCURRENT_REQUESTS slots while the block runs; then
+        :meth:`settle` ``settle``, in the same step as the release."""
+        raise NotImplementedError
 
     def spend(
         self,
@@ -148,6 +119,10 @@ class Limits:
         priority: str | None = None,
         max_wait: float | None = None,
     ) -> Receipt | None:
+        """Spend on every budget at once, or on none: wait for room, or raise
+        MailboxBudgetExhausted. ``priority`` defaults to PRIORITY, ``max_wait`` to
+        MAX_RETRY_WAIT (pass what the message has left of it). Returns what was spent, for
+        :meth:`settle`, or None when nothing was."""
         asks = self._asks(requests, recipients, upload_bytes, priority or self.settings.priority)
         if not asks:
             return None
@@ -183,6 +158,8 @@ class Limits:
                 time.sleep(short.wait + random.uniform(0, 0.005))  # noqa: S311
 
     def usage(self, mailbox: str) -> dict[str, dict[str, float]]:
+        """Each MAILBOX_LIMITS key -> ``{"used": ..., "limit": ...}`` (in flight for
+        CONCURRENT_REQUESTS, MB for uploads)."""
         in_flight, used = self._usage(mailbox)
         limits = self.settings.mailbox_limits.as_keys()
         report = {"CONCURRENT_REQUESTS": {"used": in_flight, "limit": limits.pop(SLOTS)}}
@@ -214,6 +191,12 @@ class Limits:
         return asks
 
     def settle(self, mailbox: str, receipt: Receipt | None) -> None:
+        """Date what ``receipt`` spent from now, when the request has been answered.
+
+        Graph counts a request when it arrives, which is after we spent it; counted from the
+        answer, our windows free no earlier than Graph's, so pacing never meets a 429 at a
+        window's edge.
+        """
         if receipt is not None:
             self._restamp(mailbox, receipt)
 

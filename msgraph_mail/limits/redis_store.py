@@ -25,7 +25,7 @@ from .interface import (
     REDIS_TIMEOUT,
     SLOTS,
     Ask,
-    Limits,
+    MailboxLimits,
     Receipt,
     Short,
     mailbox_key,
@@ -194,7 +194,7 @@ RENEW_EVERY = 0.5
 _renewer = _Renewer()
 
 
-class RedisLimits(Limits):
+class RedisLimits(MailboxLimits):
     """Slots and budgets shared through Redis by every process (REDIS_URL set).
 
     ``lease_margin`` (seconds) is added to TIMEOUT for the length of a slot's lease.

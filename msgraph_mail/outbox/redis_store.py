@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import sealing
 from .envelope import Envelope
-from .store import StoredMessage, columns, entry, history
+from .store import Columns, StoredMessage, columns, entry, history
 
 if TYPE_CHECKING:
     import redis
@@ -459,13 +459,7 @@ class RedisStore:
     #: The fields of a message's record the admin's list shows, searches and filters on.
     LISTED = (
         "status",
-        "subject",
-        "from_address",
-        "mailbox",
-        "recipient_count",
-        "first_recipient",
-        "recipients",
-        "route",
+        *Columns.__annotations__,
         "attempts",
         "created_at",
         "next_try_at",

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypedDict, TypeVar
 
 from django.db import DatabaseError, connections, router
 from django.db.models import Count, F, TextField, Value
@@ -25,7 +25,15 @@ from ..exceptions import OutboxNotMigrated
 from . import sealing
 from .envelope import Envelope
 
-__all__ = ["ClaimStore", "DatabaseStore", "StoredMessage", "columns", "entry", "history"]
+__all__ = [
+    "ClaimStore",
+    "Columns",
+    "DatabaseStore",
+    "StoredMessage",
+    "columns",
+    "entry",
+    "history",
+]
 
 
 @dataclass(frozen=True)
@@ -414,8 +422,21 @@ def _json(envelope: Envelope, keys: sealing.Keys = ()) -> str:
     return sealing.dump(envelope, keys)
 
 
-def columns(envelope: Envelope) -> dict[str, Any]:
-    """What the admin lists, filters and searches, copied from the envelope when queued."""
+class Columns(TypedDict):
+    """What the admin lists, filters and searches, copied from the envelope when queued; both
+    stores keep them beside the envelope, so a listing reads no envelope."""
+
+    subject: str
+    from_address: str
+    mailbox: str
+    recipient_count: int
+    first_recipient: str
+    recipients: str  # one address a line
+    route: str  # mime, json or draft
+
+
+def columns(envelope: Envelope) -> Columns:
+    """The envelope's :class:`Columns`."""
     subject, first = envelope.described()
     addresses = envelope.recipient_addresses or ([first] if first else [])
     if envelope.draft is not None:

@@ -9,8 +9,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from msgraph_mail import mailers
-from msgraph_mail.conf import MSGraphMailSettings, load_settings
-from msgraph_mail.exceptions import ConfigurationError, MSGraphMailError
+from msgraph_mail.conf import MSGraphMailSettings
+from msgraph_mail.exceptions import MSGraphMailError
 from msgraph_mail.tracking import subscriptions
 from msgraph_mail.tracking.tracker import Tracker
 
@@ -86,10 +86,7 @@ class Command(BaseCommand):
             self.stdout.write(f"{row['id']}  {row['mailbox']}  until {row['expires']}")
 
     def _settings(self, alias: str | None) -> MSGraphMailSettings:
-        try:
-            settings = load_settings(mailers.for_command(self, alias).options)
-        except ConfigurationError as exc:
-            raise CommandError(str(exc)) from exc
+        settings = mailers.settings_for_command(self, alias)
         if settings.notification_url is None or "bounces" not in settings.delivery_tracking:
             raise CommandError(
                 'Change notifications need NOTIFICATION_URL and DELIVERY_TRACKING ["bounces"] '

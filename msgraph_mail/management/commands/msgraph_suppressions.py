@@ -8,8 +8,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from msgraph_mail import mailers
-from msgraph_mail.conf import load_settings
-from msgraph_mail.exceptions import ConfigurationError
 from msgraph_mail.tracking.store import store_for
 
 
@@ -34,11 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--using", metavar="ALIAS", help="The MAILERS alias to use.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            settings = load_settings(mailers.for_command(self, options["using"]).options)
-        except ConfigurationError as exc:
-            raise CommandError(str(exc)) from exc
-        store = store_for(settings)
+        store = store_for(mailers.settings_for_command(self, options["using"]))
         for address in options["add"]:
             if "@" not in address:
                 raise CommandError(f"{address!r} is not an email address.")

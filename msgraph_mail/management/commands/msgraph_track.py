@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from msgraph_mail import mailers
-from msgraph_mail.conf import MSGraphMailSettings, load_settings
+from msgraph_mail.conf import MSGraphMailSettings
 from msgraph_mail.exceptions import ConfigurationError, MSGraphMailError
 from msgraph_mail.tracking.tracker import Pass, Tracker
 
@@ -81,11 +81,7 @@ class Command(BaseCommand):
         return False
 
     def _settings(self, alias: str | None) -> MSGraphMailSettings:
-        mailer = mailers.for_command(self, alias)
-        try:
-            settings = load_settings(mailer.options)
-        except ConfigurationError as exc:
-            raise CommandError(str(exc)) from exc
+        settings = mailers.settings_for_command(self, alias)
         if not settings.delivery_tracking:
             raise CommandError(
                 'DELIVERY_TRACKING is empty: set it to ["trace"], ["bounces"] or both (see the '
