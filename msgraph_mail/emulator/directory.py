@@ -205,7 +205,8 @@ class Tenant:
         mailbox_enabled: bool = True,
         send_as: Iterable[str] = (),
     ) -> User:
-        """Create a user; refuses an id or address another user already has."""
+        """Add a user (and mailbox unless ``mailbox_enabled=False``) to the directory;
+        refuses an id or address another user already has."""
         user = User(
             id=id or str(uuid.uuid4()),
             user_principal_name=upn,

@@ -109,6 +109,7 @@ class TokenStore:
             return self._tokens.get(token)
 
     def expire_all(self) -> None:
+        """Every token issued so far is refused from now on (401 InvalidAuthenticationToken)."""
         with self._lock:
             for issued in self._tokens.values():
                 issued.revoked = True

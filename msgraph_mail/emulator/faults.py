@@ -165,10 +165,11 @@ class FaultPlan:
                 return None
             return PlannedFault(chosen.rng.choice(chosen.faults), chosen.retry_after)
 
-    def pending(self, kind: str) -> list[PlannedFault]:
-        """The queued faults for ``kind``, in the order they will be served."""
+    def pending(self, on: str = "sendMail") -> list[PlannedFault]:
+        """The faults ``fail_next`` queued for requests of kind ``on``, not yet served, in the
+        order they will be served."""
         with self._lock:
-            return list(self._queued.get(kind, ()))
+            return list(self._queued.get(on, ()))
 
     def clear(self, kind: str | None) -> None:
         """Forget the queued and random faults for ``kind`` (None: all)."""

@@ -17,17 +17,18 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qsl, unquote
 
-from .delivery import checked_outcome
+from .delivery import Deliveries, checked_outcome
 from .directory import CLIENT_ID, CLIENT_SECRET, TENANT_DOMAIN, TENANT_ID, Tenant, User
-from .drafts import UPLOAD_PREFIX, Draft
+from .drafts import UPLOAD_PREFIX, Draft, DraftStore
 from .entra import (
     EmulatorCredential,
     RegisteredCertificate,
@@ -71,10 +72,61 @@ from .request_log import RecordedRequest, draft_of, error_code
 from .routes import KINDS, MAX_REQUEST_BYTES, TOKEN_PATH, GraphApi, bearer_token, kind_of, user_key
 from .sent_items import SentItem
 from .store import EmlStore
-from .subscriptions import Delivery
+from .subscriptions import Subscriptions
 
 HOST = "127.0.0.1"
 _DRAIN_CHUNK = 64 * 1024
+_G = TypeVar("_G")
+_S = TypeVar("_S")
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
+
+
+class _Knob(Generic[_G, _S]):
+    """A ``GraphEmulator`` attribute kept by one of its parts: read with ``get``, assigned
+    with ``put``; the attribute's type says what it holds and what it may be assigned."""
+
+    def __init__(self, get: Callable[[Any], _G], put: Callable[[Any, _S], None], doc: str) -> None:
+        self.get, self.put, self.__doc__ = get, put, doc
+
+    def __get__(self, emulator: object, owner: object = None) -> _G:
+        return self.get(emulator) if emulator is not None else cast(_G, self)
+
+    def __set__(self, emulator: object, value: _S) -> None:
+        self.put(emulator, value)
+
+
+def _kept(path: str, doc: str, check: Callable[[Any], Any] = lambda v: v) -> _Knob[Any, Any]:
+    """The part's attribute at ``path`` from the emulator (``"_tenant.roles"``); what is
+    assigned goes through ``check`` first."""
+    parent, _, name = path.rpartition(".")
+
+    def put(emulator: object, value: object) -> None:
+        setattr(attrgetter(parent)(emulator), name, check(value))
+
+    return _Knob(attrgetter(path), put, doc)
+
+
+def _rbac(role: str, note: str) -> _Knob[set[str] | None, Iterable[str] | None]:
+    """Where the app holds an Exchange RBAC role; None: nowhere."""
+    doc = f'Mailboxes (ids or addresses) the app holds Exchange "Application {role}" on{note}'
+    return _Knob(lambda e: e._tenant.rbac[role], lambda e, s: e._tenant.set_rbac(role, s), doc)
+
+
+def _delay(seconds: float) -> float:
+    if seconds < 0:
+        raise ValueError("delivery_delay is seconds: >= 0")
+    return float(seconds)
+
+
+class _Forward(Generic[_P, _R]):
+    """A ``GraphEmulator`` method that is one of its parts' methods: same signature, same doc."""
+
+    def __init__(self, part: str, method: Callable[Concatenate[Any, _P], _R]) -> None:
+        self.method, self.__doc__ = attrgetter(f"{part}.{method.__name__}"), method.__doc__
+
+    def __get__(self, emulator: object, owner: object = None) -> Callable[_P, _R]:
+        return self.method(emulator) if emulator is not None else cast(Callable[_P, _R], self)
 
 
 @dataclass
@@ -398,44 +450,19 @@ class GraphEmulator:
 
     # tenant -------------------------------------------------------------------------------
 
-    @property
-    def roles(self) -> list[str]:
-        """Application roles put into tokens issued from now on."""
-        return self._tenant.roles
-
-    @roles.setter
-    def roles(self, roles: Iterable[str]) -> None:
-        self._tenant.roles = list(roles)
-
-    @property
-    def rbac_readwrite_scope(self) -> set[str] | None:
-        """Mailboxes the app holds Exchange "Application Mail.ReadWrite" on (drafts)."""
-        return self._tenant.rbac["Mail.ReadWrite"]
-
-    @rbac_readwrite_scope.setter
-    def rbac_readwrite_scope(self, scope: Iterable[str] | None) -> None:
-        self._tenant.set_rbac("Mail.ReadWrite", scope)
-
-    @property
-    def rewrite_message_ids(self) -> bool:
+    roles: _Knob[list[str], Iterable[str]] = _kept(
+        "_tenant.roles", "Application roles put into tokens issued from now on."
+    )
+    rbac_scope = _rbac("Mail.Send", ".")
+    rbac_readwrite_scope = _rbac("Mail.ReadWrite", " (drafts).")
+    rbac_read_scope = _rbac("Mail.ReadBasic", ": Sent Items listed without Mail.ReadBasic.All.")
+    rewrite_message_ids: _Knob[bool, object] = _kept(
+        "_graph.sent_items.rewrite_message_ids",
         """Messages travel with a Message-ID of Exchange's own, not the MIME's: in Sent Items,
         in NDRs and in message trace (a tenant that rewrites it; whether Exchange keeps it is
-        UNCONFIRMED)."""
-        return self._graph.sent_items.rewrite_message_ids
-
-    @rewrite_message_ids.setter
-    def rewrite_message_ids(self, value: bool) -> None:
-        self._graph.sent_items.rewrite_message_ids = bool(value)
-
-    @property
-    def rbac_read_scope(self) -> set[str] | None:
-        """Mailboxes (ids or addresses) the Exchange RBAC role "Application Mail.ReadBasic"
-        covers: their Sent Items may be listed without Mail.ReadBasic.All."""
-        return self._tenant.rbac["Mail.ReadBasic"]
-
-    @rbac_read_scope.setter
-    def rbac_read_scope(self, scope: Iterable[str] | None) -> None:
-        self._tenant.set_rbac("Mail.ReadBasic", scope)
+        UNCONFIRMED).""",
+        bool,
+    )
 
     def sent_items(self, mailbox: str | None = None) -> list[SentItem]:
         """The Sent Items copies of every mailbox, or of one (an address or id), oldest first."""
@@ -446,10 +473,7 @@ class GraphEmulator:
         """Drafts still in the mailboxes (created, not yet sent or deleted)."""
         return self._graph.drafts.drafts
 
-    def store_partial_chunks(self, *keep: int) -> None:
-        """The next upload chunks store only their first ``keep`` bytes; with
-        ``fail_next("reset_after", on="upload_chunk")``: a chunk broken off midway."""
-        self._graph.drafts.store_partial(*keep)
+    store_partial_chunks = _Forward("_graph.drafts", DraftStore.store_partial)
 
     # after the 202: delivery, reports, message trace ------------------------------------
 
@@ -483,19 +507,9 @@ class GraphEmulator:
                 return [m for m in self.inbox_messages(mailbox) if wanted in m.raw]
         return []
 
-    def subscriptions(self) -> list[dict[str, Any]]:
-        """The live change-notification subscriptions, as Graph shows them."""
-        return self._graph.subscriptions.listed()
-
-    def notifications(self, subscription_id: str | None = None) -> list[Delivery]:
-        """Every notification posted (or tried), with each attempt's (status, seconds,
-        error); ``delivered`` tells whether one attempt got a 2xx in time."""
-        return self._graph.subscriptions.deliveries(subscription_id)
-
-    def send_lifecycle(self, subscription_id: str, event: str) -> None:
-        """Post a lifecycle notification (``reauthorizationRequired``,
-        ``subscriptionRemoved``: also removes the subscription, ``missed``)."""
-        self._graph.subscriptions.send_lifecycle(subscription_id, event)
+    subscriptions = _Forward("_graph.subscriptions", Subscriptions.listed)
+    notifications = _Forward("_graph.subscriptions", Subscriptions.deliveries)
+    send_lifecycle = _Forward("_graph.subscriptions", Subscriptions.send_lifecycle)
 
     def set_delivery(
         self,
@@ -518,22 +532,14 @@ class GraphEmulator:
         """
         self._graph.deliveries.set_rule(target, checked_outcome(outcome, code, diagnostic))
 
-    def clear_delivery_rules(self) -> None:
-        """Drop every ``set_delivery`` rule; the built-in rules stay."""
-        self._graph.deliveries.clear_rules()
-
-    @property
-    def delivery_delay(self) -> float:
+    clear_delivery_rules = _Forward("_graph.deliveries", Deliveries.clear_rules)
+    delivery_delay: _Knob[float, float] = _kept(
+        "_graph.deliveries.delay",
         """Seconds from a message's acceptance to its recipients' final state and its reports
         in the sender's Inbox (half of it: trace status ``pending``). 5 by default; read when
-        a message is accepted; not scaled by ``time_scale``."""
-        return self._graph.deliveries.delay
-
-    @delivery_delay.setter
-    def delivery_delay(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("delivery_delay is seconds: >= 0")
-        self._graph.deliveries.delay = float(seconds)
+        a message is accepted; not scaled by ``time_scale``.""",
+        _delay,
+    )
 
     def deliver_to_inbox(self, mailbox: str, raw: bytes) -> InboxMessage:
         """Put ``raw`` (any bytes: a foreign DSN, an auto-reply, a malformed report) into the
@@ -548,57 +554,19 @@ class GraphEmulator:
         reports that are due included."""
         return self._graph.inboxes.messages(None if mailbox is None else self._mailbox_id(mailbox))
 
-    @property
-    def trace_service_principal(self) -> bool:
-        """The tenant holds the service principal message trace needs (False: Graph's 401)."""
-        return self._graph.traces.service_principal
-
-    @trace_service_principal.setter
-    def trace_service_principal(self, present: bool) -> None:
-        self._graph.traces.service_principal = bool(present)
-
-    @property
-    def rbac_scope(self) -> set[str] | None:
-        """Mailboxes (ids or addresses) the app holds Exchange "Application Mail.Send" on."""
-        return self._tenant.rbac["Mail.Send"]
-
-    @rbac_scope.setter
-    def rbac_scope(self, scope: Iterable[str] | None) -> None:
-        self._tenant.set_rbac("Mail.Send", scope)
-
-    def add_user(
-        self,
-        upn: str,
-        *,
-        mail: str | None = None,
-        aliases: Iterable[str] = (),
-        id: str | None = None,
-        display_name: str | None = None,
-        mailbox_enabled: bool = True,
-        send_as: Iterable[str] = (),
-    ) -> User:
-        """Add a user (and mailbox unless ``mailbox_enabled=False``) to the directory."""
-        return self._tenant.add_user(
-            upn,
-            mail=mail,
-            aliases=aliases,
-            id=id,
-            display_name=display_name,
-            mailbox_enabled=mailbox_enabled,
-            send_as=send_as,
-        )
+    trace_service_principal: _Knob[bool, object] = _kept(
+        "_graph.traces.service_principal",
+        "The tenant holds the service principal message trace needs (False: Graph's 401).",
+        bool,
+    )
+    add_user = _Forward("_tenant", Tenant.add_user)
 
     @property
     def users(self) -> list[User]:
         return self._tenant.users
 
-    def user(self, address_or_id: str) -> User | None:
-        """The user with this id or any of these SMTP addresses."""
-        return self._tenant.user(address_or_id)
-
-    def expire_tokens(self) -> None:
-        """Every token issued so far is refused from now on (401 InvalidAuthenticationToken)."""
-        self._tokens.expire_all()
+    user = _Forward("_tenant", Tenant.user)
+    expire_tokens = _Forward("_tokens", TokenStore.expire_all)
 
     def register_certificate(self, cert_pem: str | bytes) -> str:
         """Upload a PEM certificate to the app registration (Certificates & secrets), so
@@ -649,9 +617,7 @@ class GraphEmulator:
         self._faults.fail_next(fault, times, on, retry_after)
         self.events.publish("faults", {})
 
-    def pending_faults(self, on: str = "sendMail") -> list[PlannedFault]:
-        """The faults ``fail_next`` queued for requests of kind ``on``, not yet served."""
-        return self._faults.pending(on)
+    pending_faults = _Forward("_faults", FaultPlan.pending)
 
     def clear_faults(self, on: str | None = None) -> None:
         """Drop the queued and random faults for ``on`` (None: every kind)."""
@@ -716,15 +682,11 @@ class GraphEmulator:
         self._budgets.clear()
         self._graph.traces.window.clear()
 
-    @property
-    def time_scale(self) -> float:
+    time_scale: _Knob[float, float] = _kept(
+        "_budgets.time_scale",
         """How long the emulator's windows last, as a fraction of Graph's: 0.001 makes the
-        10-minute window 0.6 s and the 24-hour one 86.4 s; Retry-After is scaled alike."""
-        return self._budgets.time_scale
-
-    @time_scale.setter
-    def time_scale(self, value: float) -> None:
-        self._budgets.time_scale = value
+        10-minute window 0.6 s and the 24-hour one 86.4 s; Retry-After is scaled alike.""",
+    )
 
     def throttled(self, mailbox: str | None = None) -> dict[str, int]:
         """429s answered for the limits so far, by reason: ``"concurrency"``,
