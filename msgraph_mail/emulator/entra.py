@@ -19,7 +19,6 @@ import json
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -296,10 +295,6 @@ def _check_secret(secret: str, expected: str, client_id: str, *, expired: bool) 
             "consider using certificate credentials for added security: "
             "https://aka.ms/certCreds.",
         )
-
-
-def new_trace_id() -> str:
-    return str(uuid.uuid4())
 
 
 # certificate credentials ------------------------------------------------------------------
