@@ -273,15 +273,8 @@ class GraphApi:
             raise bad_segment(route.bad)
         if route.kind == "other":
             raise method_not_allowed()
-        values = route.values
-        call = Call(
-            request,
-            token,
-            values.get("user", ""),
-            values.get("item", ""),
-            values.get("argument", ""),
-        )
-        return self.handlers[route.kind](call)
+        values = [route.values.get(name, "") for name in ("user", "item", "argument")]
+        return self.handlers[route.kind](Call(request, token, *values))
 
     def authenticate(self, request: Request) -> IssuedToken:
         """Graph's 401s: no bearer token, an unknown one, an expired or revoked one."""

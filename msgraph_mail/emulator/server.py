@@ -544,7 +544,7 @@ class GraphEmulator:
     def deliver_to_inbox(self, mailbox: str, raw: bytes) -> InboxMessage:
         """Put ``raw`` (any bytes: a foreign DSN, an auto-reply, a malformed report) into the
         Inbox of ``mailbox`` (an id or any of its addresses), as arrived now."""
-        user = self._tenant.user(mailbox) or self._tenant.user(mailbox.lower())
+        user = self._user(mailbox)
         if user is None:
             raise ValueError(f"no mailbox {mailbox!r}")
         return self._graph.inboxes.add(user, raw)
@@ -692,9 +692,7 @@ class GraphEmulator:
         """429s answered for the limits so far, by reason: ``"concurrency"``,
         ``"requests"``, ``"upload"`` and ``"recipients"`` (every key present), for
         ``mailbox`` (an id or any address) or all mailboxes. Injected faults are not here."""
-        if mailbox is None:
-            return self._budgets.throttled(None)
-        return self._budgets.throttled(self._mailbox_id(mailbox))
+        return self._budgets.throttled(None if mailbox is None else self._mailbox_id(mailbox))
 
     def usage(self, mailbox: str, *, app: str = CLIENT_ID) -> dict[str, dict[str, float | None]]:
         """What ``app`` has used of ``mailbox``'s budgets now, each ``{"used", "limit"}``.
@@ -750,8 +748,12 @@ class GraphEmulator:
         """
         return self._gate.peak(None if mailbox is None else self._mailbox_id(mailbox))
 
+    def _user(self, mailbox: str) -> User | None:
+        """The user with this id or address, in any case."""
+        return self._tenant.user(mailbox) or self._tenant.user(mailbox.lower())
+
     def _mailbox_id(self, mailbox: str) -> str:
-        user = self._tenant.user(mailbox) or self._tenant.user(mailbox.lower())
+        user = self._user(mailbox)
         return user.id if user is not None else mailbox.lower()
 
     # records ------------------------------------------------------------------------------
@@ -808,19 +810,14 @@ class GraphEmulator:
         Configuration stays: users, grants, tokens, knobs, limits, delivery rules, and faults
         not yet served.
         """
+        self.clear_messages()
         with self._lock:
-            self._sent.clear()
             self._requests.clear()
             self._connections = 0
-        if self._store is not None:
-            self._store.clear()
         self._faults.forget_served()
         self._graph.drafts.clear()
-        self._graph.sent_items.clear()
         self._gate.forget_peaks()
         self.clear_budgets()
-        self._graph.deliveries.clear()
-        self._graph.inboxes.clear()
 
     # called by the server -----------------------------------------------------------------
 
