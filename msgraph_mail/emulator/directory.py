@@ -41,25 +41,13 @@ FULL_READ_ROLES = frozenset({"Mail.Read", "Mail.ReadWrite"})
 
 #: Properties Graph returns for a user when no ``$select`` is given.
 DEFAULT_PROPERTIES = (
-    "businessPhones",
-    "displayName",
-    "givenName",
-    "jobTitle",
-    "mail",
-    "mobilePhone",
-    "officeLocation",
-    "preferredLanguage",
-    "surname",
-    "userPrincipalName",
-    "id",
+    *("businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone"),
+    *("officeLocation", "preferredLanguage", "surname", "userPrincipalName", "id"),
 )
 #: Every property the emulator can ``$select`` (canonical Graph spelling).
 SELECTABLE_PROPERTIES = (
     *DEFAULT_PROPERTIES,
-    "proxyAddresses",
-    "accountEnabled",
-    "userType",
-    "otherMails",
+    *("proxyAddresses", "accountEnabled", "userType", "otherMails"),
 )
 
 
@@ -103,15 +91,11 @@ class User:
     def to_graph(self, select: Iterable[str] | None = None) -> dict[str, Any]:
         """The user resource as Graph returns it; ``id`` always, others per ``$select``."""
         every: dict[str, Any] = {
+            **dict.fromkeys(("givenName", "jobTitle", "mobilePhone", "officeLocation")),
+            **dict.fromkeys(("preferredLanguage", "surname")),
             "businessPhones": [],
             "displayName": self.display_name,
-            "givenName": None,
-            "jobTitle": None,
             "mail": self.mail,
-            "mobilePhone": None,
-            "officeLocation": None,
-            "preferredLanguage": None,
-            "surname": None,
             "userPrincipalName": self.user_principal_name,
             "id": self.id,
             "proxyAddresses": self.proxy_addresses,

@@ -1004,14 +1004,6 @@ class GraphEmulator:
             failure = GraphError(500, "generalException", "An internal emulator error occurred.")
             return graph_error(request, failure)
 
-    def _applications_now(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._applications)
-
-    def _registered(self) -> list[RegisteredCertificate]:
-        with self._lock:
-            return list(self._certificates)
-
     def _token(self, request: Request, tenant: str) -> Response:
         try:
             if request.method != "POST":
@@ -1020,6 +1012,8 @@ class GraphEmulator:
                 )
             check_tenant(tenant, strict=self.strict)
             form = dict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
+            with self._lock:
+                certificates, applications = list(self._certificates), dict(self._applications)
             body = grant_token(
                 form,
                 request.header("Authorization"),
@@ -1028,12 +1022,12 @@ class GraphEmulator:
                 lifetime=self.token_lifetime,
                 store=self._tokens,
                 secret_expired=self.secret_expired,
-                certificates=self._registered(),
+                certificates=certificates,
                 audiences=[
                     f"{self.url}/{name}/oauth2/v2.0/token"
                     for name in {tenant, TENANT_ID, TENANT_DOMAIN}
                 ],
-                applications=self._applications_now(),
+                applications=applications,
                 strict=self.strict,
             )
         except EntraError as error:
