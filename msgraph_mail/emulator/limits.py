@@ -179,8 +179,16 @@ class MailboxBudgets:
         with self._lock:
             return dict(self._limits)
 
-    def set_limits(self, changes: Mapping[str, float | None]) -> None:
-        checked = checked_limits(changes)
+    def set_limits(
+        self, limits: Mapping[str, float | None] | None = None, /, **changes: float | None
+    ) -> None:
+        """Change some limits, e.g. ``set_limits(REQUESTS_PER_10_MINUTES=5)``; others stay.
+
+        Keys: ``CONCURRENT_REQUESTS`` (4), ``REQUESTS_PER_10_MINUTES`` (10,000),
+        ``UPLOAD_MB_PER_5_MINUTES`` (150, MB of 2**20 bytes, fractions allowed) and
+        ``RECIPIENTS_PER_24_HOURS`` (10,000); None lifts one. What was spent stays spent.
+        """
+        checked = checked_limits({**(limits or {}), **changes})
         with self._lock:
             self._limits.update(checked)
 

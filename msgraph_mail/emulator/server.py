@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from operator import attrgetter
@@ -368,6 +368,7 @@ class GraphEmulator:
         self._thread: threading.Thread | None = None
         self._graph = GraphApi(self._tenant, self._tokens, lambda: self.url, self._deliver)
         self._faults = FaultPlan()
+        self._faults.changed = lambda: self.events.publish("faults", {})
         self._gate = MailboxGate()
         self._budgets = MailboxBudgets(limits, time_scale)
         self._graph.before_send = self._graph.drafts.before_send = self._spend_recipients
@@ -596,49 +597,10 @@ class GraphEmulator:
 
     # faults and limits --------------------------------------------------------------------
 
-    def fail_next(
-        self,
-        fault: str,
-        times: int = 1,
-        *,
-        on: str = "sendMail",
-        retry_after: float | None = 0.01,
-    ) -> None:
-        """Serve ``fault`` to the next ``times`` requests of kind ``on`` (before random ones).
-
-        Faults: "throttle" (429), "unavailable" (503), "gateway_timeout" (delivers, then
-        504), "gateway_timeout_lost" (504, nothing delivered), "expired_token" (401, the token
-        is revoked), "reset_before" / "reset_after" (TCP reset without a response, before or
-        after processing), "slow" (delivers, then waits ``slow_seconds`` before the 202),
-        "html_unavailable" (503 with an HTML page, as Exchange's front end serves it, and no
-        Retry-After), "bad_gateway" (delivers, then a gateway's 502 in plain text).
-        ``retry_after`` goes into the Retry-After header of 429 and of Graph's JSON 503.
-        """
-        self._faults.fail_next(fault, times, on, retry_after)
-        self.events.publish("faults", {})
-
+    fail_next = _Forward("_faults", FaultPlan.fail_next)
     pending_faults = _Forward("_faults", FaultPlan.pending)
-
-    def clear_faults(self, on: str | None = None) -> None:
-        """Drop the queued and random faults for ``on`` (None: every kind)."""
-        self._faults.clear(on)
-        self.events.publish("faults", {})
-
-    def fault_rate(
-        self,
-        rate: float,
-        faults: Sequence[str],
-        *,
-        on: str = "sendMail",
-        seed: int = 0,
-        retry_after: float | None = 0.01,
-    ) -> None:
-        """Fault each request of kind ``on`` with probability ``rate`` (0 stops it).
-
-        The fault is drawn from ``faults`` by a generator seeded with ``seed`` and restarted by
-        each call, so the same requests in the same order get the same faults every run.
-        """
-        self._faults.fault_rate(rate, faults, on, seed, retry_after)
+    clear_faults = _Forward("_faults", FaultPlan.clear)
+    fault_rate = _Forward("_faults", FaultPlan.fault_rate)
 
     @property
     def faults_injected(self) -> list[InjectedFault]:
@@ -653,23 +615,14 @@ class GraphEmulator:
 
     @mailbox_concurrency.setter
     def mailbox_concurrency(self, limit: int | None) -> None:
-        self._budgets.set_limits({"CONCURRENT_REQUESTS": limit})
+        self._budgets.set_limits(CONCURRENT_REQUESTS=limit)
 
     @property
     def limits(self) -> dict[str, float | None]:
         """The limits in force, keyed like the backend's setting (None: no limit)."""
         return self._budgets.limits
 
-    def set_limits(
-        self, limits: Mapping[str, float | None] | None = None, /, **changes: float | None
-    ) -> None:
-        """Change some limits, e.g. ``set_limits(REQUESTS_PER_10_MINUTES=5)``; others stay.
-
-        Keys: ``CONCURRENT_REQUESTS`` (4), ``REQUESTS_PER_10_MINUTES`` (10,000),
-        ``UPLOAD_MB_PER_5_MINUTES`` (150, MB of 2**20 bytes, fractions allowed) and
-        ``RECIPIENTS_PER_24_HOURS`` (10,000); None lifts one. What was spent stays spent.
-        """
-        self._budgets.set_limits({**(limits or {}), **changes})
+    set_limits = _Forward("_budgets", MailboxBudgets.set_limits)
 
     def reset_limits(self) -> None:
         """Graph's default limits again, every window empty and ``throttled()`` at zero."""
@@ -979,7 +932,6 @@ class GraphEmulator:
             request_id=request.request_id,
         )
         self._faults.served(record)
-        self.events.publish("faults", {})  # one fewer armed
 
     def _respond(self, request: Request, kind: str) -> Response:
         """Route to Entra or Graph; an emulator bug answers 500, never a hung client."""
