@@ -390,14 +390,8 @@ def check_assertion(
         from cryptography.hazmat.primitives.asymmetric import padding
     except ImportError:
         raise EntraError(500, "server_error", 50000, CRYPTOGRAPHY_MISSING) from None
-    used = next(
-        (
-            c
-            for c in certificates
-            if header.get("x5t#S256") == c.x5t_s256 or header.get("x5t") == c.x5t
-        ),
-        None,
-    )
+    x5t, x5t_s256 = header.get("x5t"), header.get("x5t#S256")
+    used = next((c for c in certificates if x5t_s256 == c.x5t_s256 or x5t == c.x5t), None)
     if used is None:
         raise _invalid_client(
             700027,

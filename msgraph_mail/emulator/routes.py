@@ -230,12 +230,8 @@ class GraphApi:
 
     def _handlers(self) -> dict[str, Callable[[Call], Response]]:
         """What answers each route of ``ROUTES``, each check in Graph's order."""
-        drafts, inboxes, traces, subscriptions = (
-            self.drafts,
-            self.inboxes,
-            self.traces,
-            self.subscriptions,
-        )
+        drafts, inboxes = self.drafts, self.inboxes
+        traces, subscriptions = self.traces, self.subscriptions
         return {
             "user_get": lambda c: self.get_user(c.request, c.token, c.key),
             "user_list": lambda c: self.list_users(c.request, c.token),

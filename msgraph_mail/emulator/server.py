@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qsl, unquote
 
-from .delivery import Deliveries, checked_outcome
+from .delivery import Deliveries, Delivery, checked_outcome
 from .directory import CLIENT_ID, CLIENT_SECRET, TENANT_DOMAIN, TENANT_ID, Tenant, User
 from .drafts import UPLOAD_PREFIX, Draft, DraftStore
 from .entra import (
@@ -482,31 +482,33 @@ class GraphEmulator:
         """What became of each recipient of the message sent by request ``request_id``, as the
         message trace shows it now: status, and the code and diagnostic of a bounce or a
         deferral (the dev inbox's message page and ``/api/messages/<id>``)."""
-        now = time.monotonic()
-        for delivery in self._graph.deliveries.deliveries:
-            if delivery.message.request_id != request_id:
-                continue
-            return [
-                {
-                    "recipient": address,
-                    "status": delivery.status(outcome, now),
-                    "outcome": outcome.kind,
-                    "code": outcome.code,
-                    "diagnostic": outcome.diagnostic,
-                    "final_at": delivery.finished.isoformat(),
-                }
-                for address, outcome in delivery.recipients
-            ]
-        return []
+        now, delivery = time.monotonic(), self._delivery(request_id)
+        if delivery is None:
+            return []
+        return [
+            {
+                "recipient": address,
+                "status": delivery.status(outcome, now),
+                "outcome": outcome.kind,
+                "code": outcome.code,
+                "diagnostic": outcome.diagnostic,
+                "final_at": delivery.finished.isoformat(),
+            }
+            for address, outcome in delivery.recipients
+        ]
 
     def reports_of(self, request_id: str) -> list[InboxMessage]:
         """The NDRs and delayed DSNs that message brought into its sender's Inbox."""
-        for delivery in self._graph.deliveries.deliveries:
-            if delivery.message.request_id == request_id:
-                wanted = f"Message-ID: {delivery.message_id}".encode()
-                mailbox = delivery.message.mailbox.id
-                return [m for m in self.inbox_messages(mailbox) if wanted in m.raw]
-        return []
+        delivery = self._delivery(request_id)
+        if delivery is None:
+            return []
+        wanted = f"Message-ID: {delivery.message_id}".encode()
+        return [m for m in self.inbox_messages(delivery.message.mailbox.id) if wanted in m.raw]
+
+    def _delivery(self, request_id: str) -> Delivery | None:
+        """The delivery of the message sent by request ``request_id``."""
+        found = self._graph.deliveries.deliveries
+        return next((d for d in found if d.message.request_id == request_id), None)
 
     subscriptions = _Forward("_graph.subscriptions", Subscriptions.listed)
     notifications = _Forward("_graph.subscriptions", Subscriptions.deliveries)
@@ -607,15 +609,11 @@ class GraphEmulator:
         """Every fault served so far, in order, with whether the message was delivered."""
         return self._faults.injected
 
-    @property
-    def mailbox_concurrency(self) -> int | None:
-        """Graph's 4 requests in flight per app + mailbox (``limits["CONCURRENT_REQUESTS"]``)."""
-        limit = self._budgets.limit("CONCURRENT_REQUESTS")
-        return None if limit is None else int(limit)
-
-    @mailbox_concurrency.setter
-    def mailbox_concurrency(self, limit: int | None) -> None:
-        self._budgets.set_limits(CONCURRENT_REQUESTS=limit)
+    mailbox_concurrency: _Knob[int | None, int | None] = _Knob(
+        lambda e: None if (n := e._budgets.limit("CONCURRENT_REQUESTS")) is None else int(n),
+        lambda e, limit: e._budgets.set_limits(CONCURRENT_REQUESTS=limit),
+        """Graph's 4 requests in flight per app + mailbox (``limits["CONCURRENT_REQUESTS"]``).""",
+    )
 
     @property
     def limits(self) -> dict[str, float | None]:
