@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,19 +210,15 @@ class Tenant:
 
     def user(self, address_or_id: str) -> User | None:
         """Find by id or any SMTP address (a convenience; Graph URLs are stricter)."""
-        with self.lock:
-            for user in self._users:
-                if user.id == address_or_id or user.owns(address_or_id):
-                    return user
-        return None
+        return self._first(lambda u: u.id == address_or_id or u.owns(address_or_id))
 
     def by_id_or_upn(self, key: str) -> User | None:
         """What ``/users/{key}`` resolves: exact object id or UPN (case-insensitive)."""
+        return self._first(lambda u: u.id == key or u.user_principal_name.lower() == key.lower())
+
+    def _first(self, wanted: Callable[[User], bool]) -> User | None:
         with self.lock:
-            for user in self._users:
-                if user.id == key or user.user_principal_name.lower() == key.lower():
-                    return user
-        return None
+            return next((user for user in self._users if wanted(user)), None)
 
     def adopt(self, address: str) -> User | None:
         """Permissive mode: the mailbox for ``address``, created on first use.
