@@ -123,10 +123,13 @@ class _Forward(Generic[_P, _R]):
     """A ``GraphEmulator`` method that is one of its parts' methods: same signature, same doc."""
 
     def __init__(self, part: str, method: Callable[Concatenate[Any, _P], _R]) -> None:
-        self.method, self.__doc__ = attrgetter(f"{part}.{method.__name__}"), method.__doc__
+        self.function, self.__doc__ = method, method.__doc__
+        self.bound = attrgetter(f"{part}.{method.__name__}")
 
     def __get__(self, emulator: object, owner: object = None) -> Callable[_P, _R]:
-        return self.method(emulator) if emulator is not None else cast(Callable[_P, _R], self)
+        """The part's bound method; on the class, its function (for help() and signatures)."""
+        found = self.function if emulator is None else self.bound(emulator)
+        return cast(Callable[_P, _R], found)
 
 
 @dataclass
