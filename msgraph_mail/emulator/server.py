@@ -459,7 +459,9 @@ class GraphEmulator:
     )
     rbac_scope = _rbac("Mail.Send", ".")
     rbac_readwrite_scope = _rbac("Mail.ReadWrite", " (drafts).")
-    rbac_read_scope = _rbac("Mail.ReadBasic", ": Sent Items listed without Mail.ReadBasic.All.")
+    rbac_read_scope = _rbac(
+        "Mail.ReadBasic", ": their Sent Items may be listed without Mail.ReadBasic.All."
+    )
     rewrite_message_ids: _Knob[bool, object] = _kept(
         "_graph.sent_items.rewrite_message_ids",
         """Messages travel with a Message-ID of Exchange's own, not the MIME's: in Sent Items,
