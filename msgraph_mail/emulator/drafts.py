@@ -227,11 +227,7 @@ class DraftStore:
             id=uuid.uuid4().hex,
             token=secrets.token_urlsafe(24),
             draft=draft,
-            name=item["name"],
-            content_type=item["contentType"],
-            size=size,
-            inline=item["isInline"],
-            content_id=item["contentId"],
+            **item,
             expires=datetime.now(timezone.utc) + SESSION_LIFETIME,
             app_id=app_id,
         )
@@ -508,7 +504,8 @@ def _part(attachment: Attachment, boundary: str) -> bytes:
 
 
 def _attachment_item(request: Request) -> dict[str, Any]:
-    """``{"AttachmentItem": {...}}`` checked as Graph would (name, size, attachmentType)."""
+    """``{"AttachmentItem": {...}}`` checked as Graph would (name, size, attachmentType), as
+    the ``UploadSession`` fields it sets."""
     payload = request.json()
     item = payload.get("AttachmentItem") if isinstance(payload, dict) else None
     if not isinstance(item, dict):
@@ -534,9 +531,9 @@ def _attachment_item(request: Request) -> dict[str, Any]:
     return {
         "name": name,
         "size": size,
-        "isInline": inline,
-        "contentId": content_id,
-        "contentType": content_type,
+        "inline": inline,
+        "content_id": content_id,
+        "content_type": content_type,
     }
 
 
