@@ -174,6 +174,7 @@ class Deliveries:
             self._rules[target.lower()] = outcome
 
     def clear_rules(self) -> None:
+        """Drop every ``set_delivery`` rule; the built-in rules stay."""
         with self._lock:
             self._rules.clear()
 

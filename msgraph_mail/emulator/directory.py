@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,25 +41,13 @@ FULL_READ_ROLES = frozenset({"Mail.Read", "Mail.ReadWrite"})
 
 #: Properties Graph returns for a user when no ``$select`` is given.
 DEFAULT_PROPERTIES = (
-    "businessPhones",
-    "displayName",
-    "givenName",
-    "jobTitle",
-    "mail",
-    "mobilePhone",
-    "officeLocation",
-    "preferredLanguage",
-    "surname",
-    "userPrincipalName",
-    "id",
+    *("businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone"),
+    *("officeLocation", "preferredLanguage", "surname", "userPrincipalName", "id"),
 )
 #: Every property the emulator can ``$select`` (canonical Graph spelling).
 SELECTABLE_PROPERTIES = (
     *DEFAULT_PROPERTIES,
-    "proxyAddresses",
-    "accountEnabled",
-    "userType",
-    "otherMails",
+    *("proxyAddresses", "accountEnabled", "userType", "otherMails"),
 )
 
 
@@ -103,15 +91,11 @@ class User:
     def to_graph(self, select: Iterable[str] | None = None) -> dict[str, Any]:
         """The user resource as Graph returns it; ``id`` always, others per ``$select``."""
         every: dict[str, Any] = {
+            **dict.fromkeys(("givenName", "jobTitle", "mobilePhone", "officeLocation")),
+            **dict.fromkeys(("preferredLanguage", "surname")),
             "businessPhones": [],
             "displayName": self.display_name,
-            "givenName": None,
-            "jobTitle": None,
             "mail": self.mail,
-            "mobilePhone": None,
-            "officeLocation": None,
-            "preferredLanguage": None,
-            "surname": None,
             "userPrincipalName": self.user_principal_name,
             "id": self.id,
             "proxyAddresses": self.proxy_addresses,
@@ -205,7 +189,8 @@ class Tenant:
         mailbox_enabled: bool = True,
         send_as: Iterable[str] = (),
     ) -> User:
-        """Create a user; refuses an id or address another user already has."""
+        """Add a user (and mailbox unless ``mailbox_enabled=False``) to the directory;
+        refuses an id or address another user already has."""
         user = User(
             id=id or str(uuid.uuid4()),
             user_principal_name=upn,
@@ -225,19 +210,15 @@ class Tenant:
 
     def user(self, address_or_id: str) -> User | None:
         """Find by id or any SMTP address (a convenience; Graph URLs are stricter)."""
-        with self.lock:
-            for user in self._users:
-                if user.id == address_or_id or user.owns(address_or_id):
-                    return user
-        return None
+        return self._first(lambda u: u.id == address_or_id or u.owns(address_or_id))
 
     def by_id_or_upn(self, key: str) -> User | None:
         """What ``/users/{key}`` resolves: exact object id or UPN (case-insensitive)."""
+        return self._first(lambda u: u.id == key or u.user_principal_name.lower() == key.lower())
+
+    def _first(self, wanted: Callable[[User], bool]) -> User | None:
         with self.lock:
-            for user in self._users:
-                if user.id == key or user.user_principal_name.lower() == key.lower():
-                    return user
-        return None
+            return next((user for user in self._users if wanted(user)), None)
 
     def adopt(self, address: str) -> User | None:
         """Permissive mode: the mailbox for ``address``, created on first use.

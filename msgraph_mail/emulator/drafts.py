@@ -227,11 +227,7 @@ class DraftStore:
             id=uuid.uuid4().hex,
             token=secrets.token_urlsafe(24),
             draft=draft,
-            name=item["name"],
-            content_type=item["contentType"],
-            size=size,
-            inline=item["isInline"],
-            content_id=item["contentId"],
+            **item,
             expires=datetime.now(timezone.utc) + SESSION_LIFETIME,
             app_id=app_id,
         )
@@ -267,9 +263,7 @@ class DraftStore:
             if draft.id not in self._drafts:
                 raise item_not_found()
             self.before_send(mailbox, len(parsed.recipients))
-            del self._drafts[draft.id]
-            for session_id in [s.id for s in self._sessions.values() if s.draft is draft]:
-                del self._sessions[session_id]
+            self._forget(draft)
             added = list(draft.attachments)
         self.deliver(
             dataclasses.replace(
@@ -284,10 +278,14 @@ class DraftStore:
 
     def delete(self, draft: Draft) -> Response:
         with self._lock:
-            self._drafts.pop(draft.id, None)
-            for session_id in [s.id for s in self._sessions.values() if s.draft is draft]:
-                del self._sessions[session_id]
+            self._forget(draft)
         return Response(204)
+
+    def _forget(self, draft: Draft) -> None:
+        """Remove ``draft`` and its upload sessions (the lock held)."""
+        self._drafts.pop(draft.id, None)
+        for session_id in [s.id for s in self._sessions.values() if s.draft is draft]:
+            del self._sessions[session_id]
 
     # the upload URL -----------------------------------------------------------------------
 
@@ -341,20 +339,13 @@ class DraftStore:
     def _chunk(self, request: Request, session: UploadSession) -> Response:
         start, end, total = _content_range(request.header("Content-Range"))
         if total != session.size:
-            raise GraphError(
-                400,
-                "InvalidContentRange",
-                f"The Content-Range total {total} is not the session's size {session.size}.",
-            )
+            raise _bad_range(f"total {total} is not the session's size {session.size}.")
         if end - start + 1 != len(request.body):
-            raise GraphError(
-                400,
-                "InvalidContentRange",
-                f"The Content-Range covers {end - start + 1} bytes but the body has "
-                f"{len(request.body)}.",
+            raise _bad_range(
+                f"covers {end - start + 1} bytes but the body has {len(request.body)}."
             )
         if end >= total:
-            raise GraphError(400, "InvalidContentRange", "The Content-Range ends past the total.")
+            raise _bad_range("ends past the total.")
         with self._lock:
             if session.id not in self._sessions:
                 raise item_not_found()
@@ -513,7 +504,8 @@ def _part(attachment: Attachment, boundary: str) -> bytes:
 
 
 def _attachment_item(request: Request) -> dict[str, Any]:
-    """``{"AttachmentItem": {...}}`` checked as Graph would (name, size, attachmentType)."""
+    """``{"AttachmentItem": {...}}`` checked as Graph would (name, size, attachmentType), as
+    the ``UploadSession`` fields it sets."""
     payload = request.json()
     item = payload.get("AttachmentItem") if isinstance(payload, dict) else None
     if not isinstance(item, dict):
@@ -539,24 +531,24 @@ def _attachment_item(request: Request) -> dict[str, Any]:
     return {
         "name": name,
         "size": size,
-        "isInline": inline,
-        "contentId": content_id,
-        "contentType": content_type,
+        "inline": inline,
+        "content_id": content_id,
+        "content_type": content_type,
     }
 
 
 def _content_range(value: str | None) -> tuple[int, int, int]:
     match = _CONTENT_RANGE.match((value or "").strip())
     if match is None:
-        raise GraphError(
-            400,
-            "InvalidContentRange",
-            "A Content-Range header 'bytes {start}-{end}/{total}' is required.",
-        )
+        raise _bad_range("header 'bytes {start}-{end}/{total}' is required.", "A")
     start, end, total = (int(group) for group in match.groups())
     if end < start:
-        raise GraphError(400, "InvalidContentRange", "The Content-Range ends before it starts.")
+        raise _bad_range("ends before it starts.")
     return start, end, total
+
+
+def _bad_range(problem: str, article: str = "The") -> GraphError:
+    return GraphError(400, "InvalidContentRange", f"{article} Content-Range {problem}")
 
 
 def _message_id() -> str:

@@ -19,7 +19,6 @@ import json
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -109,6 +108,7 @@ class TokenStore:
             return self._tokens.get(token)
 
     def expire_all(self) -> None:
+        """Every token issued so far is refused from now on (401 InvalidAuthenticationToken)."""
         with self._lock:
             for issued in self._tokens.values():
                 issued.revoked = True
@@ -143,18 +143,14 @@ def check_tenant(tenant: str, *, strict: bool = True) -> None:
     if tenant.lower() in (TENANT_ID, TENANT_DOMAIN):
         return
     if tenant.lower() in MULTI_TENANT_ALIASES:
-        raise EntraError(
-            400,
-            "invalid_request",
+        raise _invalid_request(
             50059,
             "No tenant-identifying information found in either the request or implied by "
             "any provided credentials.",
         )
     if not strict and tenant.strip():
         return
-    raise EntraError(
-        400,
-        "invalid_request",
+    raise _invalid_request(
         90002,
         f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and "
         "are signing into the correct cloud. Check with your subscription administrator, "
@@ -162,12 +158,17 @@ def check_tenant(tenant: str, *, strict: bool = True) -> None:
     )
 
 
+def _invalid_request(code: int, description: str) -> EntraError:
+    return EntraError(400, "invalid_request", code, description)
+
+
+def _invalid_client(code: int, description: str, status: int = 401) -> EntraError:
+    return EntraError(status, "invalid_client", code, description)
+
+
 def _missing(name: str) -> EntraError:
-    return EntraError(
-        400,
-        "invalid_request",
-        900144,
-        f"The request body must contain the following parameter: '{name}'.",
+    return _invalid_request(
+        900144, f"The request body must contain the following parameter: '{name}'."
     )
 
 
@@ -179,9 +180,7 @@ def client_credentials(form: Mapping[str, str], authorization: str | None) -> tu
         try:
             decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            raise EntraError(
-                401, "invalid_client", 7000218, "Malformed HTTP Basic client authentication."
-            ) from None
+            raise _invalid_client(7000218, "Malformed HTTP Basic client authentication.") from None
         basic_id, _, basic_secret = decoded.partition(":")
         client_id = client_id or unquote_plus(basic_id)
         secret = secret or unquote_plus(basic_secret)
@@ -269,36 +268,26 @@ def _check_secret(secret: str, expected: str, client_id: str, *, expired: bool) 
     even when every key has expired; only the right one learns it expired (7000222).
     """
     if not secret:
-        raise EntraError(
-            401,
-            "invalid_client",
+        raise _invalid_client(
             7000218,
             "The request body must contain the following parameter: 'client_assertion' or "
             "'client_secret'.",
         )
     if not secrets.compare_digest(secret.encode(), expected.encode()):
-        raise EntraError(
-            401,
-            "invalid_client",
+        raise _invalid_client(
             7000215,
             "Invalid client secret provided. Ensure the secret being sent in the request is "
             "the client secret value, not the client secret ID, for a secret added to app "
             f"'{client_id}'.",
         )
     if expired:
-        raise EntraError(
-            401,
-            "invalid_client",
+        raise _invalid_client(
             7000222,
             f"The provided client secret keys for app '{client_id}' are expired. Visit the "
             "Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or "
             "consider using certificate credentials for added security: "
             "https://aka.ms/certCreds.",
         )
-
-
-def new_trace_id() -> str:
-    return str(uuid.uuid4())
 
 
 # certificate credentials ------------------------------------------------------------------
@@ -342,10 +331,6 @@ def register(cert_pem: str | bytes) -> RegisteredCertificate:
     )
 
 
-def _invalid_assertion(code: int, description: str, status: int = 401) -> EntraError:
-    return EntraError(status, "invalid_client", code, description)
-
-
 def _segment(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -371,9 +356,7 @@ def check_assertion(
     if not assertion_type:
         raise _missing("client_assertion_type")
     if assertion_type != ASSERTION_TYPE:
-        raise EntraError(
-            400,
-            "invalid_request",
+        raise _invalid_request(
             50027,
             f"Invalid client_assertion_type '{assertion_type}'; expected '{ASSERTION_TYPE}'.",
         )
@@ -387,12 +370,12 @@ def check_assertion(
         if not verify and (not signature or header.get("alg") in (None, "", "none")):
             raise ValueError("not signed")
     except (ValueError, binascii.Error):
-        raise _invalid_assertion(50027, "JWT token is invalid or malformed.", 400) from None
+        raise _invalid_client(50027, "JWT token is invalid or malformed.", 400) from None
     if (
         str(claims.get("iss", "")).lower() != client_id.lower()
         or str(claims.get("sub", "")).lower() != client_id.lower()
     ):
-        raise _invalid_assertion(
+        raise _invalid_client(
             700021,
             "Client assertion application identifier doesn't match 'client_id' parameter. "
             "Review the documentation at https://aka.ms/certCreds.",
@@ -407,16 +390,10 @@ def check_assertion(
         from cryptography.hazmat.primitives.asymmetric import padding
     except ImportError:
         raise EntraError(500, "server_error", 50000, CRYPTOGRAPHY_MISSING) from None
-    used = next(
-        (
-            c
-            for c in certificates
-            if header.get("x5t#S256") == c.x5t_s256 or header.get("x5t") == c.x5t
-        ),
-        None,
-    )
+    x5t, x5t_s256 = header.get("x5t"), header.get("x5t#S256")
+    used = next((c for c in certificates if x5t_s256 == c.x5t_s256 or x5t == c.x5t), None)
     if used is None:
-        raise _invalid_assertion(
+        raise _invalid_client(
             700027,
             "The certificate with identifier used to sign the client assertion is not "
             f"registered on application. [Reason - The key was not found., Thumbprint of key "
@@ -427,7 +404,7 @@ def check_assertion(
         "RS256": padding.PKCS1v15(),
     }
     if header.get("alg") not in algorithms:
-        raise _invalid_assertion(
+        raise _invalid_client(
             700027,
             f"Client assertion contains an invalid signature. [Reason - The algorithm "
             f"'{header.get('alg')}' is not supported., Thumbprint of key used by client: "
@@ -441,7 +418,7 @@ def check_assertion(
             hashes.SHA256(),
         )
     except InvalidSignature:
-        raise _invalid_assertion(
+        raise _invalid_client(
             700027,
             "Client assertion contains an invalid signature. [Reason - The provided signature "
             f"value did not match the expected signature value., Thumbprint of key used by "
@@ -449,14 +426,14 @@ def check_assertion(
         ) from None
     now = time.time()
     if now > used.not_after:
-        raise _invalid_assertion(
+        raise _invalid_client(
             700027,
             "Client assertion contains an invalid signature. [Reason - The key used is "
             f"expired., Thumbprint of key used by client: '{used.thumbprint}']",
         )
     _check_time_range(claims)
     if str(claims.get("aud", "")).rstrip("/") not in audiences:
-        raise _invalid_assertion(
+        raise _invalid_client(
             700027,
             "Client assertion audience claim does not match Realm issuer. The audience must "
             "be the token endpoint the assertion is sent to.",
@@ -470,9 +447,9 @@ def _check_time_range(claims: Mapping[str, Any]) -> None:
         not_before = float(claims.get("nbf", 0))
         expires = float(claims["exp"])
     except (KeyError, TypeError, ValueError):
-        raise _invalid_assertion(50027, "JWT token is invalid or malformed.", 400) from None
+        raise _invalid_client(50027, "JWT token is invalid or malformed.", 400) from None
     if now > expires + ASSERTION_SKEW or now < not_before - ASSERTION_SKEW:
-        raise _invalid_assertion(
+        raise _invalid_client(
             700024,
             f"Client assertion is not within its valid time range. Current time: "
             f"{_stamp(now)}, assertion valid from {_stamp(not_before)}, expiry time of "

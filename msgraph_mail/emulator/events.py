@@ -41,7 +41,7 @@ class EventHub:
             with contextlib.suppress(queue.Full):
                 subscriber.put_nowait(frame)
 
-    def stream(self, keep_alive: float = KEEP_ALIVE) -> Iterator[bytes]:
+    def stream(self) -> Iterator[bytes]:
         """The frames of one subscriber until the hub closes; a comment when idle."""
         subscriber: queue.Queue[Any] = queue.Queue(QUEUE_SIZE)
         with self._lock:
@@ -52,7 +52,7 @@ class EventHub:
             yield b"retry: 2000\n\n"  # the browser's reconnect delay, should the stream drop
             while True:
                 try:
-                    frame = subscriber.get(timeout=keep_alive)
+                    frame = subscriber.get(timeout=KEEP_ALIVE)
                 except queue.Empty:
                     yield b": keep-alive\n\n"
                     continue

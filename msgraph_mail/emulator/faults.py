@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import EntraError, GraphError, unauthenticated
@@ -22,14 +22,8 @@ from .errors import EntraError, GraphError, unauthenticated
 #: Faults answered as Graph answers (its JSON errors) or not at all, in the order the
 #: documentation lists them.
 FAULTS = (
-    "throttle",
-    "unavailable",
-    "gateway_timeout",
-    "gateway_timeout_lost",
-    "expired_token",
-    "reset_before",
-    "reset_after",
-    "slow",
+    *("throttle", "unavailable", "gateway_timeout", "gateway_timeout_lost", "expired_token"),
+    *("reset_before", "reset_after", "slow"),
 )
 #: Faults answered with what a front end or gateway serves instead of Graph's JSON error:
 #: an HTML 503 without Retry-After, a plain-text 502 (after delivering: it may have been
@@ -40,22 +34,9 @@ PAGE_FAULT_NAMES = ("html_unavailable", "bad_gateway")
 ALL_FAULTS = FAULTS + PAGE_FAULT_NAMES
 #: Request kinds (as ``emu.count()`` names them) a fault can be aimed at.
 FAULT_KINDS = (
-    "sendMail",
-    "token",
-    "user_list",
-    "user_get",
-    "draft_create",
-    "attachment",
-    "upload_session",
-    "upload_chunk",
-    "draft_send",
-    "draft_delete",
-    "sent_items",
-    "inbox_delta",
-    "message_get",
-    "message_value",
-    "message_trace",
-    "message_trace_detail",
+    *("sendMail", "token", "user_list", "user_get", "draft_create", "attachment"),
+    *("upload_session", "upload_chunk", "draft_send", "draft_delete", "sent_items"),
+    *("inbox_delta", "message_get", "message_value", "message_trace", "message_trace_detail"),
 )
 #: Faults that let the request be processed normally first (the work is done, then lost).
 PROCESSING_FAULTS = frozenset({"gateway_timeout", "reset_after", "slow", "bad_gateway"})
@@ -119,8 +100,27 @@ class FaultPlan:
         self._queued: dict[str, deque[PlannedFault]] = {}
         self._rates: dict[str, _Rate] = {}
         self._served: list[InjectedFault] = []
+        #: Called when what is armed changes (the dev inbox's faults panel follows it).
+        self.changed: Callable[[], None] = lambda: None
 
-    def fail_next(self, fault: str, times: int, on: str, retry_after: float | None) -> None:
+    def fail_next(
+        self,
+        fault: str,
+        times: int = 1,
+        *,
+        on: str = "sendMail",
+        retry_after: float | None = 0.01,
+    ) -> None:
+        """Serve ``fault`` to the next ``times`` requests of kind ``on`` (before random ones).
+
+        Faults: "throttle" (429), "unavailable" (503), "gateway_timeout" (delivers, then
+        504), "gateway_timeout_lost" (504, nothing delivered), "expired_token" (401, the token
+        is revoked), "reset_before" / "reset_after" (TCP reset without a response, before or
+        after processing), "slow" (delivers, then waits ``slow_seconds`` before the 202),
+        "html_unavailable" (503 with an HTML page, as Exchange's front end serves it, and no
+        Retry-After), "bad_gateway" (delivers, then a gateway's 502 in plain text).
+        ``retry_after`` goes into the Retry-After header of 429 and of Graph's JSON 503.
+        """
         _check_kind(on, retry_after)
         _check_fault(fault, on)
         if times < 0:
@@ -128,16 +128,22 @@ class FaultPlan:
         with self._lock:
             queue = self._queued.setdefault(on, deque())
             queue.extend(PlannedFault(fault, retry_after) for _ in range(times))
+        self.changed()
 
     def fault_rate(
         self,
         rate: float,
         faults: Sequence[str],
-        on: str,
-        seed: int,
-        retry_after: float | None,
+        *,
+        on: str = "sendMail",
+        seed: int = 0,
+        retry_after: float | None = 0.01,
     ) -> None:
-        """Replace the random faults for ``on``; the generator restarts from ``seed``."""
+        """Fault each request of kind ``on`` with probability ``rate`` (0 stops it).
+
+        The fault is drawn from ``faults`` by a generator seeded with ``seed`` and restarted by
+        each call, so the same requests in the same order get the same faults every run.
+        """
         if not 0.0 <= rate <= 1.0:
             raise ValueError("rate must be between 0 and 1")
         if isinstance(faults, str):
@@ -165,23 +171,26 @@ class FaultPlan:
                 return None
             return PlannedFault(chosen.rng.choice(chosen.faults), chosen.retry_after)
 
-    def pending(self, kind: str) -> list[PlannedFault]:
-        """The queued faults for ``kind``, in the order they will be served."""
+    def pending(self, on: str = "sendMail") -> list[PlannedFault]:
+        """The faults ``fail_next`` queued for requests of kind ``on``, not yet served, in the
+        order they will be served."""
         with self._lock:
-            return list(self._queued.get(kind, ()))
+            return list(self._queued.get(on, ()))
 
-    def clear(self, kind: str | None) -> None:
-        """Forget the queued and random faults for ``kind`` (None: all)."""
+    def clear(self, on: str | None = None) -> None:
+        """Drop the queued and random faults for ``on`` (None: every kind)."""
         with self._lock:
             for table in (self._queued, self._rates):
-                if kind is None:
+                if on is None:
                     table.clear()
                 else:
-                    table.pop(kind, None)
+                    table.pop(on, None)
+        self.changed()
 
     def served(self, record: InjectedFault) -> None:
         with self._lock:
             self._served.append(record)
+        self.changed()  # one fewer armed
 
     @property
     def injected(self) -> list[InjectedFault]:

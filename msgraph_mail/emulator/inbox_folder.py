@@ -55,20 +55,9 @@ _TAGS = re.compile(r"<[^>]*>")
 _FIELDS = {
     name.lower(): name
     for name in (
-        "id",
-        "createdDateTime",
-        "receivedDateTime",
-        "sentDateTime",
-        "subject",
-        "bodyPreview",
-        "importance",
-        "parentFolderId",
-        "from",
-        "sender",
-        "toRecipients",
-        "internetMessageId",
-        "isRead",
-        "hasAttachments",
+        *("id", "createdDateTime", "receivedDateTime", "sentDateTime", "subject", "bodyPreview"),
+        *("importance", "parentFolderId", "from", "sender", "toRecipients", "internetMessageId"),
+        *("isRead", "hasAttachments"),
     )
 }
 
@@ -195,8 +184,7 @@ class Inboxes:
 
     def get(self, request: Request, mailbox: User, token: IssuedToken, item: str) -> Response:
         full = self._full(mailbox, token)
-        select = options(request.query, ("$select",)).get("$select")
-        fields = select_fields(select, _FIELDS) if select is not None else _FIELDS.values()
+        fields = _selected(options(request.query, ("$select",)).get("$select"))
         found = self._message(mailbox, item)
         context = f"{self.base_url()}/v1.0/$metadata#users('{quote(mailbox.id)}')/messages/$entity"
         return json_response(200, {"@odata.context": context, **found.as_graph(fields, full)})
@@ -249,10 +237,7 @@ class Inboxes:
                 raise GraphError(
                     400, "ErrorInvalidUrlQuery", f"Invalid changeType '{change_type}'."
                 )
-            select = given.get("$select")
-            fields = (
-                select_fields(select, _FIELDS) if select is not None else list(_FIELDS.values())
-            )
+            fields = _selected(given.get("$select"))
             value = given.get("$top")
             error = bad_request(f"Invalid value '{value}' for $top.")
             page = top(value, None, error) if value is not None else DEFAULT_PAGE
@@ -274,6 +259,11 @@ class Inboxes:
         if found is None:
             raise item_not_found()
         return found
+
+
+def _selected(select: str | None) -> list[str]:
+    """The properties a ``$select`` names (``id`` first), or every one."""
+    return list(_FIELDS.values()) if select is None else select_fields(select, _FIELDS)
 
 
 def _prefer_page(request: Request) -> int | None:

@@ -92,13 +92,16 @@ def _count(shown: int, matching: int, total: int, noun: str) -> str:
 def search(query: MessageQuery, mailboxes: list[str], error: str | None = None) -> dict[str, Any]:
     """The search form: subject or address, mailbox, route and capture date (``GET /``)."""
 
-    def options(choices: dict[str, str], chosen: str) -> list[tuple[str, str, bool]]:
-        return [(v, label, v.lower() == chosen.lower()) for v, label in choices.items()]
+    def select(name: str, title: str, anything: str, choices: dict[str, str]) -> tuple[Any, ...]:
+        chosen = query.value(name).lower()
+        return name, title, anything, [(v, t, v.lower() == chosen) for v, t in choices.items()]
 
     return {
         **{name: query.value(name) for name in ("q", "since", "until")},
-        "mailboxes": options({box: box for box in mailboxes}, query.value("mailbox")),
-        "routes": options({r: _SEARCH_ROUTES[r] for r in ROUTES}, query.value("route")),
+        "selects": [
+            select("mailbox", "Mailbox", "All mailboxes", {box: box for box in mailboxes}),
+            select("route", "Route", "Any route", {r: _SEARCH_ROUTES[r] for r in ROUTES}),
+        ],
         "reset": bool(query),
         "error": error,
     }
@@ -269,6 +272,7 @@ def message(
         "reports": [(r.id, r.subject or "(no subject)") for r in reports],
         "images": images,
         "document": None if message.html is None else frame_document(message, base, images),
+        "frames": [("desktop", "Desktop, 800 px", "body"), ("phone", "Phone, 375 px", "phone")],
         "log": log(log_rows, len(log_rows)),
         "text": message.text,
         "attachments": attachments,

@@ -163,12 +163,10 @@ class MailboxBudgets:
         self,
         limits: Mapping[str, float | None] | None = None,
         time_scale: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.Lock()
         self._limits = {**DEFAULT_LIMITS, **checked_limits(limits or {})}
         self._time_scale = checked_time_scale(time_scale)
-        self._clock = clock
         self._windows: dict[tuple[str, object], _Window] = {}
         self._refused: dict[tuple[str, str], int] = {}
 
@@ -179,8 +177,16 @@ class MailboxBudgets:
         with self._lock:
             return dict(self._limits)
 
-    def set_limits(self, changes: Mapping[str, float | None]) -> None:
-        checked = checked_limits(changes)
+    def set_limits(
+        self, limits: Mapping[str, float | None] | None = None, /, **changes: float | None
+    ) -> None:
+        """Change some limits, e.g. ``set_limits(REQUESTS_PER_10_MINUTES=5)``; others stay.
+
+        Keys: ``CONCURRENT_REQUESTS`` (4), ``REQUESTS_PER_10_MINUTES`` (10,000),
+        ``UPLOAD_MB_PER_5_MINUTES`` (150, MB of 2**20 bytes, fractions allowed) and
+        ``RECIPIENTS_PER_24_HOURS`` (10,000); None lifts one. What was spent stays spent.
+        """
+        checked = checked_limits({**(limits or {}), **changes})
         with self._lock:
             self._limits.update(checked)
 
@@ -225,7 +231,7 @@ class MailboxBudgets:
     def spend_request(self, owner: Owner, upload_bytes: int) -> Refusal | None:
         """Admit one request of ``upload_bytes`` for ``owner``, or say which budget refuses."""
         with self._lock:
-            now = self._clock()
+            now = time.monotonic()
             requests, span, limit = self._window("requests", owner, now)
             wait = requests.wait(now, span, limit, 1)
             if wait is not None:
@@ -241,7 +247,7 @@ class MailboxBudgets:
     def spend_recipients(self, mailbox: str, count: int) -> Refusal | None:
         """Admit a message to ``count`` recipients from ``mailbox`` (any application)."""
         with self._lock:
-            now = self._clock()
+            now = time.monotonic()
             window, span, limit = self._window("recipients", mailbox, now)
             wait = window.wait(now, span, limit, count)
             if wait is not None:
@@ -278,7 +284,7 @@ class MailboxBudgets:
         Upload is in bytes (``limit`` too); recipients are the mailbox's, whatever app sent.
         """
         with self._lock:
-            now = self._clock()
+            now = time.monotonic()
             used: dict[str, dict[str, float | None]] = {}
             for budget in WINDOWS:
                 key: object = owner[1] if budget == "recipients" else owner
@@ -289,7 +295,7 @@ class MailboxBudgets:
     def owners(self) -> list[Owner]:
         """Every (application, mailbox) that spent from its budgets in their windows."""
         with self._lock:
-            now = self._clock()
+            now = time.monotonic()
             found: list[Owner] = []
             for (budget, key), _ in list(self._windows.items()):
                 if budget == "recipients" or not isinstance(key, tuple):
@@ -306,22 +312,16 @@ class TenantWindow:
 
     The window is scaled by the emulator's ``time_scale`` like the mailbox budgets."""
 
-    def __init__(
-        self,
-        limit: int,
-        seconds: float,
-        time_scale: Callable[[], float],
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, limit: int, seconds: float, time_scale: Callable[[], float]) -> None:
         self._lock = threading.Lock()
         self._window = _Window()
         self.limit, self.seconds = limit, seconds
-        self._time_scale, self._clock = time_scale, clock
+        self._time_scale = time_scale
 
     def spend(self) -> Refusal | None:
         """Admit one request, or the refusal with the (scaled) seconds until one fits."""
         with self._lock:
-            now, span = self._clock(), self.seconds * self._time_scale()
+            now, span = time.monotonic(), self.seconds * self._time_scale()
             self._window.prune(now, span)
             wait = self._window.wait(now, span, self.limit, 1)
             if wait is not None:

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from email import policy
 from email.header import decode_header, make_header
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import getaddresses
 from typing import Any
@@ -169,13 +169,9 @@ def screen_mime(raw: bytes, mailbox: User, request_id: str) -> Screened:
     headers = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
     if not headers.keys():
         raise mime_invalid()
-    sender = _screen_addresses(headers.get_all("From", []))
-    recipients = [
-        *_screen_addresses(headers.get_all("To", [])),
-        *_screen_addresses(headers.get_all("Cc", [])),
-        *_screen_addresses(headers.get_all("Bcc", [])),
-    ]
-    _screen_addresses(headers.get_all("Reply-To", []))
+    sender = _screen_addresses(headers, "From")
+    recipients = [a for name in ("To", "Cc", "Bcc") for a in _screen_addresses(headers, name)]
+    _screen_addresses(headers, "Reply-To")
     return Screened(
         mailbox=mailbox,
         raw=raw,
@@ -197,10 +193,10 @@ def _decoded(value: Any) -> str:
         return str(value)
 
 
-def _screen_addresses(values: list[Any]) -> list[str]:
-    """Bare addresses of raw header values; a malformed one refuses the message."""
+def _screen_addresses(headers: Message, field: str) -> list[str]:
+    """Bare addresses of every raw ``field`` header; a malformed one refuses the message."""
     found = []
-    for name, address in getaddresses([str(value) for value in values]):
+    for name, address in getaddresses([str(value) for value in headers.get_all(field, [])]):
         if not valid_address(address):
             raise invalid_recipient(address or name)
         found.append(address)
@@ -349,57 +345,21 @@ FILE_ATTACHMENT = "#microsoft.graph.fileAttachment"
 #: The properties and relationships of Graph's message resource (v1.0); others are refused.
 MESSAGE_PROPERTIES = frozenset(
     {
-        "@odata.type",
-        "attachments",
-        "bccRecipients",
-        "body",
-        "bodyPreview",
-        "categories",
-        "ccRecipients",
-        "changeKey",
-        "conversationId",
-        "conversationIndex",
-        "createdDateTime",
-        "extensions",
-        "flag",
-        "from",
-        "hasAttachments",
-        "id",
-        "importance",
-        "inferenceClassification",
-        "internetMessageHeaders",
-        "internetMessageId",
-        "isDeliveryReceiptRequested",
-        "isDraft",
-        "isRead",
-        "isReadReceiptRequested",
-        "lastModifiedDateTime",
-        "multiValueExtendedProperties",
-        "parentFolderId",
-        "receivedDateTime",
-        "replyTo",
-        "sender",
-        "sentDateTime",
-        "singleValueExtendedProperties",
-        "subject",
-        "toRecipients",
-        "uniqueBody",
-        "webLink",
+        *("@odata.type", "attachments", "bccRecipients", "body", "bodyPreview", "categories"),
+        *("ccRecipients", "changeKey", "conversationId", "conversationIndex", "createdDateTime"),
+        *("extensions", "flag", "from", "hasAttachments", "id", "importance"),
+        *("inferenceClassification", "internetMessageHeaders", "internetMessageId"),
+        *("isDeliveryReceiptRequested", "isDraft", "isRead", "isReadReceiptRequested"),
+        *("lastModifiedDateTime", "multiValueExtendedProperties", "parentFolderId"),
+        *("receivedDateTime", "replyTo", "sender", "sentDateTime"),
+        *("singleValueExtendedProperties", "subject", "toRecipients", "uniqueBody", "webLink"),
     }
 )
 #: The properties of Graph's fileAttachment resource.
 FILE_ATTACHMENT_PROPERTIES = frozenset(
     {
-        "@odata.type",
-        "contentBytes",
-        "contentId",
-        "contentLocation",
-        "contentType",
-        "id",
-        "isInline",
-        "lastModifiedDateTime",
-        "name",
-        "size",
+        *("@odata.type", "contentBytes", "contentId", "contentLocation", "contentType", "id"),
+        *("isInline", "lastModifiedDateTime", "name", "size"),
     }
 )
 IMPORTANCES = ("low", "normal", "high")
@@ -432,10 +392,10 @@ def from_json(payload: Any, raw: bytes, mailbox: User, request_id: str) -> SentM
     if importance.lower() not in IMPORTANCES:
         raise body_read_error(f"Requested value '{importance}' was not found.")
     headers = _json_headers(message.get("internetMessageHeaders"))
-    to = _recipients(message, "toRecipients")
-    cc = _recipients(message, "ccRecipients")
-    bcc = _recipients(message, "bccRecipients")
-    reply_to = _recipients(message, "replyTo")
+    to, cc, bcc, reply_to = (
+        _recipients(message, key)
+        for key in ("toRecipients", "ccRecipients", "bccRecipients", "replyTo")
+    )
     from_address = sender[0][0] if sender else mailbox.mail
     from_header = _format(*sender[0]) if sender else mailbox.mail
     summary = [

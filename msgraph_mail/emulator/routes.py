@@ -230,12 +230,8 @@ class GraphApi:
 
     def _handlers(self) -> dict[str, Callable[[Call], Response]]:
         """What answers each route of ``ROUTES``, each check in Graph's order."""
-        drafts, inboxes, traces, subscriptions = (
-            self.drafts,
-            self.inboxes,
-            self.traces,
-            self.subscriptions,
-        )
+        drafts, inboxes = self.drafts, self.inboxes
+        traces, subscriptions = self.traces, self.subscriptions
         return {
             "user_get": lambda c: self.get_user(c.request, c.token, c.key),
             "user_list": lambda c: self.list_users(c.request, c.token),
@@ -273,15 +269,8 @@ class GraphApi:
             raise bad_segment(route.bad)
         if route.kind == "other":
             raise method_not_allowed()
-        values = route.values
-        call = Call(
-            request,
-            token,
-            values.get("user", ""),
-            values.get("item", ""),
-            values.get("argument", ""),
-        )
-        return self.handlers[route.kind](call)
+        values = [route.values.get(name, "") for name in ("user", "item", "argument")]
+        return self.handlers[route.kind](Call(request, token, *values))
 
     def authenticate(self, request: Request) -> IssuedToken:
         """Graph's 401s: no bearer token, an unknown one, an expired or revoked one."""

@@ -28,16 +28,10 @@ from .http import Response, graph_time, json_response
 from .mail import Screened, SentMessage
 from .query import message_list_query
 
-#: The ``$select``able properties (lower-case name -> Graph's).
-_FIELDS = {
-    "id": "id",
-    "internetmessageid": "internetMessageId",
-    "sentdatetime": "sentDateTime",
-    "subject": "subject",
-    "isdraft": "isDraft",
-}
 #: What Graph returns without ``$select`` (of what the emulator keeps).
 _DEFAULT_FIELDS = ("id", "internetMessageId", "sentDateTime", "subject", "isDraft")
+#: The ``$select``able properties (lower-case name -> Graph's).
+_FIELDS = {name.lower(): name for name in _DEFAULT_FIELDS}
 
 
 def exchange_message_id() -> str:

@@ -17,17 +17,18 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qsl, unquote
 
-from .delivery import checked_outcome
+from .delivery import Deliveries, Delivery, checked_outcome
 from .directory import CLIENT_ID, CLIENT_SECRET, TENANT_DOMAIN, TENANT_ID, Tenant, User
-from .drafts import UPLOAD_PREFIX, Draft
+from .drafts import UPLOAD_PREFIX, Draft, DraftStore
 from .entra import (
     EmulatorCredential,
     RegisteredCertificate,
@@ -71,10 +72,64 @@ from .request_log import RecordedRequest, draft_of, error_code
 from .routes import KINDS, MAX_REQUEST_BYTES, TOKEN_PATH, GraphApi, bearer_token, kind_of, user_key
 from .sent_items import SentItem
 from .store import EmlStore
-from .subscriptions import Delivery
+from .subscriptions import Subscriptions
 
 HOST = "127.0.0.1"
 _DRAIN_CHUNK = 64 * 1024
+_G = TypeVar("_G")
+_S = TypeVar("_S")
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
+
+
+class _Knob(Generic[_G, _S]):
+    """A ``GraphEmulator`` attribute kept by one of its parts: read with ``get``, assigned
+    with ``put``; the attribute's type says what it holds and what it may be assigned."""
+
+    def __init__(self, get: Callable[[Any], _G], put: Callable[[Any, _S], None], doc: str) -> None:
+        self.get, self.put, self.__doc__ = get, put, doc
+
+    def __get__(self, emulator: object, owner: object = None) -> _G:
+        return self.get(emulator) if emulator is not None else cast(_G, self)
+
+    def __set__(self, emulator: object, value: _S) -> None:
+        self.put(emulator, value)
+
+
+def _kept(path: str, doc: str, check: Callable[[Any], Any] = lambda v: v) -> _Knob[Any, Any]:
+    """The part's attribute at ``path`` from the emulator (``"_tenant.roles"``); what is
+    assigned goes through ``check`` first."""
+    parent, _, name = path.rpartition(".")
+
+    def put(emulator: object, value: object) -> None:
+        setattr(attrgetter(parent)(emulator), name, check(value))
+
+    return _Knob(attrgetter(path), put, doc)
+
+
+def _rbac(role: str, note: str) -> _Knob[set[str] | None, Iterable[str] | None]:
+    """Where the app holds an Exchange RBAC role; None: nowhere."""
+    doc = f'Mailboxes (ids or addresses) the app holds Exchange "Application {role}" on{note}'
+    return _Knob(lambda e: e._tenant.rbac[role], lambda e, s: e._tenant.set_rbac(role, s), doc)
+
+
+def _delay(seconds: float) -> float:
+    if seconds < 0:
+        raise ValueError("delivery_delay is seconds: >= 0")
+    return float(seconds)
+
+
+class _Forward(Generic[_P, _R]):
+    """A ``GraphEmulator`` method that is one of its parts' methods: same signature, same doc."""
+
+    def __init__(self, part: str, method: Callable[Concatenate[Any, _P], _R]) -> None:
+        self.function, self.__doc__ = method, method.__doc__
+        self.bound = attrgetter(f"{part}.{method.__name__}")
+
+    def __get__(self, emulator: object, owner: object = None) -> Callable[_P, _R]:
+        """The part's bound method; on the class, its function (for help() and signatures)."""
+        found = self.function if emulator is None else self.bound(emulator)
+        return cast(Callable[_P, _R], found)
 
 
 @dataclass
@@ -316,6 +371,7 @@ class GraphEmulator:
         self._thread: threading.Thread | None = None
         self._graph = GraphApi(self._tenant, self._tokens, lambda: self.url, self._deliver)
         self._faults = FaultPlan()
+        self._faults.changed = lambda: self.events.publish("faults", {})
         self._gate = MailboxGate()
         self._budgets = MailboxBudgets(limits, time_scale)
         self._graph.before_send = self._graph.drafts.before_send = self._spend_recipients
@@ -398,44 +454,21 @@ class GraphEmulator:
 
     # tenant -------------------------------------------------------------------------------
 
-    @property
-    def roles(self) -> list[str]:
-        """Application roles put into tokens issued from now on."""
-        return self._tenant.roles
-
-    @roles.setter
-    def roles(self, roles: Iterable[str]) -> None:
-        self._tenant.roles = list(roles)
-
-    @property
-    def rbac_readwrite_scope(self) -> set[str] | None:
-        """Mailboxes the app holds Exchange "Application Mail.ReadWrite" on (drafts)."""
-        return self._tenant.rbac["Mail.ReadWrite"]
-
-    @rbac_readwrite_scope.setter
-    def rbac_readwrite_scope(self, scope: Iterable[str] | None) -> None:
-        self._tenant.set_rbac("Mail.ReadWrite", scope)
-
-    @property
-    def rewrite_message_ids(self) -> bool:
+    roles: _Knob[list[str], Iterable[str]] = _kept(
+        "_tenant.roles", "Application roles put into tokens issued from now on."
+    )
+    rbac_scope = _rbac("Mail.Send", ".")
+    rbac_readwrite_scope = _rbac("Mail.ReadWrite", " (drafts).")
+    rbac_read_scope = _rbac(
+        "Mail.ReadBasic", ": their Sent Items may be listed without Mail.ReadBasic.All."
+    )
+    rewrite_message_ids: _Knob[bool, object] = _kept(
+        "_graph.sent_items.rewrite_message_ids",
         """Messages travel with a Message-ID of Exchange's own, not the MIME's: in Sent Items,
         in NDRs and in message trace (a tenant that rewrites it; whether Exchange keeps it is
-        UNCONFIRMED)."""
-        return self._graph.sent_items.rewrite_message_ids
-
-    @rewrite_message_ids.setter
-    def rewrite_message_ids(self, value: bool) -> None:
-        self._graph.sent_items.rewrite_message_ids = bool(value)
-
-    @property
-    def rbac_read_scope(self) -> set[str] | None:
-        """Mailboxes (ids or addresses) the Exchange RBAC role "Application Mail.ReadBasic"
-        covers: their Sent Items may be listed without Mail.ReadBasic.All."""
-        return self._tenant.rbac["Mail.ReadBasic"]
-
-    @rbac_read_scope.setter
-    def rbac_read_scope(self, scope: Iterable[str] | None) -> None:
-        self._tenant.set_rbac("Mail.ReadBasic", scope)
+        UNCONFIRMED).""",
+        bool,
+    )
 
     def sent_items(self, mailbox: str | None = None) -> list[SentItem]:
         """The Sent Items copies of every mailbox, or of one (an address or id), oldest first."""
@@ -446,10 +479,7 @@ class GraphEmulator:
         """Drafts still in the mailboxes (created, not yet sent or deleted)."""
         return self._graph.drafts.drafts
 
-    def store_partial_chunks(self, *keep: int) -> None:
-        """The next upload chunks store only their first ``keep`` bytes; with
-        ``fail_next("reset_after", on="upload_chunk")``: a chunk broken off midway."""
-        self._graph.drafts.store_partial(*keep)
+    store_partial_chunks = _Forward("_graph.drafts", DraftStore.store_partial)
 
     # after the 202: delivery, reports, message trace ------------------------------------
 
@@ -457,45 +487,37 @@ class GraphEmulator:
         """What became of each recipient of the message sent by request ``request_id``, as the
         message trace shows it now: status, and the code and diagnostic of a bounce or a
         deferral (the dev inbox's message page and ``/api/messages/<id>``)."""
-        now = time.monotonic()
-        for delivery in self._graph.deliveries.deliveries:
-            if delivery.message.request_id != request_id:
-                continue
-            return [
-                {
-                    "recipient": address,
-                    "status": delivery.status(outcome, now),
-                    "outcome": outcome.kind,
-                    "code": outcome.code,
-                    "diagnostic": outcome.diagnostic,
-                    "final_at": delivery.finished.isoformat(),
-                }
-                for address, outcome in delivery.recipients
-            ]
-        return []
+        now, delivery = time.monotonic(), self._delivery(request_id)
+        if delivery is None:
+            return []
+        return [
+            {
+                "recipient": address,
+                "status": delivery.status(outcome, now),
+                "outcome": outcome.kind,
+                "code": outcome.code,
+                "diagnostic": outcome.diagnostic,
+                "final_at": delivery.finished.isoformat(),
+            }
+            for address, outcome in delivery.recipients
+        ]
 
     def reports_of(self, request_id: str) -> list[InboxMessage]:
         """The NDRs and delayed DSNs that message brought into its sender's Inbox."""
-        for delivery in self._graph.deliveries.deliveries:
-            if delivery.message.request_id == request_id:
-                wanted = f"Message-ID: {delivery.message_id}".encode()
-                mailbox = delivery.message.mailbox.id
-                return [m for m in self.inbox_messages(mailbox) if wanted in m.raw]
-        return []
+        delivery = self._delivery(request_id)
+        if delivery is None:
+            return []
+        wanted = f"Message-ID: {delivery.message_id}".encode()
+        return [m for m in self.inbox_messages(delivery.message.mailbox.id) if wanted in m.raw]
 
-    def subscriptions(self) -> list[dict[str, Any]]:
-        """The live change-notification subscriptions, as Graph shows them."""
-        return self._graph.subscriptions.listed()
+    def _delivery(self, request_id: str) -> Delivery | None:
+        """The delivery of the message sent by request ``request_id``."""
+        found = self._graph.deliveries.deliveries
+        return next((d for d in found if d.message.request_id == request_id), None)
 
-    def notifications(self, subscription_id: str | None = None) -> list[Delivery]:
-        """Every notification posted (or tried), with each attempt's (status, seconds,
-        error); ``delivered`` tells whether one attempt got a 2xx in time."""
-        return self._graph.subscriptions.deliveries(subscription_id)
-
-    def send_lifecycle(self, subscription_id: str, event: str) -> None:
-        """Post a lifecycle notification (``reauthorizationRequired``,
-        ``subscriptionRemoved``: also removes the subscription, ``missed``)."""
-        self._graph.subscriptions.send_lifecycle(subscription_id, event)
+    subscriptions = _Forward("_graph.subscriptions", Subscriptions.listed)
+    notifications = _Forward("_graph.subscriptions", Subscriptions.deliveries)
+    send_lifecycle = _Forward("_graph.subscriptions", Subscriptions.send_lifecycle)
 
     def set_delivery(
         self,
@@ -518,27 +540,19 @@ class GraphEmulator:
         """
         self._graph.deliveries.set_rule(target, checked_outcome(outcome, code, diagnostic))
 
-    def clear_delivery_rules(self) -> None:
-        """Drop every ``set_delivery`` rule; the built-in rules stay."""
-        self._graph.deliveries.clear_rules()
-
-    @property
-    def delivery_delay(self) -> float:
+    clear_delivery_rules = _Forward("_graph.deliveries", Deliveries.clear_rules)
+    delivery_delay: _Knob[float, float] = _kept(
+        "_graph.deliveries.delay",
         """Seconds from a message's acceptance to its recipients' final state and its reports
         in the sender's Inbox (half of it: trace status ``pending``). 5 by default; read when
-        a message is accepted; not scaled by ``time_scale``."""
-        return self._graph.deliveries.delay
-
-    @delivery_delay.setter
-    def delivery_delay(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("delivery_delay is seconds: >= 0")
-        self._graph.deliveries.delay = float(seconds)
+        a message is accepted; not scaled by ``time_scale``.""",
+        _delay,
+    )
 
     def deliver_to_inbox(self, mailbox: str, raw: bytes) -> InboxMessage:
         """Put ``raw`` (any bytes: a foreign DSN, an auto-reply, a malformed report) into the
         Inbox of ``mailbox`` (an id or any of its addresses), as arrived now."""
-        user = self._tenant.user(mailbox) or self._tenant.user(mailbox.lower())
+        user = self._user(mailbox)
         if user is None:
             raise ValueError(f"no mailbox {mailbox!r}")
         return self._graph.inboxes.add(user, raw)
@@ -548,57 +562,19 @@ class GraphEmulator:
         reports that are due included."""
         return self._graph.inboxes.messages(None if mailbox is None else self._mailbox_id(mailbox))
 
-    @property
-    def trace_service_principal(self) -> bool:
-        """The tenant holds the service principal message trace needs (False: Graph's 401)."""
-        return self._graph.traces.service_principal
-
-    @trace_service_principal.setter
-    def trace_service_principal(self, present: bool) -> None:
-        self._graph.traces.service_principal = bool(present)
-
-    @property
-    def rbac_scope(self) -> set[str] | None:
-        """Mailboxes (ids or addresses) the app holds Exchange "Application Mail.Send" on."""
-        return self._tenant.rbac["Mail.Send"]
-
-    @rbac_scope.setter
-    def rbac_scope(self, scope: Iterable[str] | None) -> None:
-        self._tenant.set_rbac("Mail.Send", scope)
-
-    def add_user(
-        self,
-        upn: str,
-        *,
-        mail: str | None = None,
-        aliases: Iterable[str] = (),
-        id: str | None = None,
-        display_name: str | None = None,
-        mailbox_enabled: bool = True,
-        send_as: Iterable[str] = (),
-    ) -> User:
-        """Add a user (and mailbox unless ``mailbox_enabled=False``) to the directory."""
-        return self._tenant.add_user(
-            upn,
-            mail=mail,
-            aliases=aliases,
-            id=id,
-            display_name=display_name,
-            mailbox_enabled=mailbox_enabled,
-            send_as=send_as,
-        )
+    trace_service_principal: _Knob[bool, object] = _kept(
+        "_graph.traces.service_principal",
+        "The tenant holds the service principal message trace needs (False: Graph's 401).",
+        bool,
+    )
+    add_user = _Forward("_tenant", Tenant.add_user)
 
     @property
     def users(self) -> list[User]:
         return self._tenant.users
 
-    def user(self, address_or_id: str) -> User | None:
-        """The user with this id or any of these SMTP addresses."""
-        return self._tenant.user(address_or_id)
-
-    def expire_tokens(self) -> None:
-        """Every token issued so far is refused from now on (401 InvalidAuthenticationToken)."""
-        self._tokens.expire_all()
+    user = _Forward("_tenant", Tenant.user)
+    expire_tokens = _Forward("_tokens", TokenStore.expire_all)
 
     def register_certificate(self, cert_pem: str | bytes) -> str:
         """Upload a PEM certificate to the app registration (Certificates & secrets), so
@@ -628,82 +604,28 @@ class GraphEmulator:
 
     # faults and limits --------------------------------------------------------------------
 
-    def fail_next(
-        self,
-        fault: str,
-        times: int = 1,
-        *,
-        on: str = "sendMail",
-        retry_after: float | None = 0.01,
-    ) -> None:
-        """Serve ``fault`` to the next ``times`` requests of kind ``on`` (before random ones).
-
-        Faults: "throttle" (429), "unavailable" (503), "gateway_timeout" (delivers, then
-        504), "gateway_timeout_lost" (504, nothing delivered), "expired_token" (401, the token
-        is revoked), "reset_before" / "reset_after" (TCP reset without a response, before or
-        after processing), "slow" (delivers, then waits ``slow_seconds`` before the 202),
-        "html_unavailable" (503 with an HTML page, as Exchange's front end serves it, and no
-        Retry-After), "bad_gateway" (delivers, then a gateway's 502 in plain text).
-        ``retry_after`` goes into the Retry-After header of 429 and of Graph's JSON 503.
-        """
-        self._faults.fail_next(fault, times, on, retry_after)
-        self.events.publish("faults", {})
-
-    def pending_faults(self, on: str = "sendMail") -> list[PlannedFault]:
-        """The faults ``fail_next`` queued for requests of kind ``on``, not yet served."""
-        return self._faults.pending(on)
-
-    def clear_faults(self, on: str | None = None) -> None:
-        """Drop the queued and random faults for ``on`` (None: every kind)."""
-        self._faults.clear(on)
-        self.events.publish("faults", {})
-
-    def fault_rate(
-        self,
-        rate: float,
-        faults: Sequence[str],
-        *,
-        on: str = "sendMail",
-        seed: int = 0,
-        retry_after: float | None = 0.01,
-    ) -> None:
-        """Fault each request of kind ``on`` with probability ``rate`` (0 stops it).
-
-        The fault is drawn from ``faults`` by a generator seeded with ``seed`` and restarted by
-        each call, so the same requests in the same order get the same faults every run.
-        """
-        self._faults.fault_rate(rate, faults, on, seed, retry_after)
+    fail_next = _Forward("_faults", FaultPlan.fail_next)
+    pending_faults = _Forward("_faults", FaultPlan.pending)
+    clear_faults = _Forward("_faults", FaultPlan.clear)
+    fault_rate = _Forward("_faults", FaultPlan.fault_rate)
 
     @property
     def faults_injected(self) -> list[InjectedFault]:
         """Every fault served so far, in order, with whether the message was delivered."""
         return self._faults.injected
 
-    @property
-    def mailbox_concurrency(self) -> int | None:
-        """Graph's 4 requests in flight per app + mailbox (``limits["CONCURRENT_REQUESTS"]``)."""
-        limit = self._budgets.limit("CONCURRENT_REQUESTS")
-        return None if limit is None else int(limit)
-
-    @mailbox_concurrency.setter
-    def mailbox_concurrency(self, limit: int | None) -> None:
-        self._budgets.set_limits({"CONCURRENT_REQUESTS": limit})
+    mailbox_concurrency: _Knob[int | None, int | None] = _Knob(
+        lambda e: None if (n := e._budgets.limit("CONCURRENT_REQUESTS")) is None else int(n),
+        lambda e, limit: e._budgets.set_limits(CONCURRENT_REQUESTS=limit),
+        """Graph's 4 requests in flight per app + mailbox (``limits["CONCURRENT_REQUESTS"]``).""",
+    )
 
     @property
     def limits(self) -> dict[str, float | None]:
         """The limits in force, keyed like the backend's setting (None: no limit)."""
         return self._budgets.limits
 
-    def set_limits(
-        self, limits: Mapping[str, float | None] | None = None, /, **changes: float | None
-    ) -> None:
-        """Change some limits, e.g. ``set_limits(REQUESTS_PER_10_MINUTES=5)``; others stay.
-
-        Keys: ``CONCURRENT_REQUESTS`` (4), ``REQUESTS_PER_10_MINUTES`` (10,000),
-        ``UPLOAD_MB_PER_5_MINUTES`` (150, MB of 2**20 bytes, fractions allowed) and
-        ``RECIPIENTS_PER_24_HOURS`` (10,000); None lifts one. What was spent stays spent.
-        """
-        self._budgets.set_limits({**(limits or {}), **changes})
+    set_limits = _Forward("_budgets", MailboxBudgets.set_limits)
 
     def reset_limits(self) -> None:
         """Graph's default limits again, every window empty and ``throttled()`` at zero."""
@@ -716,23 +638,17 @@ class GraphEmulator:
         self._budgets.clear()
         self._graph.traces.window.clear()
 
-    @property
-    def time_scale(self) -> float:
+    time_scale: _Knob[float, float] = _kept(
+        "_budgets.time_scale",
         """How long the emulator's windows last, as a fraction of Graph's: 0.001 makes the
-        10-minute window 0.6 s and the 24-hour one 86.4 s; Retry-After is scaled alike."""
-        return self._budgets.time_scale
-
-    @time_scale.setter
-    def time_scale(self, value: float) -> None:
-        self._budgets.time_scale = value
+        10-minute window 0.6 s and the 24-hour one 86.4 s; Retry-After is scaled alike.""",
+    )
 
     def throttled(self, mailbox: str | None = None) -> dict[str, int]:
         """429s answered for the limits so far, by reason: ``"concurrency"``,
         ``"requests"``, ``"upload"`` and ``"recipients"`` (every key present), for
         ``mailbox`` (an id or any address) or all mailboxes. Injected faults are not here."""
-        if mailbox is None:
-            return self._budgets.throttled(None)
-        return self._budgets.throttled(self._mailbox_id(mailbox))
+        return self._budgets.throttled(None if mailbox is None else self._mailbox_id(mailbox))
 
     def usage(self, mailbox: str, *, app: str = CLIENT_ID) -> dict[str, dict[str, float | None]]:
         """What ``app`` has used of ``mailbox``'s budgets now, each ``{"used", "limit"}``.
@@ -788,8 +704,12 @@ class GraphEmulator:
         """
         return self._gate.peak(None if mailbox is None else self._mailbox_id(mailbox))
 
+    def _user(self, mailbox: str) -> User | None:
+        """The user with this id or address, in any case."""
+        return self._tenant.user(mailbox) or self._tenant.user(mailbox.lower())
+
     def _mailbox_id(self, mailbox: str) -> str:
-        user = self._tenant.user(mailbox) or self._tenant.user(mailbox.lower())
+        user = self._user(mailbox)
         return user.id if user is not None else mailbox.lower()
 
     # records ------------------------------------------------------------------------------
@@ -846,19 +766,14 @@ class GraphEmulator:
         Configuration stays: users, grants, tokens, knobs, limits, delivery rules, and faults
         not yet served.
         """
+        self.clear_messages()
         with self._lock:
-            self._sent.clear()
             self._requests.clear()
             self._connections = 0
-        if self._store is not None:
-            self._store.clear()
         self._faults.forget_served()
         self._graph.drafts.clear()
-        self._graph.sent_items.clear()
         self._gate.forget_peaks()
         self.clear_budgets()
-        self._graph.deliveries.clear()
-        self._graph.inboxes.clear()
 
     # called by the server -----------------------------------------------------------------
 
@@ -1020,7 +935,6 @@ class GraphEmulator:
             request_id=request.request_id,
         )
         self._faults.served(record)
-        self.events.publish("faults", {})  # one fewer armed
 
     def _respond(self, request: Request, kind: str) -> Response:
         """Route to Entra or Graph; an emulator bug answers 500, never a hung client."""
@@ -1045,14 +959,6 @@ class GraphEmulator:
             failure = GraphError(500, "generalException", "An internal emulator error occurred.")
             return graph_error(request, failure)
 
-    def _applications_now(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._applications)
-
-    def _registered(self) -> list[RegisteredCertificate]:
-        with self._lock:
-            return list(self._certificates)
-
     def _token(self, request: Request, tenant: str) -> Response:
         try:
             if request.method != "POST":
@@ -1061,6 +967,8 @@ class GraphEmulator:
                 )
             check_tenant(tenant, strict=self.strict)
             form = dict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
+            with self._lock:
+                certificates, applications = list(self._certificates), dict(self._applications)
             body = grant_token(
                 form,
                 request.header("Authorization"),
@@ -1069,12 +977,12 @@ class GraphEmulator:
                 lifetime=self.token_lifetime,
                 store=self._tokens,
                 secret_expired=self.secret_expired,
-                certificates=self._registered(),
+                certificates=certificates,
                 audiences=[
                     f"{self.url}/{name}/oauth2/v2.0/token"
                     for name in {tenant, TENANT_ID, TENANT_DOMAIN}
                 ],
-                applications=self._applications_now(),
+                applications=applications,
                 strict=self.strict,
             )
         except EntraError as error:

@@ -210,7 +210,8 @@ class Subscriptions:
             self._post(subscription, subscription.notification_url, item)
 
     def send_lifecycle(self, subscription_id: str, event: str) -> None:
-        """Post a lifecycle notification; ``subscriptionRemoved`` also removes it."""
+        """Post a lifecycle notification (``reauthorizationRequired``,
+        ``subscriptionRemoved``: also removes the subscription, ``missed``)."""
         if event not in LIFECYCLE_EVENTS:
             raise ValueError(f"lifecycle events: {', '.join(sorted(LIFECYCLE_EVENTS))}")
         with self._lock:
@@ -228,10 +229,13 @@ class Subscriptions:
         self._post(subscription, url, item)
 
     def deliveries(self, subscription_id: str | None = None) -> list[Delivery]:
+        """Every notification posted (or tried), with each attempt's (status, seconds,
+        error); ``delivered`` tells whether one attempt got a 2xx in time."""
         with self._lock:
             return [d for d in self._log if subscription_id in (None, d.subscription_id)]
 
     def listed(self) -> list[dict[str, Any]]:
+        """The live change-notification subscriptions, as Graph shows them."""
         return [s.graph() for s in self._live(None)]
 
     def _post(self, subscription: Subscription, url: str, item: dict[str, Any]) -> None:
