@@ -41,13 +41,25 @@ FULL_READ_ROLES = frozenset({"Mail.Read", "Mail.ReadWrite"})
 
 #: Properties Graph returns for a user when no ``$select`` is given.
 DEFAULT_PROPERTIES = (
-    *("businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone"),
-    *("officeLocation", "preferredLanguage", "surname", "userPrincipalName", "id"),
+    "businessPhones",
+    "displayName",
+    "givenName",
+    "jobTitle",
+    "mail",
+    "mobilePhone",
+    "officeLocation",
+    "preferredLanguage",
+    "surname",
+    "userPrincipalName",
+    "id",
 )
 #: Every property the emulator can ``$select`` (canonical Graph spelling).
 SELECTABLE_PROPERTIES = (
     *DEFAULT_PROPERTIES,
-    *("proxyAddresses", "accountEnabled", "userType", "otherMails"),
+    "proxyAddresses",
+    "accountEnabled",
+    "userType",
+    "otherMails",
 )
 
 

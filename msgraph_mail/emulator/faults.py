@@ -22,8 +22,14 @@ from .errors import EntraError, GraphError, unauthenticated
 #: Faults answered as Graph answers (its JSON errors) or not at all, in the order the
 #: documentation lists them.
 FAULTS = (
-    *("throttle", "unavailable", "gateway_timeout", "gateway_timeout_lost", "expired_token"),
-    *("reset_before", "reset_after", "slow"),
+    "throttle",
+    "unavailable",
+    "gateway_timeout",
+    "gateway_timeout_lost",
+    "expired_token",
+    "reset_before",
+    "reset_after",
+    "slow",
 )
 #: Faults answered with what a front end or gateway serves instead of Graph's JSON error:
 #: an HTML 503 without Retry-After, a plain-text 502 (after delivering: it may have been
@@ -34,9 +40,22 @@ PAGE_FAULT_NAMES = ("html_unavailable", "bad_gateway")
 ALL_FAULTS = FAULTS + PAGE_FAULT_NAMES
 #: Request kinds (as ``emu.count()`` names them) a fault can be aimed at.
 FAULT_KINDS = (
-    *("sendMail", "token", "user_list", "user_get", "draft_create", "attachment"),
-    *("upload_session", "upload_chunk", "draft_send", "draft_delete", "sent_items"),
-    *("inbox_delta", "message_get", "message_value", "message_trace", "message_trace_detail"),
+    "sendMail",
+    "token",
+    "user_list",
+    "user_get",
+    "draft_create",
+    "attachment",
+    "upload_session",
+    "upload_chunk",
+    "draft_send",
+    "draft_delete",
+    "sent_items",
+    "inbox_delta",
+    "message_get",
+    "message_value",
+    "message_trace",
+    "message_trace_detail",
 )
 #: Faults that let the request be processed normally first (the work is done, then lost).
 PROCESSING_FAULTS = frozenset({"gateway_timeout", "reset_after", "slow", "bad_gateway"})

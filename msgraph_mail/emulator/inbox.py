@@ -44,8 +44,14 @@ from .store import as_eml
 from .workbench import Emulator
 
 _PREFIXES = (
-    *("/api/messages", "/api/budgets", "/api/requests", "/api/faults", "/api/events"),
-    *("/messages/", "/reports/", "/static/"),
+    "/api/messages",
+    "/api/budgets",
+    "/api/requests",
+    "/api/faults",
+    "/api/events",
+    "/messages/",
+    "/reports/",
+    "/static/",
 )
 #: The server-sent events stream; the server answers it itself (it never ends).
 EVENTS_PATH = "/api/events"

@@ -55,9 +55,20 @@ _TAGS = re.compile(r"<[^>]*>")
 _FIELDS = {
     name.lower(): name
     for name in (
-        *("id", "createdDateTime", "receivedDateTime", "sentDateTime", "subject", "bodyPreview"),
-        *("importance", "parentFolderId", "from", "sender", "toRecipients", "internetMessageId"),
-        *("isRead", "hasAttachments"),
+        "id",
+        "createdDateTime",
+        "receivedDateTime",
+        "sentDateTime",
+        "subject",
+        "bodyPreview",
+        "importance",
+        "parentFolderId",
+        "from",
+        "sender",
+        "toRecipients",
+        "internetMessageId",
+        "isRead",
+        "hasAttachments",
     )
 }
 

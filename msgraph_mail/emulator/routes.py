@@ -98,10 +98,26 @@ _PATTERNS = [
 _KEYED = re.compile(r"(users|mailFolders)\('((?:[^']|'')*)'\)", re.IGNORECASE)
 #: Request kinds, as ``emu.count()`` names them (the upload URL's and the token's included).
 KINDS = (
-    *("token", "user_get", "user_list", "sendMail", "draft_create", "attachment"),
-    *("upload_session", "draft_send", "draft_delete", "message_list", "sent_items"),
-    *("upload_chunk", "upload_cancel", "upload_status", "inbox_delta", "message_get"),
-    *("message_value", "message_trace", "message_trace_detail", "other"),
+    "token",
+    "user_get",
+    "user_list",
+    "sendMail",
+    "draft_create",
+    "attachment",
+    "upload_session",
+    "draft_send",
+    "draft_delete",
+    "message_list",
+    "sent_items",
+    "upload_chunk",
+    "upload_cancel",
+    "upload_status",
+    "inbox_delta",
+    "message_get",
+    "message_value",
+    "message_trace",
+    "message_trace_detail",
+    "other",
 )
 
 
