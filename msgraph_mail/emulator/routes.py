@@ -96,27 +96,13 @@ _PATTERNS = [
     for kind, method, path in ROUTES
 ]
 _KEYED = re.compile(r"(users|mailFolders)\('((?:[^']|'')*)'\)", re.IGNORECASE)
-#: Request kinds, as ``emu.count()`` names them (the upload URL's and the token's included).
+#: Request kinds, as ``emu.count()`` names them: the token's, the routes', the upload URL's.
 KINDS = (
     "token",
-    "user_get",
-    "user_list",
-    "sendMail",
-    "draft_create",
-    "attachment",
-    "upload_session",
-    "draft_send",
-    "draft_delete",
-    "message_list",
-    "sent_items",
+    *(kind for kind, _, _ in ROUTES),
     "upload_chunk",
     "upload_cancel",
     "upload_status",
-    "inbox_delta",
-    "message_get",
-    "message_value",
-    "message_trace",
-    "message_trace_detail",
     "other",
 )
 
