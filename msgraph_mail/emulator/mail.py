@@ -93,10 +93,7 @@ class SentMessage:
 
     def header(self, name: str) -> str | None:
         """First top-level header called ``name`` (case-insensitive), decoded."""
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
+        return _first_header(self.headers, name)
 
     @property
     def recipients(self) -> list[str]:
