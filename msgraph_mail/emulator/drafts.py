@@ -289,21 +289,20 @@ class DraftStore:
 
     # the upload URL -----------------------------------------------------------------------
 
+    def _session(self, path: str) -> UploadSession | None:
+        """The upload session open at ``path`` (an upload URL's path), if any."""
+        with self._lock:
+            return self._sessions.get(path[len(UPLOAD_PREFIX) :].strip("/"))
+
     def session_draft(self, path: str) -> str | None:
         """The id of the draft whose upload session is at ``path``, if it is open."""
-        if not path.startswith(UPLOAD_PREFIX):
-            return None
-        with self._lock:
-            session = self._sessions.get(path[len(UPLOAD_PREFIX) :].strip("/"))
-            return session.draft.id if session is not None else None
+        session = self._session(path) if path.startswith(UPLOAD_PREFIX) else None
+        return session.draft.id if session is not None else None
 
     def session_owner(self, path: str) -> tuple[str, str] | None:
         """(application id, mailbox id) of the upload session at ``path``, if it is open."""
-        with self._lock:
-            session = self._sessions.get(path[len(UPLOAD_PREFIX) :].strip("/"))
-            if session is None:
-                return None
-            return session.app_id, session.draft.mailbox.id
+        session = self._session(path)
+        return (session.app_id, session.draft.mailbox.id) if session is not None else None
 
     def upload(self, request: Request) -> Response:
         """``PUT`` a chunk to, or ``DELETE``, an upload session (pre-authenticated URL)."""
@@ -314,9 +313,7 @@ class DraftStore:
                 "The upload URL is pre-authenticated: send the request without an "
                 "Authorization header.",
             )
-        session_id = request.path[len(UPLOAD_PREFIX) :].strip("/")
-        with self._lock:
-            session = self._sessions.get(session_id)
+        session = self._session(request.path)
         token = dict(request.query).get("authtoken")
         if session is None:
             raise item_not_found()
@@ -441,14 +438,9 @@ def assemble_mime(raw: bytes, attachments: list[Attachment]) -> bytes:
             parts = b"".join(_part(a, existing) for a in attachments)
             return raw[:at] + parts + raw[at:]
     head, body = _split_head(raw)
-    outer: list[bytes] = []
-    inner: list[bytes] = []
-    for name, field_bytes in _fields(head):
-        if name.startswith("content-") or name == "mime-version":
-            if name != "mime-version":
-                inner.append(field_bytes)
-        else:
-            outer.append(field_bytes)
+    fields = _fields(head)
+    outer = [f for name, f in fields if not name.startswith("content-") and name != "mime-version"]
+    inner = [f for name, f in fields if name.startswith("content-")]
     return b"".join(
         [
             *outer,

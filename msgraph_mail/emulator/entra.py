@@ -94,10 +94,8 @@ class TokenStore:
         if role_list:  # Entra omits the claim when nothing was consented
             claims["roles"] = list(role_list)
         header = {"typ": "JWT", "alg": "RS256", "kid": "emulator"}
-        token = ".".join(
-            (_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode())),
-        )
-        token += "." + _b64url(secrets.token_bytes(64))
+        parts = (json.dumps(header).encode(), json.dumps(claims).encode(), secrets.token_bytes(64))
+        token = ".".join(_b64url(part) for part in parts)
         issued = IssuedToken(token, role_list, time.time() + lifetime, app_id=app_id)
         with self._lock:
             self._tokens[token] = issued
@@ -371,10 +369,8 @@ def check_assertion(
             raise ValueError("not signed")
     except (ValueError, binascii.Error):
         raise _invalid_client(50027, "JWT token is invalid or malformed.", 400) from None
-    if (
-        str(claims.get("iss", "")).lower() != client_id.lower()
-        or str(claims.get("sub", "")).lower() != client_id.lower()
-    ):
+    claimed = {str(claims.get(name, "")).lower() for name in ("iss", "sub")}
+    if claimed != {client_id.lower()}:
         raise _invalid_client(
             700021,
             "Client assertion application identifier doesn't match 'client_id' parameter. "
@@ -393,23 +389,19 @@ def check_assertion(
     x5t, x5t_s256 = header.get("x5t"), header.get("x5t#S256")
     used = next((c for c in certificates if x5t_s256 == c.x5t_s256 or x5t == c.x5t), None)
     if used is None:
-        raise _invalid_client(
-            700027,
+        raise _key_refused(
             "The certificate with identifier used to sign the client assertion is not "
-            f"registered on application. [Reason - The key was not found., Thumbprint of key "
-            f"used by client: '{_thumbprint_hex(header)}']",
+            "registered on application.",
+            "The key was not found.",
+            _thumbprint_hex(header),
         )
     algorithms: dict[str, Any] = {
         "PS256": padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
         "RS256": padding.PKCS1v15(),
     }
     if header.get("alg") not in algorithms:
-        raise _invalid_client(
-            700027,
-            f"Client assertion contains an invalid signature. [Reason - The algorithm "
-            f"'{header.get('alg')}' is not supported., Thumbprint of key used by client: "
-            f"'{used.thumbprint}']",
-        )
+        reason = f"The algorithm '{header.get('alg')}' is not supported."
+        raise _key_refused(_BAD_SIGNATURE, reason, used.thumbprint)
     try:
         used.public_key.verify(
             signature,
@@ -418,19 +410,10 @@ def check_assertion(
             hashes.SHA256(),
         )
     except InvalidSignature:
-        raise _invalid_client(
-            700027,
-            "Client assertion contains an invalid signature. [Reason - The provided signature "
-            f"value did not match the expected signature value., Thumbprint of key used by "
-            f"client: '{used.thumbprint}']",
-        ) from None
-    now = time.time()
-    if now > used.not_after:
-        raise _invalid_client(
-            700027,
-            "Client assertion contains an invalid signature. [Reason - The key used is "
-            f"expired., Thumbprint of key used by client: '{used.thumbprint}']",
-        )
+        reason = "The provided signature value did not match the expected signature value."
+        raise _key_refused(_BAD_SIGNATURE, reason, used.thumbprint) from None
+    if time.time() > used.not_after:
+        raise _key_refused(_BAD_SIGNATURE, "The key used is expired.", used.thumbprint)
     _check_time_range(claims)
     if str(claims.get("aud", "")).rstrip("/") not in audiences:
         raise _invalid_client(
@@ -457,6 +440,16 @@ def _check_time_range(claims: Mapping[str, Any]) -> None:
             "https://aka.ms/certCreds.",
             400,
         )
+
+
+_BAD_SIGNATURE = "Client assertion contains an invalid signature."
+
+
+def _key_refused(problem: str, reason: str, thumbprint: str) -> EntraError:
+    """AADSTS700027 about the key that signed the assertion, in Entra's words."""
+    return _invalid_client(
+        700027, f"{problem} [Reason - {reason}, Thumbprint of key used by client: '{thumbprint}']"
+    )
 
 
 def _thumbprint_hex(header: Mapping[str, Any]) -> str:

@@ -74,7 +74,7 @@ def settings_snippet(emulator: Emulator) -> str:
     Strict: the emulator's own tenant and application. Permissive (the CLI's default): the
     developer's own settings, with only GRAPH_URL and AUTHORITY_URL pointed here.
     """
-    if _has_mailers():
+    if django.VERSION >= (6, 1):  # Django configures mail with MAILERS from 6.1 on
         if emulator.strict:
             settings = emulator.settings().items()
             lines = [f"        {json.dumps(k.lower())}: {json.dumps(v)}," for k, v in settings]
@@ -109,11 +109,6 @@ def settings_snippet(emulator: Emulator) -> str:
         f'    "AUTHORITY_URL": "{emulator.url}",\n'
         "}"
     )
-
-
-def _has_mailers() -> bool:
-    """Whether the installed Django configures mail with ``MAILERS`` (6.1 and later)."""
-    return bool(django.VERSION >= (6, 1))
 
 
 def serves(path: str) -> bool:
@@ -178,12 +173,10 @@ class Inbox:
         if (request.header("Host") or "").lower() not in self._hosts():
             return _text(403, "The inbox answers on 127.0.0.1 and localhost only.")
         origin = request.header("Origin")
-        if request.method != "GET" and origin is not None and origin not in self._origins():
+        origins = [f"http://{host}" for host in self._hosts()]
+        if request.method != "GET" and origin is not None and origin not in origins:
             return _text(403, "Cross-site requests may not change the inbox.")
         return None
-
-    def _origins(self) -> tuple[str, ...]:
-        return tuple(f"http://{host}" for host in self._hosts())
 
     def _base(self, request: Request) -> str:
         return f"http://{(request.header('Host') or '').lower()}"
@@ -230,20 +223,14 @@ class Inbox:
     ) -> list[tuple[RecordedRequest, str | None]]:
         """Every request, newest first, with the id of the message it carried (if any);
         with ``message_id``, only the requests that carried that message."""
-        by_request: dict[str, str] = {}
-        by_draft: dict[str, str] = {}
-        for message in self.emulator.sent:
-            by_request[message.request_id] = message.id
-            if message.draft_id:
-                by_draft[message.draft_id] = message.id
-        rows = []
-        for record in reversed(self.emulator.requests):
-            carried = by_request.get(record.request_id) or (
-                by_draft.get(record.draft) if record.draft else None
-            )
-            if message_id is None or carried == message_id:
-                rows.append((record, carried))
-        return rows
+        sent = self.emulator.sent
+        by_request = {message.request_id: message.id for message in sent}
+        by_draft = {message.draft_id: message.id for message in sent if message.draft_id}
+        rows = [
+            (record, by_request.get(record.request_id) or by_draft.get(record.draft or ""))
+            for record in reversed(self.emulator.requests)
+        ]
+        return [row for row in rows if message_id in (None, row[1])]
 
     def _clear_page(self, request: Request, match: re.Match[str]) -> Response:
         self.emulator.clear_messages()
