@@ -255,9 +255,8 @@ def build_report(delivery: Delivery, rows: list[tuple[str, Outcome]], *, delayed
     report["From"] = NDR_FROM
     report["To"] = delivery.message.mailbox.mail
     report["Date"] = format_datetime(delivery.finished)
-    report["Subject"] = f"{'Delivery delayed' if delayed else 'Undeliverable'}: " + (
-        delivery.message.subject
-    )
+    kind = "Delivery delayed" if delayed else "Undeliverable"
+    report["Subject"] = f"{kind}: {delivery.message.subject}"
     report["Message-ID"] = exchange_message_id()
     report["Auto-Submitted"] = "auto-replied"  # RFC 3834; UNCONFIRMED that Exchange sets it
     report["MIME-Version"] = "1.0"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import re
 import secrets
 import threading
@@ -91,11 +92,8 @@ class UploadSession:
     id: str
     token: str
     draft: Draft
-    name: str
-    content_type: str
     size: int
-    inline: bool
-    content_id: str | None
+    attachment: Callable[[bytes], Attachment]  # the uploaded bytes as the item described them
     expires: datetime
     data: bytearray = field(default_factory=bytearray, repr=False)
     app_id: str = ""  # the application that created it: its chunk PUTs spend that app's budgets
@@ -211,8 +209,7 @@ class DraftStore:
         return json_response(200, {"@odata.context": context, "value": values})
 
     def create_upload_session(self, request: Request, draft: Draft, app_id: str = "") -> Response:
-        item = _attachment_item(request)
-        size = item["size"]
+        size, attachment = _attachment_item(request)
         if size < MIN_UPLOAD_SESSION_BYTES:
             raise GraphError(
                 400,
@@ -227,7 +224,8 @@ class DraftStore:
             id=uuid.uuid4().hex,
             token=secrets.token_urlsafe(24),
             draft=draft,
-            **item,
+            size=size,
+            attachment=attachment,
             expires=datetime.now(timezone.utc) + SESSION_LIFETIME,
             app_id=app_id,
         )
@@ -360,15 +358,7 @@ class DraftStore:
             if done:
                 del self._sessions[session.id]
                 attachment_id = _attachment_id()
-                session.draft.attachments.append(
-                    Attachment.of(
-                        bytes(session.data),
-                        filename=session.name,
-                        content_type=session.content_type,
-                        content_id=session.content_id,
-                        inline=session.inline,
-                    )
-                )
+                session.draft.attachments.append(session.attachment(bytes(session.data)))
                 session.data = bytearray()
         if done:
             draft = session.draft
@@ -495,9 +485,9 @@ def _part(attachment: Attachment, boundary: str) -> bytes:
     return f"--{boundary}\r\n".encode() + head + b"\r\n\r\n" + encoded
 
 
-def _attachment_item(request: Request) -> dict[str, Any]:
-    """``{"AttachmentItem": {...}}`` checked as Graph would (name, size, attachmentType), as
-    the ``UploadSession`` fields it sets."""
+def _attachment_item(request: Request) -> tuple[int, Callable[[bytes], Attachment]]:
+    """``{"AttachmentItem": {...}}`` checked as Graph would (name, size, attachmentType): the
+    size, and what makes the attachment of the uploaded bytes."""
     payload = request.json()
     item = payload.get("AttachmentItem") if isinstance(payload, dict) else None
     if not isinstance(item, dict):
@@ -520,13 +510,13 @@ def _attachment_item(request: Request) -> dict[str, Any]:
         raise body_read_error("Cannot convert a value to type 'Edm.String' for 'contentId'.")
     if not isinstance(content_type, str):
         raise body_read_error("Cannot convert a value to type 'Edm.String' for 'contentType'.")
-    return {
-        "name": name,
-        "size": size,
-        "inline": inline,
-        "content_id": content_id,
-        "content_type": content_type,
-    }
+    return size, functools.partial(
+        Attachment.of,
+        filename=name,
+        content_type=content_type,
+        content_id=content_id,
+        inline=inline,
+    )
 
 
 def _content_range(value: str | None) -> tuple[int, int, int]:

@@ -164,10 +164,13 @@ def _invalid_client(code: int, description: str, status: int = 401) -> EntraErro
     return EntraError(status, "invalid_client", code, description)
 
 
-def _missing(name: str) -> EntraError:
-    return _invalid_request(
-        900144, f"The request body must contain the following parameter: '{name}'."
-    )
+def _required(value: str | None, name: str) -> str:
+    """``value``, or AADSTS900144 when the form left parameter ``name`` out or empty."""
+    if not value:
+        raise _invalid_request(
+            900144, f"The request body must contain the following parameter: '{name}'."
+        )
+    return value
 
 
 def client_credentials(form: Mapping[str, str], authorization: str | None) -> tuple[str, str]:
@@ -205,9 +208,7 @@ def grant_token(
     ``strict=False`` (the dev inbox): any client id, with any secret or any well-formed
     signed assertion (no registered certificate needed).
     """
-    grant_type = form.get("grant_type")
-    if not grant_type:
-        raise _missing("grant_type")
+    grant_type = _required(form.get("grant_type"), "grant_type")
     if grant_type != "client_credentials":
         raise EntraError(
             400,
@@ -216,8 +217,7 @@ def grant_token(
             f"The app requested an unsupported grant type '{grant_type}'.",
         )
     client_id, secret = client_credentials(form, authorization)
-    if not client_id:
-        raise _missing("client_id")
+    _required(client_id, "client_id")
     known = {CLIENT_ID: CLIENT_SECRET, **(applications or {})}
     if client_id.lower() not in known and strict:
         raise EntraError(
@@ -238,9 +238,7 @@ def grant_token(
         _check_secret(secret, known[client_id.lower()], client_id.lower(), expired=secret_expired)
     elif not secret:
         _check_secret(secret, "", client_id.lower(), expired=False)  # AADSTS7000218
-    scope = form.get("scope")
-    if not scope:
-        raise _missing("scope")
+    scope = _required(form.get("scope"), "scope")
     audiences = accepted_scopes(graph_url)
     if scope not in audiences:
         raise EntraError(
@@ -350,9 +348,7 @@ def check_assertion(
     certificate, bad signature, expired certificate or wrong audience (the audience's code is
     UNCONFIRMED), 700024 outside the assertion's time range (GRAPH_NOTES C.3).
     """
-    assertion_type = form.get("client_assertion_type")
-    if not assertion_type:
-        raise _missing("client_assertion_type")
+    assertion_type = _required(form.get("client_assertion_type"), "client_assertion_type")
     if assertion_type != ASSERTION_TYPE:
         raise _invalid_request(
             50027,

@@ -173,13 +173,12 @@ def _meter(name: str, budget: dict[str, Any]) -> dict[str, str | None]:
 
     if limit is None:
         return {"limit": None, "text": show(used)}
-    text = f"{show(used)} of {show(limit)}"
     return {
         "name": name,
         "limit": str(limit),
         "used": str(used),
         "high": str(limit * 0.8),
-        "text": text,
+        "text": f"{show(used)} of {show(limit)}",
     }
 
 

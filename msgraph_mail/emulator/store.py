@@ -11,6 +11,7 @@ whether it was saved to Sent Items) goes into
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import sys
 import threading
@@ -149,13 +150,8 @@ def _stored_headers(message: SentMessage, eml: bytes) -> bytes:
 
 def _split_stored(data: bytes) -> tuple[dict[str, str], bytes]:
     """The ``X-Emulator-*`` fields at the top of a stored file, and the message after them."""
-    fields: dict[str, str] = {}
     lines = data.splitlines(keepends=True)
-    count = 0
-    for line in lines:
-        name, _, value = line.decode("ascii", "replace").partition(":")
-        if not name.startswith(_PREFIX):
-            break
-        fields[name[len(_PREFIX) :]] = value.strip()
-        count += 1
-    return fields, b"".join(lines[count:])
+    head = list(itertools.takewhile(lambda line: line.startswith(_PREFIX.encode()), lines))
+    pairs = (line.decode("ascii", "replace").partition(":") for line in head)
+    fields = {name[len(_PREFIX) :]: value.strip() for name, _, value in pairs}
+    return fields, b"".join(lines[len(head) :])
