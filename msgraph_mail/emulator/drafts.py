@@ -59,6 +59,7 @@ from .mail import (
     json_attachment,
 )
 from .query import message_list_query
+from .store import part_headers
 
 #: Graph refuses an upload session for an attachment smaller than this ("3 MB").
 MIN_UPLOAD_SESSION_BYTES = 3_000_000
@@ -471,15 +472,7 @@ def _fields(head: bytes) -> list[tuple[str, bytes]]:
 def _part(attachment: Attachment, boundary: str) -> bytes:
     """One base64 body part; the email package writes the headers, we write the body."""
     headers = EmailMessage(policy=policy.SMTP)
-    maintype, _, subtype = attachment.content_type.partition("/")
-    headers.set_content(
-        b"",
-        maintype=maintype or "application",
-        subtype=subtype or "octet-stream",
-        filename=attachment.filename,
-        cid=f"<{attachment.content_id}>" if attachment.content_id else None,
-        disposition="inline" if attachment.inline else "attachment",
-    )
+    headers.set_content(b"", **part_headers(attachment))
     head = headers.as_bytes().split(b"\r\n\r\n", 1)[0]
     encoded = base64.encodebytes(attachment.content).replace(b"\n", b"\r\n")
     return f"--{boundary}\r\n".encode() + head + b"\r\n\r\n" + encoded

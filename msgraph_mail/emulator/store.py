@@ -21,10 +21,11 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 from .directory import User
 from .errors import GraphError
-from .mail import SentMessage, from_mime
+from .mail import Attachment, SentMessage, from_mime
 
 _STORED = ("Id", "Mailbox", "Received", "Request-Id", "Route", "Saved")
 _PREFIX = "X-Emulator-"
@@ -58,16 +59,20 @@ def _from_json_record(message: SentMessage) -> EmailMessage:
         else:
             mime.add_alternative(message.html, subtype="html")
     for attachment in message.attachments:
-        maintype, _, subtype = attachment.content_type.partition("/")
-        mime.add_attachment(
-            attachment.content,
-            maintype=maintype or "application",
-            subtype=subtype or "octet-stream",
-            filename=attachment.filename,
-            disposition="inline" if attachment.inline else "attachment",
-            cid=f"<{attachment.content_id}>" if attachment.content_id else None,
-        )
+        mime.add_attachment(attachment.content, **part_headers(attachment))
     return mime
+
+
+def part_headers(attachment: Attachment) -> dict[str, Any]:
+    """What the email package needs to write the headers of ``attachment``'s part."""
+    maintype, _, subtype = attachment.content_type.partition("/")
+    return {
+        "maintype": maintype or "application",
+        "subtype": subtype or "octet-stream",
+        "filename": attachment.filename,
+        "disposition": "inline" if attachment.inline else "attachment",
+        "cid": f"<{attachment.content_id}>" if attachment.content_id else None,
+    }
 
 
 class EmlStore:
