@@ -101,7 +101,6 @@ class UploadSession:
 
 
 def upload_kind(method: str) -> str:
-    """The request kind of a request to an upload URL."""
     return {"PUT": "upload_chunk", "DELETE": "upload_cancel", "GET": "upload_status"}.get(
         method, "other"
     )
@@ -289,7 +288,6 @@ class DraftStore:
     # the upload URL -----------------------------------------------------------------------
 
     def _session(self, path: str) -> UploadSession | None:
-        """The upload session open at ``path`` (an upload URL's path), if any."""
         with self._lock:
             return self._sessions.get(path[len(UPLOAD_PREFIX) :].strip("/"))
 

@@ -159,18 +159,15 @@ def filter_addresses(text: str) -> list[str]:
 def parse_select(text: str) -> list[str]:
     """Canonical property names from ``$select`` (case-insensitive, like Graph)."""
     canonical = {name.lower(): name for name in SELECTABLE_PROPERTIES}
-    names: list[str] = []
-    for raw in text.split(","):
-        name = raw.strip()
+    names = [raw.strip() for raw in text.split(",")]
+    for name in names:
         if name.lower() not in canonical:
             raise GraphError(
                 400,
                 "Request_BadRequest",
                 f"Could not find a property named '{name}' on type 'microsoft.graph.user'.",
             )
-        if canonical[name.lower()] not in names:
-            names.append(canonical[name.lower()])
-    return names
+    return list(dict.fromkeys(canonical[name.lower()] for name in names))
 
 
 #: ``$filter=internetMessageId eq '<id>'``: the one filter of a mailbox's message lists.

@@ -27,7 +27,6 @@ from .directory import User
 from .errors import GraphError
 from .mail import Attachment, SentMessage, from_mime
 
-_STORED = ("Id", "Mailbox", "Received", "Request-Id", "Route", "Saved")
 _PREFIX = "X-Emulator-"
 _SUMMARY_HEADERS = frozenset({"from", "sender", "to", "cc", "reply-to", "subject"})
 _FILENAME = re.compile(r"^\d{8}T\d{12}-[0-9a-f]{32}\.eml$")
@@ -139,17 +138,16 @@ class EmlStore:
 def _stored_headers(message: SentMessage, eml: bytes) -> bytes:
     """The ``X-Emulator-*`` lines, with the line ending the message itself uses."""
     newline = b"\r\n" if b"\r\n" in eml[:2000] else b"\n"
-    values = (
-        message.id,
-        message.mailbox.id,
-        message.received_at.isoformat(),
-        message.request_id,
-        message.format,
-        "true" if message.save_to_sent_items else "false",
-    )
+    fields = {
+        "Id": message.id,
+        "Mailbox": message.mailbox.id,
+        "Received": message.received_at.isoformat(),
+        "Request-Id": message.request_id,
+        "Route": message.format,
+        "Saved": "true" if message.save_to_sent_items else "false",
+    }
     return b"".join(
-        f"{_PREFIX}{name}: {value}".encode() + newline
-        for name, value in zip(_STORED, values, strict=True)
+        f"{_PREFIX}{name}: {value}".encode() + newline for name, value in fields.items()
     )
 
 
