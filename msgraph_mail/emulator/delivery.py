@@ -125,16 +125,11 @@ class Delivery:
     delay: float
     reported: bool = False
 
-    @property
-    def sender(self) -> str:
-        return self.message.from_
-
     def status(self, outcome: Outcome, now: float) -> str:
         """Message trace's status at ``now`` (monotonic)."""
-        elapsed = now - self.started
-        if elapsed >= self.delay and outcome.kind != "deferred":
+        if self.done(now):  # a deferred recipient's final status is pending too
             return TRACE_STATUS[outcome.kind]
-        return "gettingStatus" if elapsed < self.delay / 2 else "pending"
+        return "gettingStatus" if now - self.started < self.delay / 2 else "pending"
 
     def done(self, now: float) -> bool:
         return now - self.started >= self.delay

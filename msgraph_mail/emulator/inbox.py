@@ -141,8 +141,7 @@ class Inbox:
         ]
 
     def handle(self, request: Request) -> Response:
-        refusal = self.refuse(request)
-        if refusal is not None:
+        if (refusal := self.refuse(request)) is not None:
             return refusal
         allowed = []
         for method, pattern, handler in self._routes:

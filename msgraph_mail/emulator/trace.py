@@ -157,7 +157,7 @@ def _trace(row: Row, now: float) -> dict[str, Any]:
     return {
         "id": delivery.trace_id,
         "messageId": delivery.message_id,
-        "senderAddress": delivery.sender,
+        "senderAddress": delivery.message.from_,
         "recipientAddress": address,
         "subject": delivery.message.subject,
         "status": delivery.status(outcome, now),
