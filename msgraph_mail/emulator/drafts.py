@@ -282,8 +282,7 @@ class DraftStore:
     def _forget(self, draft: Draft) -> None:
         """Remove ``draft`` and its upload sessions (the lock held)."""
         self._drafts.pop(draft.id, None)
-        for session_id in [s.id for s in self._sessions.values() if s.draft is draft]:
-            del self._sessions[session_id]
+        self._sessions = {k: s for k, s in self._sessions.items() if s.draft is not draft}
 
     # the upload URL -----------------------------------------------------------------------
 

@@ -217,9 +217,9 @@ def grant_token(
             f"The app requested an unsupported grant type '{grant_type}'.",
         )
     client_id, secret = client_credentials(form, authorization)
-    _required(client_id, "client_id")
+    app = _required(client_id, "client_id").lower()
     known = {CLIENT_ID: CLIENT_SECRET, **(applications or {})}
-    if client_id.lower() not in known and strict:
+    if app not in known and strict:
         raise EntraError(
             400,
             "unauthorized_client",
@@ -231,13 +231,11 @@ def grant_token(
         )
     client_auth = "1"
     if not secret and form.get("client_assertion"):
-        registered = certificates if client_id.lower() == CLIENT_ID else ()
+        registered = certificates if app == CLIENT_ID else ()
         check_assertion(form, client_id, registered, frozenset(audiences), verify=strict)
         client_auth = "2"
-    elif strict or client_id.lower() in known:
-        _check_secret(secret, known[client_id.lower()], client_id.lower(), expired=secret_expired)
-    elif not secret:
-        _check_secret(secret, "", client_id.lower(), expired=False)  # AADSTS7000218
+    elif strict or app in known or not secret:  # permissive: any secret, but not none (7000218)
+        _check_secret(secret, known.get(app, ""), app, expired=secret_expired)
     scope = _required(form.get("scope"), "scope")
     audiences = accepted_scopes(graph_url)
     if scope not in audiences:
@@ -248,7 +246,7 @@ def grant_token(
             f"The provided request must include a 'scope' input parameter. The provided value "
             f"for the input parameter 'scope' is not valid. The scope {scope} is not valid.",
         )
-    issued = store.issue(audiences[scope], roles, lifetime, client_auth, client_id.lower())
+    issued = store.issue(audiences[scope], roles, lifetime, client_auth, app)
     return {
         "token_type": "Bearer",
         "expires_in": lifetime,

@@ -280,8 +280,7 @@ class Subscriptions:
     def _live(self, app_id: str | None) -> list[Subscription]:
         now = datetime.now(timezone.utc)
         with self._lock:
-            for gone in [s.id for s in self._subscriptions.values() if s.expires <= now]:
-                del self._subscriptions[gone]
+            self._subscriptions = {k: s for k, s in self._subscriptions.items() if s.expires > now}
             return [s for s in self._subscriptions.values() if app_id in (None, s.app_id)]
 
     def _find(self, subscription_id: str, app_id: str) -> Subscription:
