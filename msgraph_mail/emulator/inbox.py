@@ -200,7 +200,7 @@ class Inbox:
         matching = query.filter(messages)
         snippet = settings_snippet(self.emulator)
         shown = matching[:LIST_LIMIT]
-        context["listing"] = html.listing(shown, len(messages), len(matching), snippet, _size)
+        context["listing"] = html.listing(shown, len(messages), len(matching), snippet)
         if ("fragment", "list") in request.query:
             return _page(html.render("list.html", **context), {"X-Inbox-Total": str(len(messages))})
         mailboxes = sorted({m.mailbox.user_principal_name for m in messages})
@@ -244,7 +244,6 @@ class Inbox:
             message,
             self._base(request),
             images,
-            _size(message),
             self.request_log(message.id),
             self.emulator.delivery_of(message.request_id),
             self.emulator.reports_of(message.request_id),

@@ -178,10 +178,7 @@ def message_list_query(
     query: list[tuple[str, str]], properties: dict[str, str]
 ) -> tuple[str | None, list[str] | None]:
     """A message list's ``$filter`` and ``$select``, as Graph checks them: the Message-ID
-    wanted (None: every message) and the properties selected (None: the default ones).
-
-    ``properties`` maps each selectable property, lower-cased, to its name.
-    """
+    wanted (None: every message) and the properties selected (None: the default ones)."""
     found = options(query, ("$filter", "$select"), listing=True)
     wanted: str | None = None
     if "$filter" in found:

@@ -4,8 +4,8 @@ A message sent as MIME is kept byte for byte; one sent as JSON is turned into th
 Exchange would have made of it, so every message can be opened in a mail client. The store
 (``python -m msgraph_mail.emulator --store DIR``) writes one file per message, so the dev
 inbox survives a restart; what only the emulator knows (id, capture time, mailbox, route,
-whether it was saved to Sent Items) goes into
-``X-Emulator-*`` lines at the top of the stored file and nowhere else.
+whether it was saved to Sent Items) goes into ``X-Emulator-*`` lines at the top of the stored
+file and nowhere else.
 """
 
 from __future__ import annotations
@@ -33,14 +33,10 @@ _FILENAME = re.compile(r"^\d{8}T\d{12}-[0-9a-f]{32}\.eml$")
 
 
 def as_eml(message: SentMessage) -> bytes:
-    """The message as an RFC 5322 file: the MIME Graph received, or one built from JSON."""
+    """The message as an RFC 5322 file: the MIME Graph received, or what Exchange makes of a
+    JSON ``sendMail`` (headers, alternatives, attachments)."""
     if message.format == "mime":
         return message.raw
-    return _from_json_record(message).as_bytes(policy=policy.SMTP)
-
-
-def _from_json_record(message: SentMessage) -> EmailMessage:
-    """What Exchange makes of a JSON ``sendMail``: headers, alternatives, attachments."""
     mime = EmailMessage(policy=policy.SMTP)
     for name, value in message.headers:
         if name.lower() in _SUMMARY_HEADERS or name.lower().startswith("x-"):
@@ -59,7 +55,7 @@ def _from_json_record(message: SentMessage) -> EmailMessage:
             mime.add_alternative(message.html, subtype="html")
     for attachment in message.attachments:
         mime.add_attachment(attachment.content, **part_headers(attachment))
-    return mime
+    return mime.as_bytes(policy=policy.SMTP)
 
 
 def part_headers(attachment: Attachment) -> dict[str, Any]:
