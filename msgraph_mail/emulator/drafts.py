@@ -235,9 +235,7 @@ class DraftStore:
             self._sessions[session.id] = session
         body = {
             "@odata.context": f"{self.base_url()}/v1.0/$metadata#microsoft.graph.uploadSession",
-            "uploadUrl": (
-                f"{self.base_url()}{UPLOAD_PREFIX}{session.id}?authtoken={session.token}"
-            ),
+            "uploadUrl": f"{self.base_url()}{UPLOAD_PREFIX}{session.id}?authtoken={session.token}",
             "expirationDateTime": graph_time(session.expires, ".%f0"),
             "nextExpectedRanges": ["0-"],
         }

@@ -107,12 +107,7 @@ def search(query: MessageQuery, mailboxes: list[str], error: str | None = None) 
     }
 
 
-def listing(
-    messages: list[SentMessage],
-    total: int,
-    matching: int,
-    snippet: str,
-) -> dict[str, Any]:
+def listing(messages: list[SentMessage], total: int, matching: int, snippet: str) -> dict[str, Any]:
     """The newest ``messages`` of the ``matching`` ones (of ``total`` stored)."""
     return {
         "total": total,

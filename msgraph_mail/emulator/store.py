@@ -92,9 +92,9 @@ class EmlStore:
             self._files[message.id] = path
 
     def load(self, mailbox: Callable[[str], User | None]) -> list[SentMessage]:
-        """Every stored message, oldest first; ``mailbox`` finds a user by id or address."""
+        """Every message in our files, oldest first; ``mailbox`` finds a user by id or address."""
         messages: list[SentMessage] = []
-        for path in sorted(self.directory.glob("*.eml")):
+        for path in sorted(p for p in self.directory.glob("*.eml") if _FILENAME.match(p.name)):
             message = self._load(path, mailbox)
             if message is not None:
                 messages.append(message)
@@ -109,9 +109,7 @@ class EmlStore:
             path.unlink(missing_ok=True)
 
     def _load(self, path: Path, mailbox: Callable[[str], User | None]) -> SentMessage | None:
-        """Parse one file back into a record; a file that is not ours is skipped, with a note."""
-        if not _FILENAME.match(path.name):
-            return None
+        """Parse one of our files back into a record; one that fails is skipped, with a note."""
         try:
             fields, raw = _split_stored(path.read_bytes())
             user = mailbox(fields["Mailbox"])

@@ -338,9 +338,7 @@ def _expiry(value: Any) -> datetime:
         raise _invalid("Invalid expirationDateTime.") from None
     now = datetime.now(timezone.utc)
     if when > now + timedelta(minutes=MAX_MINUTES):
-        raise _invalid(
-            f"Subscription expiration can only be {MAX_MINUTES} minutes in the future.",
-        )
+        raise _invalid(f"Subscription expiration can only be {MAX_MINUTES} minutes in the future.")
     return max(when, now + timedelta(minutes=MIN_MINUTES))
 
 
