@@ -416,7 +416,7 @@ def _asset(name: str) -> bytes:
 _NO_SNIFF = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
-def _page(body: str, extra: dict[str, str] | None = None) -> Response:
+def _page(body: str, extra: dict[str, str] | None = None, status: int = 200) -> Response:
     headers = {
         "Content-Type": _HTML,
         "Content-Security-Policy": html.csp(""),
@@ -424,13 +424,11 @@ def _page(body: str, extra: dict[str, str] | None = None) -> Response:
         **_NO_SNIFF,
         **(extra or {}),
     }
-    return Response(200, body.encode(), headers)
+    return Response(status, body.encode(), headers)
 
 
 def _not_found(what: str) -> Response:
-    response = _page(html.render("not_found.html", what=what))
-    response.status = 404
-    return response
+    return _page(html.render("not_found.html", what=what), status=404)
 
 
 def _text(status: int, text: str, extra: dict[str, str] | None = None) -> Response:
