@@ -125,16 +125,11 @@ class Delivery:
     delay: float
     reported: bool = False
 
-    @property
-    def sender(self) -> str:
-        return self.message.from_
-
     def status(self, outcome: Outcome, now: float) -> str:
         """Message trace's status at ``now`` (monotonic)."""
-        elapsed = now - self.started
-        if elapsed >= self.delay and outcome.kind != "deferred":
+        if self.done(now):  # a deferred recipient's final status is pending too
             return TRACE_STATUS[outcome.kind]
-        return "gettingStatus" if elapsed < self.delay / 2 else "pending"
+        return "gettingStatus" if now - self.started < self.delay / 2 else "pending"
 
     def done(self, now: float) -> bool:
         return now - self.started >= self.delay
@@ -255,9 +250,8 @@ def build_report(delivery: Delivery, rows: list[tuple[str, Outcome]], *, delayed
     report["From"] = NDR_FROM
     report["To"] = delivery.message.mailbox.mail
     report["Date"] = format_datetime(delivery.finished)
-    report["Subject"] = f"{'Delivery delayed' if delayed else 'Undeliverable'}: " + (
-        delivery.message.subject
-    )
+    kind = "Delivery delayed" if delayed else "Undeliverable"
+    report["Subject"] = f"{kind}: {delivery.message.subject}"
     report["Message-ID"] = exchange_message_id()
     report["Auto-Submitted"] = "auto-replied"  # RFC 3834; UNCONFIRMED that Exchange sets it
     report["MIME-Version"] = "1.0"

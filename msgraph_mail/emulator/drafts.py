@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import re
 import secrets
 import threading
@@ -58,6 +59,7 @@ from .mail import (
     json_attachment,
 )
 from .query import message_list_query
+from .store import part_headers
 
 #: Graph refuses an upload session for an attachment smaller than this ("3 MB").
 MIN_UPLOAD_SESSION_BYTES = 3_000_000
@@ -91,18 +93,14 @@ class UploadSession:
     id: str
     token: str
     draft: Draft
-    name: str
-    content_type: str
     size: int
-    inline: bool
-    content_id: str | None
+    attachment: Callable[[bytes], Attachment]  # the uploaded bytes as the item described them
     expires: datetime
     data: bytearray = field(default_factory=bytearray, repr=False)
     app_id: str = ""  # the application that created it: its chunk PUTs spend that app's budgets
 
 
 def upload_kind(method: str) -> str:
-    """The request kind of a request to an upload URL."""
     return {"PUT": "upload_chunk", "DELETE": "upload_cancel", "GET": "upload_status"}.get(
         method, "other"
     )
@@ -211,8 +209,7 @@ class DraftStore:
         return json_response(200, {"@odata.context": context, "value": values})
 
     def create_upload_session(self, request: Request, draft: Draft, app_id: str = "") -> Response:
-        item = _attachment_item(request)
-        size = item["size"]
+        size, attachment = _attachment_item(request)
         if size < MIN_UPLOAD_SESSION_BYTES:
             raise GraphError(
                 400,
@@ -227,7 +224,8 @@ class DraftStore:
             id=uuid.uuid4().hex,
             token=secrets.token_urlsafe(24),
             draft=draft,
-            **item,
+            size=size,
+            attachment=attachment,
             expires=datetime.now(timezone.utc) + SESSION_LIFETIME,
             app_id=app_id,
         )
@@ -237,9 +235,7 @@ class DraftStore:
             self._sessions[session.id] = session
         body = {
             "@odata.context": f"{self.base_url()}/v1.0/$metadata#microsoft.graph.uploadSession",
-            "uploadUrl": (
-                f"{self.base_url()}{UPLOAD_PREFIX}{session.id}?authtoken={session.token}"
-            ),
+            "uploadUrl": f"{self.base_url()}{UPLOAD_PREFIX}{session.id}?authtoken={session.token}",
             "expirationDateTime": graph_time(session.expires, ".%f0"),
             "nextExpectedRanges": ["0-"],
         }
@@ -284,26 +280,23 @@ class DraftStore:
     def _forget(self, draft: Draft) -> None:
         """Remove ``draft`` and its upload sessions (the lock held)."""
         self._drafts.pop(draft.id, None)
-        for session_id in [s.id for s in self._sessions.values() if s.draft is draft]:
-            del self._sessions[session_id]
+        self._sessions = {k: s for k, s in self._sessions.items() if s.draft is not draft}
 
     # the upload URL -----------------------------------------------------------------------
 
+    def _session(self, path: str) -> UploadSession | None:
+        with self._lock:
+            return self._sessions.get(path[len(UPLOAD_PREFIX) :].strip("/"))
+
     def session_draft(self, path: str) -> str | None:
         """The id of the draft whose upload session is at ``path``, if it is open."""
-        if not path.startswith(UPLOAD_PREFIX):
-            return None
-        with self._lock:
-            session = self._sessions.get(path[len(UPLOAD_PREFIX) :].strip("/"))
-            return session.draft.id if session is not None else None
+        session = self._session(path) if path.startswith(UPLOAD_PREFIX) else None
+        return session.draft.id if session is not None else None
 
     def session_owner(self, path: str) -> tuple[str, str] | None:
         """(application id, mailbox id) of the upload session at ``path``, if it is open."""
-        with self._lock:
-            session = self._sessions.get(path[len(UPLOAD_PREFIX) :].strip("/"))
-            if session is None:
-                return None
-            return session.app_id, session.draft.mailbox.id
+        session = self._session(path)
+        return (session.app_id, session.draft.mailbox.id) if session is not None else None
 
     def upload(self, request: Request) -> Response:
         """``PUT`` a chunk to, or ``DELETE``, an upload session (pre-authenticated URL)."""
@@ -314,9 +307,7 @@ class DraftStore:
                 "The upload URL is pre-authenticated: send the request without an "
                 "Authorization header.",
             )
-        session_id = request.path[len(UPLOAD_PREFIX) :].strip("/")
-        with self._lock:
-            session = self._sessions.get(session_id)
+        session = self._session(request.path)
         token = dict(request.query).get("authtoken")
         if session is None:
             raise item_not_found()
@@ -363,15 +354,7 @@ class DraftStore:
             if done:
                 del self._sessions[session.id]
                 attachment_id = _attachment_id()
-                session.draft.attachments.append(
-                    Attachment.of(
-                        bytes(session.data),
-                        filename=session.name,
-                        content_type=session.content_type,
-                        content_id=session.content_id,
-                        inline=session.inline,
-                    )
-                )
+                session.draft.attachments.append(session.attachment(bytes(session.data)))
                 session.data = bytearray()
         if done:
             draft = session.draft
@@ -441,14 +424,9 @@ def assemble_mime(raw: bytes, attachments: list[Attachment]) -> bytes:
             parts = b"".join(_part(a, existing) for a in attachments)
             return raw[:at] + parts + raw[at:]
     head, body = _split_head(raw)
-    outer: list[bytes] = []
-    inner: list[bytes] = []
-    for name, field_bytes in _fields(head):
-        if name.startswith("content-") or name == "mime-version":
-            if name != "mime-version":
-                inner.append(field_bytes)
-        else:
-            outer.append(field_bytes)
+    fields = _fields(head)
+    outer = [f for name, f in fields if not name.startswith("content-") and name != "mime-version"]
+    inner = [f for name, f in fields if name.startswith("content-")]
     return b"".join(
         [
             *outer,
@@ -489,23 +467,15 @@ def _fields(head: bytes) -> list[tuple[str, bytes]]:
 def _part(attachment: Attachment, boundary: str) -> bytes:
     """One base64 body part; the email package writes the headers, we write the body."""
     headers = EmailMessage(policy=policy.SMTP)
-    maintype, _, subtype = attachment.content_type.partition("/")
-    headers.set_content(
-        b"",
-        maintype=maintype or "application",
-        subtype=subtype or "octet-stream",
-        filename=attachment.filename,
-        cid=f"<{attachment.content_id}>" if attachment.content_id else None,
-        disposition="inline" if attachment.inline else "attachment",
-    )
+    headers.set_content(b"", **part_headers(attachment))
     head = headers.as_bytes().split(b"\r\n\r\n", 1)[0]
     encoded = base64.encodebytes(attachment.content).replace(b"\n", b"\r\n")
     return f"--{boundary}\r\n".encode() + head + b"\r\n\r\n" + encoded
 
 
-def _attachment_item(request: Request) -> dict[str, Any]:
-    """``{"AttachmentItem": {...}}`` checked as Graph would (name, size, attachmentType), as
-    the ``UploadSession`` fields it sets."""
+def _attachment_item(request: Request) -> tuple[int, Callable[[bytes], Attachment]]:
+    """``{"AttachmentItem": {...}}`` checked as Graph would (name, size, attachmentType): the
+    size, and what makes the attachment of the uploaded bytes."""
     payload = request.json()
     item = payload.get("AttachmentItem") if isinstance(payload, dict) else None
     if not isinstance(item, dict):
@@ -528,13 +498,13 @@ def _attachment_item(request: Request) -> dict[str, Any]:
         raise body_read_error("Cannot convert a value to type 'Edm.String' for 'contentId'.")
     if not isinstance(content_type, str):
         raise body_read_error("Cannot convert a value to type 'Edm.String' for 'contentType'.")
-    return {
-        "name": name,
-        "size": size,
-        "inline": inline,
-        "content_id": content_id,
-        "content_type": content_type,
-    }
+    return size, functools.partial(
+        Attachment.of,
+        filename=name,
+        content_type=content_type,
+        content_id=content_id,
+        inline=inline,
+    )
 
 
 def _content_range(value: str | None) -> tuple[int, int, int]:

@@ -94,10 +94,8 @@ class TokenStore:
         if role_list:  # Entra omits the claim when nothing was consented
             claims["roles"] = list(role_list)
         header = {"typ": "JWT", "alg": "RS256", "kid": "emulator"}
-        token = ".".join(
-            (_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode())),
-        )
-        token += "." + _b64url(secrets.token_bytes(64))
+        parts = (json.dumps(header).encode(), json.dumps(claims).encode(), secrets.token_bytes(64))
+        token = ".".join(_b64url(part) for part in parts)
         issued = IssuedToken(token, role_list, time.time() + lifetime, app_id=app_id)
         with self._lock:
             self._tokens[token] = issued
@@ -166,10 +164,13 @@ def _invalid_client(code: int, description: str, status: int = 401) -> EntraErro
     return EntraError(status, "invalid_client", code, description)
 
 
-def _missing(name: str) -> EntraError:
-    return _invalid_request(
-        900144, f"The request body must contain the following parameter: '{name}'."
-    )
+def _required(value: str | None, name: str) -> str:
+    """``value``, or AADSTS900144 when the form left parameter ``name`` out or empty."""
+    if not value:
+        raise _invalid_request(
+            900144, f"The request body must contain the following parameter: '{name}'."
+        )
+    return value
 
 
 def client_credentials(form: Mapping[str, str], authorization: str | None) -> tuple[str, str]:
@@ -207,9 +208,7 @@ def grant_token(
     ``strict=False`` (the dev inbox): any client id, with any secret or any well-formed
     signed assertion (no registered certificate needed).
     """
-    grant_type = form.get("grant_type")
-    if not grant_type:
-        raise _missing("grant_type")
+    grant_type = _required(form.get("grant_type"), "grant_type")
     if grant_type != "client_credentials":
         raise EntraError(
             400,
@@ -218,10 +217,9 @@ def grant_token(
             f"The app requested an unsupported grant type '{grant_type}'.",
         )
     client_id, secret = client_credentials(form, authorization)
-    if not client_id:
-        raise _missing("client_id")
+    app = _required(client_id, "client_id").lower()
     known = {CLIENT_ID: CLIENT_SECRET, **(applications or {})}
-    if client_id.lower() not in known and strict:
+    if app not in known and strict:
         raise EntraError(
             400,
             "unauthorized_client",
@@ -233,16 +231,12 @@ def grant_token(
         )
     client_auth = "1"
     if not secret and form.get("client_assertion"):
-        registered = certificates if client_id.lower() == CLIENT_ID else ()
+        registered = certificates if app == CLIENT_ID else ()
         check_assertion(form, client_id, registered, frozenset(audiences), verify=strict)
         client_auth = "2"
-    elif strict or client_id.lower() in known:
-        _check_secret(secret, known[client_id.lower()], client_id.lower(), expired=secret_expired)
-    elif not secret:
-        _check_secret(secret, "", client_id.lower(), expired=False)  # AADSTS7000218
-    scope = form.get("scope")
-    if not scope:
-        raise _missing("scope")
+    elif strict or app in known or not secret:  # permissive: any secret, but not none (7000218)
+        _check_secret(secret, known.get(app, ""), app, expired=secret_expired)
+    scope = _required(form.get("scope"), "scope")
     audiences = accepted_scopes(graph_url)
     if scope not in audiences:
         raise EntraError(
@@ -252,7 +246,7 @@ def grant_token(
             f"The provided request must include a 'scope' input parameter. The provided value "
             f"for the input parameter 'scope' is not valid. The scope {scope} is not valid.",
         )
-    issued = store.issue(audiences[scope], roles, lifetime, client_auth, client_id.lower())
+    issued = store.issue(audiences[scope], roles, lifetime, client_auth, app)
     return {
         "token_type": "Bearer",
         "expires_in": lifetime,
@@ -352,9 +346,7 @@ def check_assertion(
     certificate, bad signature, expired certificate or wrong audience (the audience's code is
     UNCONFIRMED), 700024 outside the assertion's time range (GRAPH_NOTES C.3).
     """
-    assertion_type = form.get("client_assertion_type")
-    if not assertion_type:
-        raise _missing("client_assertion_type")
+    assertion_type = _required(form.get("client_assertion_type"), "client_assertion_type")
     if assertion_type != ASSERTION_TYPE:
         raise _invalid_request(
             50027,
@@ -371,10 +363,8 @@ def check_assertion(
             raise ValueError("not signed")
     except (ValueError, binascii.Error):
         raise _invalid_client(50027, "JWT token is invalid or malformed.", 400) from None
-    if (
-        str(claims.get("iss", "")).lower() != client_id.lower()
-        or str(claims.get("sub", "")).lower() != client_id.lower()
-    ):
+    claimed = {str(claims.get(name, "")).lower() for name in ("iss", "sub")}
+    if claimed != {client_id.lower()}:
         raise _invalid_client(
             700021,
             "Client assertion application identifier doesn't match 'client_id' parameter. "
@@ -393,23 +383,19 @@ def check_assertion(
     x5t, x5t_s256 = header.get("x5t"), header.get("x5t#S256")
     used = next((c for c in certificates if x5t_s256 == c.x5t_s256 or x5t == c.x5t), None)
     if used is None:
-        raise _invalid_client(
-            700027,
+        raise _key_refused(
             "The certificate with identifier used to sign the client assertion is not "
-            f"registered on application. [Reason - The key was not found., Thumbprint of key "
-            f"used by client: '{_thumbprint_hex(header)}']",
+            "registered on application.",
+            "The key was not found.",
+            _thumbprint_hex(header),
         )
     algorithms: dict[str, Any] = {
         "PS256": padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
         "RS256": padding.PKCS1v15(),
     }
     if header.get("alg") not in algorithms:
-        raise _invalid_client(
-            700027,
-            f"Client assertion contains an invalid signature. [Reason - The algorithm "
-            f"'{header.get('alg')}' is not supported., Thumbprint of key used by client: "
-            f"'{used.thumbprint}']",
-        )
+        reason = f"The algorithm '{header.get('alg')}' is not supported."
+        raise _key_refused(_BAD_SIGNATURE, reason, used.thumbprint)
     try:
         used.public_key.verify(
             signature,
@@ -418,19 +404,10 @@ def check_assertion(
             hashes.SHA256(),
         )
     except InvalidSignature:
-        raise _invalid_client(
-            700027,
-            "Client assertion contains an invalid signature. [Reason - The provided signature "
-            f"value did not match the expected signature value., Thumbprint of key used by "
-            f"client: '{used.thumbprint}']",
-        ) from None
-    now = time.time()
-    if now > used.not_after:
-        raise _invalid_client(
-            700027,
-            "Client assertion contains an invalid signature. [Reason - The key used is "
-            f"expired., Thumbprint of key used by client: '{used.thumbprint}']",
-        )
+        reason = "The provided signature value did not match the expected signature value."
+        raise _key_refused(_BAD_SIGNATURE, reason, used.thumbprint) from None
+    if time.time() > used.not_after:
+        raise _key_refused(_BAD_SIGNATURE, "The key used is expired.", used.thumbprint)
     _check_time_range(claims)
     if str(claims.get("aud", "")).rstrip("/") not in audiences:
         raise _invalid_client(
@@ -457,6 +434,16 @@ def _check_time_range(claims: Mapping[str, Any]) -> None:
             "https://aka.ms/certCreds.",
             400,
         )
+
+
+_BAD_SIGNATURE = "Client assertion contains an invalid signature."
+
+
+def _key_refused(problem: str, reason: str, thumbprint: str) -> EntraError:
+    """AADSTS700027 about the key that signed the assertion, in Entra's words."""
+    return _invalid_client(
+        700027, f"{problem} [Reason - {reason}, Thumbprint of key used by client: '{thumbprint}']"
+    )
 
 
 def _thumbprint_hex(header: Mapping[str, Any]) -> str:

@@ -74,7 +74,7 @@ def settings_snippet(emulator: Emulator) -> str:
     Strict: the emulator's own tenant and application. Permissive (the CLI's default): the
     developer's own settings, with only GRAPH_URL and AUTHORITY_URL pointed here.
     """
-    if _has_mailers():
+    if django.VERSION >= (6, 1):  # Django configures mail with MAILERS from 6.1 on
         if emulator.strict:
             settings = emulator.settings().items()
             lines = [f"        {json.dumps(k.lower())}: {json.dumps(v)}," for k, v in settings]
@@ -111,11 +111,6 @@ def settings_snippet(emulator: Emulator) -> str:
     )
 
 
-def _has_mailers() -> bool:
-    """Whether the installed Django configures mail with ``MAILERS`` (6.1 and later)."""
-    return bool(django.VERSION >= (6, 1))
-
-
 def serves(path: str) -> bool:
     """Whether ``path`` belongs to the inbox rather than to Graph or Entra."""
     return path in ("/", "/clear", "/requests") or path.startswith(_PREFIXES)
@@ -146,8 +141,7 @@ class Inbox:
         ]
 
     def handle(self, request: Request) -> Response:
-        refusal = self.refuse(request)
-        if refusal is not None:
+        if (refusal := self.refuse(request)) is not None:
             return refusal
         allowed = []
         for method, pattern, handler in self._routes:
@@ -178,12 +172,10 @@ class Inbox:
         if (request.header("Host") or "").lower() not in self._hosts():
             return _text(403, "The inbox answers on 127.0.0.1 and localhost only.")
         origin = request.header("Origin")
-        if request.method != "GET" and origin is not None and origin not in self._origins():
+        origins = [f"http://{host}" for host in self._hosts()]
+        if request.method != "GET" and origin is not None and origin not in origins:
             return _text(403, "Cross-site requests may not change the inbox.")
         return None
-
-    def _origins(self) -> tuple[str, ...]:
-        return tuple(f"http://{host}" for host in self._hosts())
 
     def _base(self, request: Request) -> str:
         return f"http://{(request.header('Host') or '').lower()}"
@@ -208,7 +200,7 @@ class Inbox:
         matching = query.filter(messages)
         snippet = settings_snippet(self.emulator)
         shown = matching[:LIST_LIMIT]
-        context["listing"] = html.listing(shown, len(messages), len(matching), snippet, _size)
+        context["listing"] = html.listing(shown, len(messages), len(matching), snippet)
         if ("fragment", "list") in request.query:
             return _page(html.render("list.html", **context), {"X-Inbox-Total": str(len(messages))})
         mailboxes = sorted({m.mailbox.user_principal_name for m in messages})
@@ -230,20 +222,14 @@ class Inbox:
     ) -> list[tuple[RecordedRequest, str | None]]:
         """Every request, newest first, with the id of the message it carried (if any);
         with ``message_id``, only the requests that carried that message."""
-        by_request: dict[str, str] = {}
-        by_draft: dict[str, str] = {}
-        for message in self.emulator.sent:
-            by_request[message.request_id] = message.id
-            if message.draft_id:
-                by_draft[message.draft_id] = message.id
-        rows = []
-        for record in reversed(self.emulator.requests):
-            carried = by_request.get(record.request_id) or (
-                by_draft.get(record.draft) if record.draft else None
-            )
-            if message_id is None or carried == message_id:
-                rows.append((record, carried))
-        return rows
+        sent = self.emulator.sent
+        by_request = {message.request_id: message.id for message in sent}
+        by_draft = {message.draft_id: message.id for message in sent if message.draft_id}
+        rows = [
+            (record, by_request.get(record.request_id) or by_draft.get(record.draft or ""))
+            for record in reversed(self.emulator.requests)
+        ]
+        return [row for row in rows if message_id in (None, row[1])]
 
     def _clear_page(self, request: Request, match: re.Match[str]) -> Response:
         self.emulator.clear_messages()
@@ -258,7 +244,6 @@ class Inbox:
             message,
             self._base(request),
             images,
-            _size(message),
             self.request_log(message.id),
             self.emulator.delivery_of(message.request_id),
             self.emulator.reports_of(message.request_id),
@@ -431,7 +416,7 @@ def _asset(name: str) -> bytes:
 _NO_SNIFF = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
-def _page(body: str, extra: dict[str, str] | None = None) -> Response:
+def _page(body: str, extra: dict[str, str] | None = None, status: int = 200) -> Response:
     headers = {
         "Content-Type": _HTML,
         "Content-Security-Policy": html.csp(""),
@@ -439,13 +424,11 @@ def _page(body: str, extra: dict[str, str] | None = None) -> Response:
         **_NO_SNIFF,
         **(extra or {}),
     }
-    return Response(200, body.encode(), headers)
+    return Response(status, body.encode(), headers)
 
 
 def _not_found(what: str) -> Response:
-    response = _page(html.render("not_found.html", what=what))
-    response.status = 404
-    return response
+    return _page(html.render("not_found.html", what=what), status=404)
 
 
 def _text(status: int, text: str, extra: dict[str, str] | None = None) -> Response:

@@ -51,26 +51,6 @@ DEFAULT_PAGE = 10
 _PREFER_PAGE = re.compile(r"odata\.maxpagesize\s*=\s*(\d+)", re.I)
 _CHANGE_TYPES = ("created", "updated", "deleted")
 _TAGS = re.compile(r"<[^>]*>")
-#: The message properties the emulator serves (lower-case name -> Graph's), all by default.
-_FIELDS = {
-    name.lower(): name
-    for name in (
-        "id",
-        "createdDateTime",
-        "receivedDateTime",
-        "sentDateTime",
-        "subject",
-        "bodyPreview",
-        "importance",
-        "parentFolderId",
-        "from",
-        "sender",
-        "toRecipients",
-        "internetMessageId",
-        "isRead",
-        "hasAttachments",
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -112,24 +92,32 @@ class InboxMessage:
 
     def as_graph(self, fields: Iterable[str], full: bool) -> dict[str, Any]:
         """The message resource; without ``full`` read rights, no ``bodyPreview``."""
-        sender = _recipient(*self.sender) if self.sender is not None else None
-        values: dict[str, Any] = {
-            "id": self.id,
-            "createdDateTime": graph_time(self.received),
-            "receivedDateTime": graph_time(self.received),
-            "sentDateTime": graph_time(self.sent or self.received),
-            "subject": self.subject,
-            "bodyPreview": self.preview,
-            "importance": "normal",
-            "parentFolderId": inbox_id(self.mailbox_id),
-            "from": sender,
-            "sender": sender,
-            "toRecipients": [_recipient(*pair) for pair in self.to],
-            "internetMessageId": self.internet_message_id,
-            "isRead": False,
-            "hasAttachments": self.has_attachments,
-        }
-        return {name: values[name] for name in fields if full or name != "bodyPreview"}
+        return {name: _PROPERTIES[name](self) for name in fields if full or name != "bodyPreview"}
+
+
+def _sender(message: InboxMessage) -> dict[str, Any] | None:
+    return _recipient(*message.sender) if message.sender is not None else None
+
+
+#: The message properties the emulator serves, each from a message; all by default.
+_PROPERTIES: dict[str, Callable[[InboxMessage], Any]] = {
+    "id": lambda m: m.id,
+    "createdDateTime": lambda m: graph_time(m.received),
+    "receivedDateTime": lambda m: graph_time(m.received),
+    "sentDateTime": lambda m: graph_time(m.sent or m.received),
+    "subject": lambda m: m.subject,
+    "bodyPreview": lambda m: m.preview,
+    "importance": lambda m: "normal",
+    "parentFolderId": lambda m: inbox_id(m.mailbox_id),
+    "from": _sender,
+    "sender": _sender,
+    "toRecipients": lambda m: [_recipient(*pair) for pair in m.to],
+    "internetMessageId": lambda m: m.internet_message_id,
+    "isRead": lambda m: False,
+    "hasAttachments": lambda m: m.has_attachments,
+}
+#: The same, by lower-case name (``$select`` is case-insensitive).
+_FIELDS = {name.lower(): name for name in _PROPERTIES}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ JavaScript are two static files, no build step. The request log shows what
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from email.utils import parseaddr
 from functools import cache
 from importlib import resources
@@ -25,6 +24,7 @@ from django.template import Context, Engine
 from .inbox_search import ROUTES, MessageQuery
 from .mail import SentMessage
 from .request_log import RecordedRequest
+from .store import as_eml
 from .workbench import DESCRIPTIONS, FAULTS
 
 _CID = re.compile(r"cid:([^\"'\s)>]+)", re.IGNORECASE)
@@ -107,23 +107,17 @@ def search(query: MessageQuery, mailboxes: list[str], error: str | None = None) 
     }
 
 
-def listing(
-    messages: list[SentMessage],
-    total: int,
-    matching: int,
-    snippet: str,
-    size_of: Callable[[SentMessage], int],
-) -> dict[str, Any]:
+def listing(messages: list[SentMessage], total: int, matching: int, snippet: str) -> dict[str, Any]:
     """The newest ``messages`` of the ``matching`` ones (of ``total`` stored)."""
     return {
         "total": total,
         "snippet": snippet,
         "count": _count(len(messages), matching, total, "message"),
-        "rows": [_row(m, size_of(m)) for m in messages] if matching else [],
+        "rows": [_row(m) for m in messages] if matching else [],
     }
 
 
-def _row(message: SentMessage, count: int) -> dict[str, Any]:
+def _row(message: SentMessage) -> dict[str, Any]:
     when = message.received_at.astimezone()
     name, address = parseaddr(message.from_header)
     copies = [(label, ", ".join(a)) for label, a in (("Cc", message.cc), ("Bcc", message.bcc))]
@@ -141,7 +135,7 @@ def _row(message: SentMessage, count: int) -> dict[str, Any]:
         "files": len(message.attachments),
         "route": "" if message.format == "mime" else message.format,
         "route_label": route_label(message),
-        "size": size(count),
+        "size": size(len(as_eml(message))),
     }
 
 
@@ -173,13 +167,12 @@ def _meter(name: str, budget: dict[str, Any]) -> dict[str, str | None]:
 
     if limit is None:
         return {"limit": None, "text": show(used)}
-    text = f"{show(used)} of {show(limit)}"
     return {
         "name": name,
         "limit": str(limit),
         "used": str(used),
         "high": str(limit * 0.8),
-        "text": text,
+        "text": f"{show(used)} of {show(limit)}",
     }
 
 
@@ -234,7 +227,6 @@ def message(
     message: SentMessage,
     base: str,
     images: bool,
-    count: int,
     log_rows: list[tuple[RecordedRequest, str | None]],
     states: list[dict[str, Any]],
     reports: list[Any],
@@ -249,7 +241,7 @@ def message(
         ("Cc", ", ".join(message.cc)),
         ("Bcc", ", ".join(message.bcc)),
         ("Reply-To", ", ".join(message.reply_to)),
-        ("Size", size(count)),
+        ("Size", size(len(as_eml(message)))),
         ("Importance", "" if message.importance == "normal" else message.importance),
         ("Sent as", f"{route_label(message)}, request-id {message.request_id}"),
     ]

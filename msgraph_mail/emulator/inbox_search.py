@@ -52,18 +52,17 @@ class MessageQuery:
         return dict(self.text).get(name, "")
 
     def matches(self, message: SentMessage) -> bool:
-        if self.mailbox and self.mailbox not in (
-            message.mailbox.user_principal_name.lower(),
-            message.mailbox.mail.lower(),
-        ):
-            return False
-        if self.route and message.format != self.route:
-            return False
-        if self.since is not None and message.received_at < self.since:
-            return False
-        if self.until is not None and message.received_at > self.until:
-            return False
-        return not self.q or self.q in _haystack(message)
+        box = message.mailbox
+        return (
+            (
+                not self.mailbox
+                or self.mailbox in (box.user_principal_name.lower(), box.mail.lower())
+            )
+            and (not self.route or message.format == self.route)
+            and (self.since is None or message.received_at >= self.since)
+            and (self.until is None or message.received_at <= self.until)
+            and (not self.q or self.q in _haystack(message))
+        )
 
     def filter(self, messages: Iterable[SentMessage]) -> list[SentMessage]:
         return [message for message in messages if self.matches(message)]

@@ -62,20 +62,16 @@ class Clause:
     value: str
 
     def matches(self, user: User) -> bool:
-        wanted = self.value.lower()
-        if self.field == "mail":
-            return user.mail.lower() == wanted
-        if self.field == "userPrincipalName":
-            return user.user_principal_name.lower() == wanted
-        return any(p.lower() == wanted for p in user.proxy_addresses)
+        own = {"mail": [user.mail], "userPrincipalName": [user.user_principal_name]}
+        return any(
+            a.lower() == self.value.lower() for a in own.get(self.field, user.proxy_addresses)
+        )
 
 
 def _tokenize(text: str) -> list[tuple[str, str]]:
     tokens: list[tuple[str, str]] = []
     pos = 0
-    while pos < len(text):
-        if text[pos:].strip() == "":
-            break
+    while text[pos:].strip():
         match = _TOKEN.match(text, pos)
         if match is None or match.lastgroup is None:
             raise unsupported_query()
@@ -99,7 +95,7 @@ class _Parser:
 
     def expr(self) -> list[Clause]:
         clauses = self.primary()
-        while self.peek_word("or"):
+        while self.peek("word", "or"):
             self.pos += 1
             clauses += self.primary()
         return clauses
@@ -112,7 +108,7 @@ class _Parser:
             return clauses
         field = self.expect("word").lower()
         if field in _FIELDS:
-            self.expect_word("eq")
+            self.expect("word", "eq")
             return [Clause(_FIELDS[field], self.string())]
         if field == "proxyaddresses/any":
             self.expect("punct", "(")
@@ -120,7 +116,7 @@ class _Parser:
             self.expect("punct", ":")
             if self.expect("word") != variable:
                 raise unsupported_query()
-            self.expect_word("eq")
+            self.expect("word", "eq")
             value = self.string()
             self.expect("punct", ")")
             return [Clause("proxyAddresses", value)]
@@ -133,21 +129,13 @@ class _Parser:
         if self.pos >= len(self.tokens):
             return False
         got_kind, got = self.tokens[self.pos]
-        return got_kind == kind and (text is None or got == text)
-
-    def peek_word(self, word: str) -> bool:
-        return self.peek("word") and self.tokens[self.pos][1].lower() == word
+        return got_kind == kind and (text is None or got.lower() == text)  # words: any case
 
     def expect(self, kind: str, text: str | None = None) -> str:
         if not self.peek(kind, text):
             raise unsupported_query()
         self.pos += 1
         return self.tokens[self.pos - 1][1]
-
-    def expect_word(self, word: str) -> None:
-        if not self.peek_word(word):
-            raise unsupported_query()
-        self.pos += 1
 
 
 def parse_filter(text: str) -> Callable[[User], bool]:
@@ -171,18 +159,15 @@ def filter_addresses(text: str) -> list[str]:
 def parse_select(text: str) -> list[str]:
     """Canonical property names from ``$select`` (case-insensitive, like Graph)."""
     canonical = {name.lower(): name for name in SELECTABLE_PROPERTIES}
-    names: list[str] = []
-    for raw in text.split(","):
-        name = raw.strip()
+    names = [raw.strip() for raw in text.split(",")]
+    for name in names:
         if name.lower() not in canonical:
             raise GraphError(
                 400,
                 "Request_BadRequest",
                 f"Could not find a property named '{name}' on type 'microsoft.graph.user'.",
             )
-        if canonical[name.lower()] not in names:
-            names.append(canonical[name.lower()])
-    return names
+    return list(dict.fromkeys(canonical[name.lower()] for name in names))
 
 
 #: ``$filter=internetMessageId eq '<id>'``: the one filter of a mailbox's message lists.
@@ -193,10 +178,7 @@ def message_list_query(
     query: list[tuple[str, str]], properties: dict[str, str]
 ) -> tuple[str | None, list[str] | None]:
     """A message list's ``$filter`` and ``$select``, as Graph checks them: the Message-ID
-    wanted (None: every message) and the properties selected (None: the default ones).
-
-    ``properties`` maps each selectable property, lower-cased, to its name.
-    """
+    wanted (None: every message) and the properties selected (None: the default ones)."""
     found = options(query, ("$filter", "$select"), listing=True)
     wanted: str | None = None
     if "$filter" in found:
@@ -206,9 +188,7 @@ def message_list_query(
                 400, "ErrorInvalidUrlQueryFilter", "The emulator filters on internetMessageId."
             )
         wanted = match.group(1).replace("''", "'")
-    if "$select" not in found:
-        return wanted, None
-    return wanted, select_fields(found["$select"], properties)
+    return wanted, select_fields(found["$select"], properties) if "$select" in found else None
 
 
 def select_fields(text: str, properties: dict[str, str]) -> list[str]:
@@ -249,7 +229,7 @@ class _TraceParser(_Parser):
     def trace_filter(self) -> TraceFilter:
         found = TraceFilter()
         self.clause(found)
-        while self.peek_word("and"):
+        while self.peek("word", "and"):
             self.pos += 1
             self.clause(found)
         if self.pos != len(self.tokens):
@@ -266,13 +246,12 @@ class _TraceParser(_Parser):
             found.subject.append((name, self.string()))
             self.expect("punct", ")")
         elif name == "receiveddatetime":
-            bound = "since" if self.peek_word("ge") else "until" if self.peek_word("le") else ""
-            self.pos += 1
-            if not bound or getattr(found, bound) is not None:
+            bound = {"ge": "since", "le": "until"}.get(self.expect("word").lower())
+            if bound is None or getattr(found, bound) is not None:
                 raise unsupported_query()
             setattr(found, bound, _moment(self.expect("datetime")))
         elif name in TRACE_EQ_FIELDS and TRACE_EQ_FIELDS[name] not in found.equals:
-            self.expect_word("eq")
+            self.expect("word", "eq")
             found.equals[TRACE_EQ_FIELDS[name]] = self.string()
         else:
             raise unsupported_query()

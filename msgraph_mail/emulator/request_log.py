@@ -20,10 +20,6 @@ from .http import Response
 _DRAFT = re.compile(r"/messages/([^/]+)")
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request as the emulator saw it; the Authorization value is never kept.
@@ -39,7 +35,7 @@ class RecordedRequest:
     client_request_id: str | None
     headers: dict[str, str] = field(repr=False)
     request_id: str = ""
-    started: datetime = field(default_factory=_now, compare=False)
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc), compare=False)
     duration: float = 0.0  # seconds until the answer was sent (or the connection reset)
     mailbox: str | None = None  # the mailbox it went to (its user principal name)
     error: str | None = None  # Graph's error code, Entra's AADSTS code, "connection reset"

@@ -112,11 +112,7 @@ class SentItems:
             raise access_denied()
         wanted, selected = message_list_query(query, _FIELDS)
         fields: list[str] = selected or list(_DEFAULT_FIELDS)
-        found = [
-            item
-            for item in self.items(mailbox.id)
-            if wanted is None or item.internet_message_id == wanted
-        ]
+        found = [i for i in self.items(mailbox.id) if wanted in (None, i.internet_message_id)]
         found.sort(key=lambda item: item.sent, reverse=True)
         context = (
             f"{base_url}/v1.0/$metadata#users('{quote(mailbox.id)}')/mailFolders('sentitems')"

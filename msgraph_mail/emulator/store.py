@@ -4,13 +4,14 @@ A message sent as MIME is kept byte for byte; one sent as JSON is turned into th
 Exchange would have made of it, so every message can be opened in a mail client. The store
 (``python -m msgraph_mail.emulator --store DIR``) writes one file per message, so the dev
 inbox survives a restart; what only the emulator knows (id, capture time, mailbox, route,
-whether it was saved to Sent Items) goes into
-``X-Emulator-*`` lines at the top of the stored file and nowhere else.
+whether it was saved to Sent Items) goes into ``X-Emulator-*`` lines at the top of the stored
+file and nowhere else.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import sys
 import threading
@@ -20,26 +21,22 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 from .directory import User
 from .errors import GraphError
-from .mail import SentMessage, from_mime
+from .mail import Attachment, SentMessage, from_mime
 
-_STORED = ("Id", "Mailbox", "Received", "Request-Id", "Route", "Saved")
 _PREFIX = "X-Emulator-"
 _SUMMARY_HEADERS = frozenset({"from", "sender", "to", "cc", "reply-to", "subject"})
 _FILENAME = re.compile(r"^\d{8}T\d{12}-[0-9a-f]{32}\.eml$")
 
 
 def as_eml(message: SentMessage) -> bytes:
-    """The message as an RFC 5322 file: the MIME Graph received, or one built from JSON."""
+    """The message as an RFC 5322 file: the MIME Graph received, or what Exchange makes of a
+    JSON ``sendMail`` (headers, alternatives, attachments)."""
     if message.format == "mime":
         return message.raw
-    return _from_json_record(message).as_bytes(policy=policy.SMTP)
-
-
-def _from_json_record(message: SentMessage) -> EmailMessage:
-    """What Exchange makes of a JSON ``sendMail``: headers, alternatives, attachments."""
     mime = EmailMessage(policy=policy.SMTP)
     for name, value in message.headers:
         if name.lower() in _SUMMARY_HEADERS or name.lower().startswith("x-"):
@@ -57,16 +54,20 @@ def _from_json_record(message: SentMessage) -> EmailMessage:
         else:
             mime.add_alternative(message.html, subtype="html")
     for attachment in message.attachments:
-        maintype, _, subtype = attachment.content_type.partition("/")
-        mime.add_attachment(
-            attachment.content,
-            maintype=maintype or "application",
-            subtype=subtype or "octet-stream",
-            filename=attachment.filename,
-            disposition="inline" if attachment.inline else "attachment",
-            cid=f"<{attachment.content_id}>" if attachment.content_id else None,
-        )
-    return mime
+        mime.add_attachment(attachment.content, **part_headers(attachment))
+    return mime.as_bytes(policy=policy.SMTP)
+
+
+def part_headers(attachment: Attachment) -> dict[str, Any]:
+    """What the email package needs to write the headers of ``attachment``'s part."""
+    maintype, _, subtype = attachment.content_type.partition("/")
+    return {
+        "maintype": maintype or "application",
+        "subtype": subtype or "octet-stream",
+        "filename": attachment.filename,
+        "disposition": "inline" if attachment.inline else "attachment",
+        "cid": f"<{attachment.content_id}>" if attachment.content_id else None,
+    }
 
 
 class EmlStore:
@@ -91,9 +92,9 @@ class EmlStore:
             self._files[message.id] = path
 
     def load(self, mailbox: Callable[[str], User | None]) -> list[SentMessage]:
-        """Every stored message, oldest first; ``mailbox`` finds a user by id or address."""
+        """Every message in our files, oldest first; ``mailbox`` finds a user by id or address."""
         messages: list[SentMessage] = []
-        for path in sorted(self.directory.glob("*.eml")):
+        for path in sorted(p for p in self.directory.glob("*.eml") if _FILENAME.match(p.name)):
             message = self._load(path, mailbox)
             if message is not None:
                 messages.append(message)
@@ -108,9 +109,7 @@ class EmlStore:
             path.unlink(missing_ok=True)
 
     def _load(self, path: Path, mailbox: Callable[[str], User | None]) -> SentMessage | None:
-        """Parse one file back into a record; a file that is not ours is skipped, with a note."""
-        if not _FILENAME.match(path.name):
-            return None
+        """Parse one of our files back into a record; one that fails is skipped, with a note."""
         try:
             fields, raw = _split_stored(path.read_bytes())
             user = mailbox(fields["Mailbox"])
@@ -133,29 +132,23 @@ class EmlStore:
 def _stored_headers(message: SentMessage, eml: bytes) -> bytes:
     """The ``X-Emulator-*`` lines, with the line ending the message itself uses."""
     newline = b"\r\n" if b"\r\n" in eml[:2000] else b"\n"
-    values = (
-        message.id,
-        message.mailbox.id,
-        message.received_at.isoformat(),
-        message.request_id,
-        message.format,
-        "true" if message.save_to_sent_items else "false",
-    )
+    fields = {
+        "Id": message.id,
+        "Mailbox": message.mailbox.id,
+        "Received": message.received_at.isoformat(),
+        "Request-Id": message.request_id,
+        "Route": message.format,
+        "Saved": "true" if message.save_to_sent_items else "false",
+    }
     return b"".join(
-        f"{_PREFIX}{name}: {value}".encode() + newline
-        for name, value in zip(_STORED, values, strict=True)
+        f"{_PREFIX}{name}: {value}".encode() + newline for name, value in fields.items()
     )
 
 
 def _split_stored(data: bytes) -> tuple[dict[str, str], bytes]:
     """The ``X-Emulator-*`` fields at the top of a stored file, and the message after them."""
-    fields: dict[str, str] = {}
     lines = data.splitlines(keepends=True)
-    count = 0
-    for line in lines:
-        name, _, value = line.decode("ascii", "replace").partition(":")
-        if not name.startswith(_PREFIX):
-            break
-        fields[name[len(_PREFIX) :]] = value.strip()
-        count += 1
-    return fields, b"".join(lines[count:])
+    head = list(itertools.takewhile(lambda line: line.startswith(_PREFIX.encode()), lines))
+    pairs = (line.decode("ascii", "replace").partition(":") for line in head)
+    fields = {name[len(_PREFIX) :]: value.strip() for name, _, value in pairs}
+    return fields, b"".join(lines[len(head) :])

@@ -195,8 +195,6 @@ class Subscriptions:
             if subscription.mailbox_id != mailbox_id or "created" not in subscription.change_type:
                 continue
             item = {
-                "subscriptionId": subscription.id,
-                "subscriptionExpirationDateTime": graph_time(subscription.expires, ".0000000"),
                 "changeType": "created",
                 "resource": f"Users/{mailbox_id}/Messages/{message_id}",
                 "resourceData": {
@@ -204,8 +202,6 @@ class Subscriptions:
                     "@odata.id": f"Users/{mailbox_id}/Messages/{message_id}",
                     "id": message_id,
                 },
-                "clientState": subscription.client_state,
-                "tenantId": TENANT_ID,
             }
             self._post(subscription, subscription.notification_url, item)
 
@@ -218,15 +214,8 @@ class Subscriptions:
             subscription = self._subscriptions[subscription_id]
             if event == "subscriptionRemoved":
                 del self._subscriptions[subscription_id]
-        item = {
-            "subscriptionId": subscription.id,
-            "subscriptionExpirationDateTime": graph_time(subscription.expires, ".0000000"),
-            "lifecycleEvent": event,
-            "clientState": subscription.client_state,
-            "tenantId": TENANT_ID,
-        }
         url = subscription.lifecycle_url or subscription.notification_url
-        self._post(subscription, url, item)
+        self._post(subscription, url, {"lifecycleEvent": event})
 
     def deliveries(self, subscription_id: str | None = None) -> list[Delivery]:
         """Every notification posted (or tried), with each attempt's (status, seconds,
@@ -238,7 +227,15 @@ class Subscriptions:
         """The live change-notification subscriptions, as Graph shows them."""
         return [s.graph() for s in self._live(None)]
 
-    def _post(self, subscription: Subscription, url: str, item: dict[str, Any]) -> None:
+    def _post(self, subscription: Subscription, url: str, fields: dict[str, Any]) -> None:
+        """Queue one notification: ``fields`` in the envelope every notification has."""
+        item = {
+            "subscriptionId": subscription.id,
+            "subscriptionExpirationDateTime": graph_time(subscription.expires, ".0000000"),
+            **fields,
+            "clientState": subscription.client_state,
+            "tenantId": TENANT_ID,
+        }
         delivery = Delivery(subscription.id, url, {"value": [item]})
         with self._lock:
             self._log.append(delivery)
@@ -283,8 +280,7 @@ class Subscriptions:
     def _live(self, app_id: str | None) -> list[Subscription]:
         now = datetime.now(timezone.utc)
         with self._lock:
-            for gone in [s.id for s in self._subscriptions.values() if s.expires <= now]:
-                del self._subscriptions[gone]
+            self._subscriptions = {k: s for k, s in self._subscriptions.items() if s.expires > now}
             return [s for s in self._subscriptions.values() if app_id in (None, s.app_id)]
 
     def _find(self, subscription_id: str, app_id: str) -> Subscription:
@@ -342,9 +338,7 @@ def _expiry(value: Any) -> datetime:
         raise _invalid("Invalid expirationDateTime.") from None
     now = datetime.now(timezone.utc)
     if when > now + timedelta(minutes=MAX_MINUTES):
-        raise _invalid(
-            f"Subscription expiration can only be {MAX_MINUTES} minutes in the future.",
-        )
+        raise _invalid(f"Subscription expiration can only be {MAX_MINUTES} minutes in the future.")
     return max(when, now + timedelta(minutes=MIN_MINUTES))
 
 

@@ -147,11 +147,8 @@ class MessageTraces:
 
     def _rows(self) -> Iterator[Row]:
         """Every (message, recipient), newest message first."""
-        deliveries = self.deliveries.deliveries
-        for index in reversed(range(len(deliveries))):
-            delivery = deliveries[index]
-            for position in reversed(range(len(delivery.recipients))):
-                address, outcome = delivery.recipients[position]
+        for index, delivery in reversed(list(enumerate(self.deliveries.deliveries))):
+            for position, (address, outcome) in reversed(list(enumerate(delivery.recipients))):
                 yield index, position, delivery, address, outcome
 
 
@@ -160,7 +157,7 @@ def _trace(row: Row, now: float) -> dict[str, Any]:
     return {
         "id": delivery.trace_id,
         "messageId": delivery.message_id,
-        "senderAddress": delivery.sender,
+        "senderAddress": delivery.message.from_,
         "recipientAddress": address,
         "subject": delivery.message.subject,
         "status": delivery.status(outcome, now),
@@ -202,10 +199,9 @@ def _events(delivery: Delivery, address: str, outcome: Outcome, now: float) -> l
 
 def _matches(wanted: TraceFilter, trace: dict[str, Any]) -> bool:
     subject = str(trace["subject"]).lower()
-    tests = {"contains": subject.__contains__, "startswith": subject.startswith}
-    tests["endswith"] = subject.endswith
     return all(str(trace[k]).lower() == v.lower() for k, v in wanted.equals.items()) and all(
-        tests[function](text.lower()) for function, text in wanted.subject
+        getattr(subject, "__contains__" if function == "contains" else function)(text.lower())
+        for function, text in wanted.subject
     )
 
 

@@ -10,6 +10,7 @@ exactly what a developer clicks.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -145,14 +146,13 @@ def armed(emulator: Emulator) -> list[dict[str, Any]]:
     """What is armed now, in the workbench's words: faults waiting for sendMail requests
     (consecutive equal ones together), then the latency if any."""
     names = {fault: name for name, fault in FAULTS.items()}
-    found: list[dict[str, Any]] = []
-    for planned in emulator.pending_faults("sendMail"):
-        name = names.get(planned.name, planned.name)
-        last = found[-1] if found else None
-        if last is not None and (last["fault"], last["seconds"]) == (name, planned.retry_after):
-            last["count"] += 1
-        else:
-            found.append({"fault": name, "count": 1, "seconds": planned.retry_after})
+    planned = [
+        (names.get(p.name, p.name), p.retry_after) for p in emulator.pending_faults("sendMail")
+    ]
+    found: list[dict[str, Any]] = [
+        {"fault": name, "count": len(list(same)), "seconds": seconds}
+        for (name, seconds), same in itertools.groupby(planned)
+    ]
     if emulator.latency:
         found.append({"fault": "latency", "count": None, "seconds": emulator.latency})
     for entry in found:
