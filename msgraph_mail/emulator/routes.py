@@ -219,7 +219,7 @@ class GraphApi:
         self.drafts = DraftStore(tenant, base_url, delivered)
         self.inboxes = Inboxes(base_url, tenant.may_read, tenant.may_read_full)
         self.inboxes.before_read = reports_arrive
-        self.subscriptions = Subscriptions(tenant, base_url)
+        self.subscriptions = Subscriptions(tenant)
         self.subscriptions.tick = reports_arrive
         self.inboxes.on_arrival = self.subscriptions.arrived
         #: The tenant's ``time_scale`` (the emulator sets it): message trace's window uses it.

@@ -97,8 +97,8 @@ class Delivery:
 class Subscriptions:
     """The tenant's subscriptions and a sender thread posting their notifications."""
 
-    def __init__(self, tenant: Tenant, base_url: Callable[[], str]) -> None:
-        self.tenant, self.base_url = tenant, base_url
+    def __init__(self, tenant: Tenant) -> None:
+        self.tenant = tenant
         self.timeout = 3.0
         self.retry_delays: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0)
         self._lock = threading.Lock()
