@@ -25,7 +25,7 @@ import requests
 from msgraph_mail.emulator import GraphEmulator
 
 from .helpers import render_ms
-from .test_outbox_tasks_worker import ROOT, Worker, migrated_env, running_worker, wait_for
+from .test_outbox_tasks_worker import ROOT, Worker, migrated_env, queue, running_worker, wait_for
 
 pytestmark = pytest.mark.browser
 pytest.importorskip("django_tasks_db", reason="needs the tasks extra (django-tasks-db)")
@@ -119,20 +119,6 @@ def admin(browser: Any, site: str) -> Any:
     return browser
 
 
-def queue(env: dict[str, str], sender: str, *subjects: str) -> list[str]:
-    import json
-
-    done = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "tests.outbox_web", sender, *subjects],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return list(json.loads(done.stdout.strip().splitlines()[-1])["message_ids"])
-
-
 def status(env: dict[str, str], message_id: str) -> str:
     with closing(sqlite3.connect(env["OUTBOX_DB"], timeout=30)) as db:
         row = db.execute(
@@ -161,8 +147,8 @@ def test_filter_search_preview_and_resend_a_failed_message(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    [failed] = queue(env, "sales@contoso.com", "Welcome aboard")
-    [sent] = queue(env, "noreply@contoso.com", "Your receipt")
+    [failed] = queue(env, "Welcome aboard", sender="sales@contoso.com")["message_ids"]
+    [sent] = queue(env, "Your receipt")["message_ids"]
     wait_for(lambda: status(env, failed) == "failed" and status(env, sent) == "sent")
     admin.get(f"{site}/admin/msgraph_mail/outboxmessage/")
     assert subjects(admin)[:2] == ["Your receipt", "Welcome aboard"]
@@ -248,7 +234,7 @@ def test_an_unknown_message_is_resent_only_after_confirming(
     from selenium.webdriver.support.ui import Select
 
     graph.fail_next("gateway_timeout_lost")  # a 504: the request left, nothing delivered
-    [unknown] = queue(env, "noreply@contoso.com", "Maybe delivered")
+    [unknown] = queue(env, "Maybe delivered")["message_ids"]
     wait_for(lambda: status(env, unknown) == "unknown")
     admin.get(f"{site}/admin/msgraph_mail/outboxmessage/?status__exact=unknown")
     box = admin.find_element(
